@@ -1,0 +1,454 @@
+"""Tests of effx_lab.costs (chapter 1): memory/FLOP accounting and sequence packing."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from effx_lab.costs import flops as F
+from effx_lab.costs import memory as M
+from effx_lab.costs import reference as R
+from effx_lab.costs import torch_ops as T
+
+
+# ============================================================================ memory
+def test_dtype_bytes_names_numpy_torch():
+    assert M.dtype_bytes("fp32") == 4
+    assert M.dtype_bytes("BF16") == 2
+    assert M.dtype_bytes("int8") == 1
+    assert M.dtype_bytes("int4") == 0.5
+    assert M.dtype_bytes("torch.float16") == 2
+    assert M.dtype_bytes("f8") == 8  # NumPy spelling
+    assert M.dtype_bytes(np.float16) == 2
+    assert M.dtype_bytes(np.dtype("int32")) == 4
+    assert M.dtype_bytes(torch.bfloat16) == 2
+    assert M.dtype_bytes(torch.float8_e4m3fn) == 1
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        M.dtype_bytes("fp12")
+    with pytest.raises(TypeError, match="dtype must be"):
+        M.dtype_bytes(3.5j)
+    with pytest.raises(TypeError, match="dtype must be"):
+        M.dtype_bytes(None)
+
+
+def test_param_bytes():
+    assert M.param_bytes(7e9, "bf16") == 14_000_000_000
+    assert M.param_bytes(7, "int4") == 4  # 3.5 bytes rounded up
+    assert M.param_bytes(10, 0.5) == 5
+    assert M.param_bytes(10, 0.1) == 1  # decimal 0.1, not its binary approximation (which would round up to 2)
+    assert isinstance(M.param_bytes(540e9, "fp32"), int)
+    with pytest.raises(ValueError, match="n_params must be a whole number"):
+        M.param_bytes(1.5, "bf16")
+    with pytest.raises(ValueError, match="n_params must be >= 0"):
+        M.param_bytes(-1, "bf16")
+    with pytest.raises(TypeError, match="dtype must be a dtype or a number of bytes"):
+        M.param_bytes(10, True)
+    with pytest.raises(ValueError, match="dtype must be a positive"):
+        M.param_bytes(10, -2)
+
+
+def test_kv_cache_bytes_formula_and_exactness():
+    # explicit product, with the factor 2 for K and V
+    assert M.kv_cache_bytes(32, 32, 128, 4096, 1, 2) == 2 * 32 * 32 * 128 * 4096 * 2
+    # 500B-class: far beyond int32, must be an exact Python int
+    big = M.kv_cache_bytes(118, 48, 256, 2048, 512, 2)
+    assert big == 2 * 118 * 48 * 256 * 2048 * 512 * 2 and isinstance(big, int) and big > 2**42
+    # int4: half a byte per element, rounded up when odd
+    assert M.kv_cache_bytes(1, 1, 1, 1, 1, 0.5) == 1
+    assert M.kv_cache_bytes(3, 1, 3, 1, 1, 0.5) == 9
+    assert isinstance(M.kv_cache_bytes(2, 2, 2, 2, 2, 0.5), int)
+    assert M.kv_cache_bytes(2, 2, 2, 0, 2) == 0
+
+
+@pytest.mark.parametrize(
+    "args, exc, text",
+    [
+        ((0, 1, 1, 1, 1), ValueError, "n_layers must be an int >= 1, got 0"),
+        ((1, 1.0, 1, 1, 1), TypeError, "n_kv_heads must be an int"),
+        ((1, 1, 1, -3, 1), ValueError, "seq_len must be an int >= 0, got -3"),
+        ((1, 1, 1, 1, True), TypeError, "batch_size must be an int"),
+        ((1, 1, 1, 1, 1, 0), ValueError, "bytes_per_elem must be a positive"),
+        ((1, 1, 1, 1, 1, "2"), TypeError, "bytes_per_elem must be a positive number"),
+    ],
+)
+def test_kv_cache_bytes_bad_inputs(args, exc, text):
+    with pytest.raises(exc, match=text):
+        M.kv_cache_bytes(*args)
+
+
+def test_presets_known_answers():
+    p = M.PRESETS
+    # Llama 2 7B: 6.74B published
+    assert p["llama2-7b"].params() == pytest.approx(6.7e9, rel=0.01)
+    assert p["llama2-70b"].params() == pytest.approx(69e9, rel=0.01)
+    # computed counts agree with the published ones where a published n_params is given
+    assert p["gpt3-175b"].computed_params() == pytest.approx(175e9, rel=0.01)
+    assert p["palm-540b"].computed_params() == pytest.approx(540e9, rel=0.01)
+    assert p["minilm-l6"].computed_params() == pytest.approx(22.7e6, rel=0.02)
+    assert p["palm-540b"].params() == 540_000_000_000
+    # KV bytes per token
+    assert p["llama2-7b"].kv_bytes_per_token(2) == 524288
+    assert p["llama2-70b"].kv_bytes_per_token(2) == 327680
+    assert p["palm-540b-mha"].kv_bytes_per_token(2) == 48 * p["palm-540b"].kv_bytes_per_token(2)
+    for shape in p.values():
+        assert shape.source, shape.name
+        assert shape.n_heads % shape.n_kv_heads == 0
+
+
+def test_model_shape_counts_each_matrix():
+    s = M.ModelShape("toy", n_layers=2, d_model=8, n_heads=4, n_kv_heads=2, head_dim=3, d_ff=10,
+                     vocab_size=11, gated_mlp=True, tie_embeddings=False)
+    attn = 8 * 12 + 8 * 6 + 8 * 6 + 12 * 8
+    mlp = 3 * 8 * 10
+    assert s.computed_params() == 2 * (attn + mlp) + 2 * 11 * 8
+    assert s.params() == s.computed_params()
+    s2 = M.ModelShape("toy", 2, 8, 4, 2, 3, 10, 11, n_params=1e3)
+    assert s2.params() == 1000 and isinstance(s2.n_params, int)
+    assert s.kv_bytes(5, 3, 2) == 2 * 2 * 2 * 3 * 5 * 3 * 2
+
+
+def test_model_shape_bad_inputs():
+    with pytest.raises(ValueError, match="n_kv_heads must divide n_heads"):
+        M.ModelShape("x", 1, 8, 4, 3, 2, 8, 10)
+    with pytest.raises(ValueError, match="d_model must be an int >= 1"):
+        M.ModelShape("x", 1, 0, 4, 4, 2, 8, 10)
+    with pytest.raises(TypeError, match="gated_mlp must be a bool"):
+        M.ModelShape("x", 1, 8, 4, 4, 2, 8, 10, gated_mlp=1)
+    with pytest.raises(ValueError, match="name must be one of"):
+        M.get_preset("gpt5")
+
+
+def test_memory_report():
+    r = M.memory_report("llama2-7b", batch_size=8, seq_len=4096, weight_dtype="bf16", kv_dtype=torch.float16)
+    assert r["weight_bytes"] == 2 * r["n_params"]
+    assert r["kv_bytes"] == 524288 * 8 * 4096
+    assert r["kv_to_weights"] == pytest.approx(r["kv_bytes"] / r["weight_bytes"])
+    assert r["total_bytes"] == r["weight_bytes"] + r["kv_bytes"]
+    json.dumps(r)
+    r4 = M.memory_report(M.PRESETS["llama2-70b"], batch_size=1, seq_len=10, weight_dtype="int4", kv_dtype=1)
+    assert r4["weight_bytes"] == math.ceil(r4["n_params"] / 2)
+    with pytest.raises(ValueError, match="kv_dtype"):
+        M.memory_report("llama2-7b", batch_size=1, seq_len=1, kv_dtype="fp3")
+    with pytest.raises(TypeError, match="shape must be a ModelShape"):
+        M.memory_report(42, batch_size=1, seq_len=1)
+
+
+def test_max_batch_size():
+    s = M.PRESETS["llama2-7b"]
+    w = M.param_bytes(s.params(), 2)
+    per_seq = s.kv_bytes(4096, 1, 2)
+    mem = 80 * 10**9
+    b = M.max_batch_size(mem, s, 4096, 2, 2)
+    assert b == (mem - w) // per_seq
+    assert w + b * per_seq <= mem < w + (b + 1) * per_seq
+    # exactly fitting memory gives exactly that batch
+    assert M.max_batch_size(w + 3 * per_seq, s, 4096, 2, 2) == 3
+    assert M.max_batch_size(w + 3 * per_seq - 1, s, 4096, 2, 2) == 2
+    assert M.max_batch_size(w - 1, s, 4096, 2, 2) == 0
+    # GQA: 8 KV heads, not 64
+    g = M.PRESETS["llama2-70b"]
+    mem = 160 * 10**9
+    assert M.max_batch_size(mem, g, 2048, 2, 0.5) == (mem - M.param_bytes(g.params(), 2)) // g.kv_bytes(2048, 1, 0.5)
+    assert isinstance(M.max_batch_size(80e9, s, 1, 2, 2), int)
+    with pytest.raises(ValueError, match="seq_len must be an int >= 1"):
+        M.max_batch_size(mem, s, 0, 2, 2)
+    with pytest.raises(ValueError, match="memory_bytes must be a whole number"):
+        M.max_batch_size(1.5, s, 1, 2, 2)
+
+
+def test_pope_example_is_transparent():
+    ex = M.pope_example()
+    v = ex["variants"]
+    assert v["mha_bf16"]["kv_bytes"] == M.kv_cache_bytes(118, 48, 256, 2048, 512, 2)
+    assert v["mha_bf16"]["kv_bytes"] == pytest.approx(6.08e12, rel=0.01)
+    assert v["mha_bf16"]["kv_to_weights_bf16"] == pytest.approx(5.63, rel=0.01)
+    assert v["mha_int8"]["kv_bytes"] == pytest.approx(3.04e12, rel=0.01)
+    assert v["width_6144_bf16"]["kv_width_per_layer"] == 6144
+    assert v["width_6144_bf16"]["kv_bytes"] == v["mha_int8"]["kv_bytes"]
+    assert v["mqa_bf16"]["kv_bytes"] * 48 == v["mha_bf16"]["kv_bytes"]
+    assert ex["weight_bytes_bf16"] == 1_080_000_000_000
+    json.dumps(ex)
+
+
+# ============================================================================ flops
+def test_matmul_counts():
+    assert F.matmul_flops(3, 5, 7) == 2 * 3 * 5 * 7
+    assert F.matmul_bytes(3, 5, 7, 4) == (3 * 7 + 7 * 5 + 3 * 5) * 4
+    assert F.matmul_bytes(1, 1, 1, 0.5) == 2  # 1.5 rounded up
+    assert F.matmul_flops_bytes(3, 5, 7, 2) == (F.matmul_flops(3, 5, 7), F.matmul_bytes(3, 5, 7, 2))
+    n = 1024
+    assert F.arithmetic_intensity(n, n, n, 4) == pytest.approx(n / 6)
+    assert F.arithmetic_intensity(n, 1, n, 4) < 0.51
+    with pytest.raises(ValueError, match="k must be an int >= 1, got 0"):
+        F.matmul_flops(1, 1, 0)
+    with pytest.raises(TypeError, match="m must be an int"):
+        F.matmul_bytes(1.0, 1, 1, 2)
+
+
+def test_roofline_time():
+    assert F.roofline_time(1e12, 1e9, 1e12, 1e12) == pytest.approx(1.0)  # compute-bound
+    assert F.roofline_time(1e9, 1e12, 1e12, 1e11) == pytest.approx(10.0)  # memory-bound
+    with pytest.raises(ValueError, match="peak_flops must be > 0"):
+        F.roofline_time(1, 1, 0, 1)
+    with pytest.raises(ValueError, match="bytes_moved must be >= 0"):
+        F.roofline_time(1, -1, 1, 1)
+
+
+def _explicit_forward(s: M.ModelShape, n: int, c: int) -> int:
+    d, dh, h, hk, f = s.d_model, s.head_dim, s.n_heads, s.n_kv_heads, s.d_ff
+    per_layer = 0
+    for k_dim, n_dim in [(d, h * dh), (d, hk * dh), (d, hk * dh), (h * dh, d)]:
+        per_layer += 2 * n * n_dim * k_dim
+    for _ in range(h):  # per head: Q K^T and A V
+        per_layer += 2 * n * c * dh + 2 * n * dh * c
+    for _ in range(3 if s.gated_mlp else 2):
+        per_layer += 2 * n * d * f
+    return s.n_layers * per_layer + 2 * n * d * s.vocab_size
+
+
+@pytest.mark.parametrize("name", list(M.PRESETS))
+def test_forward_flops_equals_explicit_sum(name):
+    s = M.PRESETS[name]
+    assert F.forward_flops(s, 7, 19) == _explicit_forward(s, 7, 19)
+    assert F.decode_flops(s, 3, 100) == 3 * _explicit_forward(s, 1, 100)
+    assert F.prefill_flops(s, 2, 50) == 2 * _explicit_forward(s, 50, 50)
+    bd = F.layer_flops_breakdown(s, 7, 19)
+    assert s.n_layers * (sum(bd.values()) - bd["lm_head"]) + bd["lm_head"] == F.forward_flops(s, 7, 19)
+
+
+def test_prefill_causal_and_rule_of_thumb():
+    s = M.PRESETS["llama2-7b"]
+    dense = F.prefill_flops(s, 1, 64)
+    causal = F.prefill_flops(s, 1, 64, causal=True)
+    attn_pair_cost = s.n_layers * 4 * s.n_heads * s.head_dim
+    assert dense - causal == attn_pair_cost * (64 * 64 - 64 * 65 // 2)
+    # ~2 FLOPs per matmul parameter per token for short contexts (the input embedding is a lookup)
+    assert F.decode_flops(s, 1, 1) == pytest.approx(2 * (s.params() - s.vocab_size * s.d_model), rel=1e-3)
+
+
+def test_intensity_prefill_much_higher_than_decode():
+    s = M.PRESETS["llama2-7b"]
+    dec1 = F.decode_intensity(s, 1, 512)
+    dec16 = F.decode_intensity(s, 16, 128)
+    pre = F.prefill_intensity(s, 1, 512)
+    assert 0.8 < dec1 < 1.2  # ~ batch FLOPs/byte in bf16
+    assert 12 < dec16 < 17
+    assert pre > 300 and pre > 100 * dec1
+    assert F.decode_bytes(s, 4, 100, 2, 2) == M.param_bytes(s.params(), 2) + s.kv_bytes(100, 4, 2)
+    assert F.prefill_bytes(s, 4, 100, 1, 1) == M.param_bytes(s.params(), 1) + s.kv_bytes(100, 4, 1)
+    with pytest.raises(TypeError, match="weight_bytes must be a number"):
+        F.decode_bytes(s, 1, 1, "bf16", 2)
+    with pytest.raises(ValueError, match="context_len must be an int >= 1"):
+        F.decode_flops(s, 1, 0)
+    with pytest.raises(ValueError, match="name must be one of"):
+        F.prefill_flops("nope", 1, 1)
+
+
+# ============================================================================ packing
+def _random_batch(rng: np.random.Generator, batch: int, max_len: int, feat: tuple[int, ...], zero: bool = True):
+    lengths = rng.integers(0 if zero else 1, max_len + 1, size=batch)
+    x = rng.standard_normal((batch, max_len) + feat).astype(np.float32)
+    return x, lengths
+
+
+CASES = [
+    (1, 1, (3,)),
+    (4, 7, (5,)),
+    (3, 9, ()),
+    (5, 6, (2, 3)),
+    (6, 13, (4,)),
+]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("batch, max_len, feat", CASES)
+def test_numpy_and_torch_packing_agree(seed, batch, max_len, feat):
+    rng = np.random.default_rng(seed)
+    x, lengths = _random_batch(rng, batch, max_len, feat)
+    if seed == 0:
+        lengths[0] = 0
+    if seed == 1:
+        lengths[-1] = max_len
+    mask = R.lengths_to_mask(lengths, max_len)
+    np.testing.assert_array_equal(mask, T.lengths_to_mask(torch.from_numpy(lengths), max_len).numpy())
+    np.testing.assert_array_equal(R.cu_seqlens(lengths), T.cu_seqlens(torch.from_numpy(lengths)).numpy())
+    packed, cu = R.pack(x, lengths)
+    tpacked, tcu = T.pack(torch.from_numpy(x), torch.from_numpy(lengths))
+    assert packed.shape == (int(lengths.sum()),) + feat
+    assert cu.dtype == np.int64 and tcu.dtype == torch.int64
+    np.testing.assert_array_equal(packed, tpacked.numpy())
+    np.testing.assert_array_equal(cu, tcu.numpy())
+    np.testing.assert_array_equal(packed, x[mask])
+    # round trip: padding comes back as pad_value
+    for pad in (0, -1.5):
+        back = R.unpack(packed, cu, max_len, pad)
+        tback = T.unpack(tpacked, tcu, max_len, pad)
+        np.testing.assert_array_equal(back, tback.numpy())
+        np.testing.assert_array_equal(back[mask], x[mask])
+        assert np.all(back[~mask] == pad)
+    stats = R.padding_stats(lengths, max_len, d_model=8, d_ff=16)
+    assert stats == T.padding_stats(torch.from_numpy(lengths), max_len, d_model=8, d_ff=16)
+    assert stats["real_tokens"] == int(mask.sum()) and stats["padded_slots"] == int((~mask).sum())
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    lengths=st.lists(st.integers(0, 9), min_size=0, max_size=6),
+    extra=st.integers(0, 3),
+    feat=st.lists(st.integers(1, 3), max_size=2),
+    pad=st.sampled_from([0.0, -1.0, 2.5]),
+)
+def test_pack_unpack_property(lengths, extra, feat, pad):
+    """For any lengths (zeros, full rows, empty batch) and trailing dims: both backends agree and round-trip."""
+    max_len = max(lengths, default=0) + extra
+    rng = np.random.default_rng(len(lengths) * 31 + max_len)
+    x = rng.standard_normal((len(lengths), max_len) + tuple(feat)).astype(np.float32)
+    lens = np.array(lengths, dtype=np.int64)
+    packed, cu = R.pack(x, lens)
+    tpacked, tcu = T.pack(torch.from_numpy(x), torch.from_numpy(lens))
+    np.testing.assert_array_equal(packed, tpacked.numpy())
+    np.testing.assert_array_equal(cu, tcu.numpy())
+    assert cu[-1] == packed.shape[0] == sum(lengths)
+    back = R.unpack(packed, cu, max_len, pad)
+    np.testing.assert_array_equal(back, T.unpack(tpacked, tcu, max_len, pad).numpy())
+    mask = R.lengths_to_mask(lens, max_len)
+    np.testing.assert_array_equal(back[mask], x[mask])
+    assert np.all(back[~mask] == pad)
+
+
+def test_pack_layout_and_cu():
+    x = np.arange(2 * 3 * 1).reshape(2, 3, 1)
+    packed, cu = R.pack(x, [2, 3])
+    assert packed[:, 0].tolist() == [0, 1, 3, 4, 5]
+    assert cu.tolist() == [0, 2, 5]
+    assert R.cu_seqlens([]).tolist() == [0]
+    assert T.cu_seqlens([0, 0]).tolist() == [0, 0, 0]
+    # all-zero lengths: empty packed, round trip all padding
+    p0, c0 = T.pack(torch.ones(2, 4, 3), torch.tensor([0, 0]))
+    assert p0.shape == (0, 3)
+    assert torch.equal(T.unpack(p0, c0, 4, 7), torch.full((2, 4, 3), 7.0))
+    # integer data keep their dtype
+    pi, ci = T.pack(torch.arange(6).reshape(2, 3), [1, 2])
+    assert pi.dtype == torch.int64 and pi.tolist() == [0, 3, 4]
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_padded_ffn_equals_packed_ffn(seed):
+    rng = np.random.default_rng(seed)
+    b, l, d, f = 5, 11, 8, 16
+    x, lengths = _random_batch(rng, b, l, (d,))
+    lengths[0] = 0
+    w1 = (rng.standard_normal((d, f)) / np.sqrt(d)).astype(np.float32)
+    b1 = rng.standard_normal(f).astype(np.float32)
+    w2 = (rng.standard_normal((f, d)) / np.sqrt(f)).astype(np.float32)
+    b2 = rng.standard_normal(d).astype(np.float32)
+    pad = R.padded_ffn(x, lengths, w1, b1, w2, b2)
+    pk = R.packed_ffn(x, lengths, w1, b1, w2, b2)
+    np.testing.assert_allclose(pad, pk, rtol=1e-5, atol=1e-5)
+    mask = R.lengths_to_mask(lengths, l)
+    assert np.all(pad[~mask] == 0)
+    tt = [torch.from_numpy(a) for a in (x, lengths, w1, b1, w2, b2)]
+    tpad = T.padded_ffn(*tt)
+    tpk = T.packed_ffn(*tt)
+    torch.testing.assert_close(tpad, tpk, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(tpad.numpy(), pad, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(T.gelu(torch.from_numpy(x)).numpy(), R.gelu(x), rtol=1e-5, atol=1e-6)
+
+
+def test_padding_stats_flops():
+    s = R.padding_stats(np.array([1, 4]), 4)
+    assert s["real_tokens"] == 5 and s["total_slots"] == 8 and s["padded_slots"] == 3
+    assert s["fraction_wasted"] == pytest.approx(3 / 8)
+    assert s["ffn_flops_padded"] == 4 * 8 * 384 * 1536
+    assert s["ffn_flops_packed"] == 4 * 5 * 384 * 1536
+    assert R.padding_stats([], 4)["fraction_wasted"] == 0.0
+
+
+@pytest.mark.parametrize("mod", [R, T], ids=["numpy", "torch"])
+def test_packing_bad_inputs(mod):
+    arr = (lambda a: a) if mod is R else torch.from_numpy
+    x = arr(np.zeros((2, 3, 4), dtype=np.float32))
+    with pytest.raises(ValueError, match="lengths must be <= max_len=3, got max 4"):
+        mod.pack(x, [1, 4])
+    with pytest.raises(ValueError, match="lengths must be >= 0, got min -1"):
+        mod.lengths_to_mask([1, -1], 3)
+    with pytest.raises(ValueError, match="one entry per sequence"):
+        mod.pack(x, [1, 2, 3])
+    with pytest.raises(TypeError, match="lengths must"):
+        mod.pack(x, [1.0, 2.0])
+    with pytest.raises(TypeError, match="x must be"):
+        mod.pack([[1, 2]], [1])
+    with pytest.raises(ValueError, match="max_len must be an int >= 0"):
+        mod.lengths_to_mask([1], -2)
+    packed = arr(np.zeros((5, 4), dtype=np.float32))
+    cu_t = (lambda v: np.array(v, dtype=np.int64)) if mod is R else (lambda v: torch.tensor(v))
+    with pytest.raises(ValueError, match=r"cu\[-1\] must equal packed.shape\[0\] = 5, got 4"):
+        mod.unpack(packed, cu_t([0, 2, 4]), 3)
+    with pytest.raises(ValueError, match="cu must be non-decreasing"):
+        mod.unpack(packed, cu_t([0, 3, 2, 5]), 3)
+    with pytest.raises(ValueError, match="cu must start at 0"):
+        mod.unpack(packed, cu_t([1, 3, 5]), 3)
+    with pytest.raises(ValueError, match="must be <= max_len=2"):
+        mod.unpack(packed, cu_t([0, 3, 5]), 2)
+    with pytest.raises(TypeError, match="pad_value must be a real number"):
+        mod.unpack(packed, cu_t([0, 2, 5]), 3, pad_value="x")
+    ints = arr(np.zeros((5,), dtype=np.int64))
+    with pytest.raises(ValueError, match="pad_value must be a whole number"):
+        mod.unpack(ints, cu_t([0, 2, 5]), 3, pad_value=0.5)
+    w1 = arr(np.zeros((4, 6), dtype=np.float32))
+    b1 = arr(np.zeros(6, dtype=np.float32))
+    w2 = arr(np.zeros((6, 4), dtype=np.float32))
+    b2 = arr(np.zeros(4, dtype=np.float32))
+    with pytest.raises(ValueError, match=r"w2 must have shape \[d_ff=6, d_model=4\]"):
+        mod.packed_ffn(x, [1, 2], w1, b1, w1, b2)
+    with pytest.raises(ValueError, match=r"b1 must have shape \[d_ff=6\]"):
+        mod.padded_ffn(x, [1, 2], w1, b2, w2, b2)
+    with pytest.raises(ValueError, match="d_model must be an int >= 1"):
+        mod.padding_stats([1], 3, d_model=0)
+    if mod is T:
+        with pytest.raises(TypeError, match="b2 must have the same dtype as x"):
+            mod.packed_ffn(x, [1, 2], w1, b1, w2, b2.double())
+
+
+def test_pack_realistic_batch():
+    """A batch of the size bench.py uses packs identically in both backends (timing is bench.py's job)."""
+    rng = np.random.default_rng(0)
+    x, lengths = _random_batch(rng, 32, 128, (16,), zero=False)
+    p, cu = T.pack(torch.from_numpy(x), torch.from_numpy(lengths))
+    rp, rcu = R.pack(x, lengths)
+    np.testing.assert_array_equal(p.numpy(), rp)
+    np.testing.assert_array_equal(cu.numpy(), rcu)
+
+
+# ============================================================================ bench
+def test_bench_run_rejects_bad_quick():
+    from effx_lab.costs import bench
+
+    with pytest.raises(TypeError, match="quick must be a bool"):
+        bench.run(quick="yes")
+
+
+@pytest.mark.slow
+def test_bench_quick_runs(tmp_path, monkeypatch):
+    from effx_lab.costs import bench
+
+    monkeypatch.setenv("EFFX_LAB_CACHE", str(tmp_path))  # keep the ceilings cache out of $HOME
+    out = bench.run(quick=True)
+    json.dumps(out)  # plain, JSON-serialisable values only
+    assert [row["n"] for row in out["gemm_vs_gemv"]] == [512, 1024]
+    for row in out["gemm_vs_gemv"]:
+        assert row["gemm"]["intensity"] == pytest.approx(row["n"] / 6)
+        assert row["gemv"]["intensity"] < 0.5 < row["gemm"]["intensity"]
+        assert row["gemv"]["bound"] == "memory" and row["gemv_stack"] >= 1
+        # the direction of the chapter's claim: a GEMM does more FLOPs per second than a streamed GEMV
+        assert row["gemm_over_gemv_achieved_flops"] > 1.0
+    ffn = out["padded_vs_packed_ffn"]
+    assert ffn["max_abs_diff"] < 1e-4
+    assert ffn["ideal_speedup"] == pytest.approx(1 / (1 - ffn["padding"]["fraction_wasted"]))
+    assert ffn["measured_speedup"] > 0
+    assert out["pack_numpy_vs_torch"]["same_result"] is True

@@ -1,0 +1,264 @@
+"""The chapter 1 checkers accept the reference and reject the classic wrong answers."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from effx_lab.costs import exercises as E
+from effx_lab.costs import flops as F
+from effx_lab.costs import memory as M
+from effx_lab.costs import reference as R
+
+
+def _fails(result, *facts: str) -> None:
+    assert result.passed is False, result.message
+    assert result.attempted is True
+    for fact in facts:
+        assert fact in result.message, (fact, result.message)
+
+
+# ---------------------------------------------------------------------------------- references pass
+@pytest.mark.parametrize(
+    "checker, fn",
+    [
+        (E.check_kv_cache_bytes, M.kv_cache_bytes),
+        (E.check_max_batch_size, M.max_batch_size),
+        (E.check_matmul_flops_bytes, F.matmul_flops_bytes),
+        (E.check_roofline_time, F.roofline_time),
+        (E.check_pack, R.pack),
+        (E.check_unpack, R.unpack),
+        (E.check_cu_seqlens, R.cu_seqlens),
+    ],
+)
+def test_reference_passes(checker, fn, capsys):
+    result = checker(fn)
+    assert result.passed is True, result.message
+    assert result.n_passed == result.n_cases >= 7
+    assert "passed all" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------------------- plain student versions pass
+def kv_plain(n_layers, n_kv_heads, head_dim, seq_len, batch_size, bytes_per_elem):
+    return math.ceil(2 * n_layers * n_kv_heads * head_dim * seq_len * batch_size * bytes_per_elem)
+
+
+def max_batch_plain(memory_bytes, shape, seq_len, weight_bytes_per_param, kv_bytes_per_elem):
+    weights = math.ceil(shape.params() * weight_bytes_per_param)
+    per_seq = 2 * shape.n_layers * shape.n_kv_heads * shape.head_dim * seq_len * kv_bytes_per_elem
+    if weights > memory_bytes:
+        return 0
+    return int((memory_bytes - weights) // per_seq)
+
+
+def test_straightforward_student_solutions_pass():
+    assert E.check_kv_cache_bytes(kv_plain).passed
+    assert E.check_max_batch_size(max_batch_plain).passed
+    assert E.check_roofline_time(lambda f, b, pf, pb: max(f / pf, b / pb)).passed
+    assert E.check_matmul_flops_bytes(
+        lambda m, n, k, b: (2 * m * n * k, math.ceil((m * k + k * n + m * n) * b))
+    ).passed
+
+    def pack_mask(x, lengths):
+        mask = np.arange(x.shape[1])[None, :] < lengths[:, None]
+        return x[mask], np.concatenate([[0], np.cumsum(lengths)])
+
+    assert E.check_pack(pack_mask).passed
+
+
+# ---------------------------------------------------------------------------------- 01.1 wrong answers
+def test_kv_rejects_missing_factor_two():
+    def wrong(n_layers, n_kv_heads, head_dim, seq_len, batch_size, bytes_per_elem):
+        return math.ceil(n_layers * n_kv_heads * head_dim * seq_len * batch_size * bytes_per_elem)
+
+    _fails(E.check_kv_cache_bytes(wrong), "kv_cache_bytes", "expected 4")
+
+
+def test_kv_rejects_float_bytes():
+    def wrong(n_layers, n_kv_heads, head_dim, seq_len, batch_size, bytes_per_elem):
+        return 2.0 * n_layers * n_kv_heads * head_dim * seq_len * batch_size * bytes_per_elem
+
+    _fails(E.check_kv_cache_bytes(wrong), "a float", "expected an integer")
+
+
+def test_kv_rejects_int32_overflow():
+    def wrong(n_layers, n_kv_heads, head_dim, seq_len, batch_size, bytes_per_elem):
+        elems = np.int32(2)
+        with np.errstate(over="ignore"):
+            for v in (n_layers, n_kv_heads, head_dim, seq_len, batch_size):
+                elems = elems * np.int32(v)  # wraps around past 2**31 - 1
+        return math.ceil(int(elems) * bytes_per_elem)
+
+    # llama2-70b at batch 8 already holds 5.4e9 elements > 2**31 - 1
+    _fails(E.check_kv_cache_bytes(wrong), "GQA llama2-70b", "expected 10737418240")
+
+
+def test_kv_rejects_round_down_of_half_byte():
+    def wrong(n_layers, n_kv_heads, head_dim, seq_len, batch_size, bytes_per_elem):
+        return int(2 * n_layers * n_kv_heads * head_dim * seq_len * batch_size * bytes_per_elem)
+
+    _fails(E.check_kv_cache_bytes(wrong), "round up", "expected 5")
+
+
+def test_max_batch_rejects_n_heads_instead_of_kv_heads():
+    def wrong(memory_bytes, shape, seq_len, weight_bytes_per_param, kv_bytes_per_elem):
+        weights = math.ceil(shape.params() * weight_bytes_per_param)
+        per_seq = 2 * shape.n_layers * shape.n_heads * shape.head_dim * seq_len * kv_bytes_per_elem
+        return max(0, int((memory_bytes - weights) // per_seq))
+
+    _fails(E.check_max_batch_size(wrong), "GQA", "max_batch_size")
+
+
+@pytest.mark.parametrize("delta", [1, -1])
+def test_max_batch_rejects_off_by_one(delta):
+    def wrong(memory_bytes, shape, seq_len, weight_bytes_per_param, kv_bytes_per_elem):
+        right = M.max_batch_size(memory_bytes, shape, seq_len, weight_bytes_per_param, kv_bytes_per_elem)
+        return max(0, right + delta)
+
+    _fails(E.check_max_batch_size(wrong), "(off by 1)")
+
+
+def test_max_batch_rejects_strict_inequality_at_exact_fit():
+    def wrong(memory_bytes, shape, seq_len, weight_bytes_per_param, kv_bytes_per_elem):
+        weights = math.ceil(shape.params() * weight_bytes_per_param)
+        per_seq = 2 * shape.n_layers * shape.n_kv_heads * shape.head_dim * seq_len * kv_bytes_per_elem
+        b = 0
+        while weights + (b + 1) * per_seq < memory_bytes:  # should be <=
+            b += 1
+        return b
+
+    _fails(E.check_max_batch_size(wrong), "exact fit", "(off by 1)")
+
+
+def test_max_batch_rejects_round_instead_of_floor():
+    def wrong(memory_bytes, shape, seq_len, weight_bytes_per_param, kv_bytes_per_elem):
+        weights = math.ceil(shape.params() * weight_bytes_per_param)
+        per_seq = 2 * shape.n_layers * shape.n_kv_heads * shape.head_dim * seq_len * kv_bytes_per_elem
+        return max(0, round((memory_bytes - weights) / per_seq))
+
+    _fails(E.check_max_batch_size(wrong), "max_batch_size", "expected")
+
+
+def test_max_batch_rejects_negative_when_weights_do_not_fit():
+    def wrong(memory_bytes, shape, seq_len, weight_bytes_per_param, kv_bytes_per_elem):
+        weights = math.ceil(shape.params() * weight_bytes_per_param)
+        per_seq = 2 * shape.n_layers * shape.n_kv_heads * shape.head_dim * seq_len * kv_bytes_per_elem
+        return int((memory_bytes - weights) // per_seq)
+
+    _fails(E.check_max_batch_size(wrong), "weights do not fit", "expected 0")
+
+
+def test_max_batch_rejects_float_result():
+    def wrong(memory_bytes, shape, seq_len, weight_bytes_per_param, kv_bytes_per_elem):
+        weights = shape.params() * weight_bytes_per_param
+        per_seq = 2 * shape.n_layers * shape.n_kv_heads * shape.head_dim * seq_len * kv_bytes_per_elem
+        return max(0.0, (memory_bytes - weights) // per_seq)
+
+    _fails(E.check_max_batch_size(wrong), "a float", "expected an integer")
+
+
+# ---------------------------------------------------------------------------------- 01.2 wrong answers
+def test_matmul_rejects_missing_output_write():
+    def wrong(m, n, k, bytes_per_elem):
+        return 2 * m * n * k, math.ceil((m * k + k * n) * bytes_per_elem)
+
+    _fails(E.check_matmul_flops_bytes(wrong), "output[1]")
+
+
+def test_matmul_rejects_flops_without_factor_two():
+    def wrong(m, n, k, bytes_per_elem):
+        return m * n * k, math.ceil((m * k + k * n + m * n) * bytes_per_elem)
+
+    _fails(E.check_matmul_flops_bytes(wrong), "output[0]")
+
+
+def test_matmul_rejects_list_and_float():
+    _fails(
+        E.check_matmul_flops_bytes(lambda m, n, k, b: [2 * m * n * k, math.ceil((m * k + k * n + m * n) * b)]),
+        "a list",
+        "expected a tuple",
+    )
+    _fails(
+        E.check_matmul_flops_bytes(lambda m, n, k, b: (2 * m * n * k, (m * k + k * n + m * n) * b)),
+        "output[1]",
+        "a float",
+    )
+
+
+def test_roofline_rejects_sum_instead_of_max():
+    _fails(E.check_roofline_time(lambda f, b, pf, pb: f / pf + b / pb), "roofline_time", "expected")
+
+
+def test_roofline_rejects_min_instead_of_max():
+    _fails(E.check_roofline_time(lambda f, b, pf, pb: min(f / pf, b / pb)), "roofline_time", "compute-bound")
+
+
+# ---------------------------------------------------------------------------------- 01.3 wrong answers
+def test_pack_rejects_ignoring_lengths():
+    def wrong(x, lengths):
+        return x.reshape((-1,) + x.shape[2:]), np.arange(x.shape[0] + 1) * x.shape[1]
+
+    _fails(E.check_pack(wrong), "shape", "odd sizes")
+
+
+def test_pack_rejects_cu_without_leading_zero():
+    def wrong(x, lengths):
+        mask = np.arange(x.shape[1])[None, :] < lengths[:, None]
+        return x[mask], np.cumsum(lengths)
+
+    _fails(E.check_pack(wrong), "output[1]", "shape")
+
+
+def test_pack_rejects_off_by_one_cu():
+    def wrong(x, lengths):
+        mask = np.arange(x.shape[1])[None, :] < lengths[:, None]
+        cu = np.concatenate([[0], np.cumsum(lengths)])
+        cu[1:] += 1
+        return x[mask], cu
+
+    _fails(E.check_pack(wrong), "output[1]", "differ")
+
+
+def test_pack_rejects_modifying_input():
+    def wrong(x, lengths):
+        packed, cu = R.pack(x, lengths)
+        x[...] = 0
+        return packed, cu
+
+    _fails(E.check_pack(wrong), "in place")
+
+
+def test_unpack_rejects_wrong_pad_value():
+    def wrong(packed, cu, max_len, pad_value=0):
+        return R.unpack(packed, cu, max_len, 0)
+
+    _fails(E.check_unpack(wrong), "pad_value=-1", "differ")
+
+
+def test_unpack_rejects_off_by_one_offsets():
+    def wrong(packed, cu, max_len, pad_value=0):
+        out = np.full((len(cu) - 1, max_len) + packed.shape[1:], pad_value, dtype=packed.dtype)
+        for b in range(len(cu) - 1):
+            n = cu[b + 1] - cu[b]
+            start = min(cu[b] + 1, len(packed) - n) if n else 0
+            out[b, :n] = packed[start:start + n]
+        return out
+
+    _fails(E.check_unpack(wrong), "unpack", "differ")
+
+
+def test_cu_seqlens_rejects_off_by_one():
+    _fails(E.check_cu_seqlens(lambda lengths: np.concatenate([[0], np.cumsum(lengths) - 1])), "differ")
+    _fails(E.check_cu_seqlens(lambda lengths: np.cumsum(lengths)), "shape")
+
+
+# ---------------------------------------------------------------------------------- never crash
+def test_checkers_report_not_attempted_and_non_functions():
+    def todo(*args, **kwargs):
+        raise NotImplementedError
+
+    res = E.check_kv_cache_bytes(todo)
+    assert res.passed is False and res.attempted is False
+    res = E.check_pack(42)
+    assert res.passed is False and "expected a function" in res.message
