@@ -1,0 +1,24 @@
+"""Data for the course, all available offline.
+
+* :mod:`effx_lab.data.corpus`: CPython's own help text (``pydoc_data.topics``) as a small real English
+  corpus, a deterministic train/validation split by document, a byte-level tokenizer and random
+  next-token batches.
+* :mod:`effx_lab.data.mqar`: the Multi-Query Associative Recall task of Zoology (Arora et al. 2023),
+  the synthetic test of in-context recall used to compare attention with its efficient replacements.
+"""
+from __future__ import annotations
+
+from .corpus import ByteTokenizer, corpus_stats, get_batch, load_corpus, load_corpus_splits
+from .mqar import IGNORE_INDEX, MQARBatch, mqar, mqar_accuracy
+
+__all__ = [
+    "ByteTokenizer",
+    "IGNORE_INDEX",
+    "MQARBatch",
+    "corpus_stats",
+    "get_batch",
+    "load_corpus",
+    "load_corpus_splits",
+    "mqar",
+    "mqar_accuracy",
+]

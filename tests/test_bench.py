@@ -1,0 +1,448 @@
+"""Tests of effx_lab.bench: timing, side-by-side comparison, memory peaks, roofline, ceilings, JSON, CLI."""
+from __future__ import annotations
+
+import json
+import math
+import runpy
+import sys
+import textwrap
+import time
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+import effx_lab.bench as bench
+from effx_lab.bench import (
+    BACKEND_CPU,
+    Ceilings,
+    Comparison,
+    Roofline,
+    Timing,
+    compare,
+    device_name,
+    measure_ceilings,
+    memory_by_source,
+    peak_memory,
+    save_results,
+    time_fn,
+    to_jsonable,
+)
+from effx_lab.bench import __main__ as cli
+
+FAST = 0.02  # min_run_time for tests: enough blocks for a median, short enough for CI
+
+
+# ---------------------------------------------------------------------------------------------- timing
+
+
+def test_time_fn_positive_and_slower_is_slower():
+    fast = time_fn(time.sleep, 0.001, min_run_time=FAST, device="cpu")
+    slow = time_fn(time.sleep, 0.004, min_run_time=FAST, device="cpu")
+    assert fast.median_s > 0 and slow.median_s > 0 and fast.iqr_s >= 0
+    assert fast.runs >= 1 and fast.backend == BACKEND_CPU and fast.device == "cpu"
+    assert fast.name == "sleep"
+    # 4x the sleep: expect about 3.7x (sleep overhead); a generous margin for a busy machine
+    assert slow.median_s / fast.median_s > 2.0
+
+
+def test_time_fn_more_work_measures_slower():
+    x = np.random.default_rng(0).random(20_000)
+    small = time_fn(lambda: np.sort(x[:5_000]), name="small", min_run_time=FAST)
+    big = time_fn(lambda: np.sort(x), name="big", min_run_time=FAST)
+    assert small.name == "small"
+    assert big.median_s / small.median_s > 2.0
+
+
+def test_time_fn_passes_args_and_kwargs_and_warms_up():
+    calls = []
+
+    def f(a, b=0):
+        calls.append((a, b))
+
+    t = time_fn(f, 3, b=4, min_run_time=0.005)
+    assert calls and all(c == (3, 4) for c in calls)
+    assert len(calls) >= t.runs + 1  # the warm-up call is not timed
+    assert isinstance(t, Timing) and t.median_ms == pytest.approx(t.median_s * 1e3)
+    assert "f:" in str(t) and t.to_dict()["name"] == "f"
+
+
+def test_time_fn_bad_inputs():
+    with pytest.raises(TypeError, match="fn must be callable"):
+        time_fn(3)
+    with pytest.raises(ValueError, match="min_run_time"):
+        time_fn(lambda: None, min_run_time=0)
+    with pytest.raises(TypeError, match="min_run_time"):
+        time_fn(lambda: None, min_run_time="fast")
+    with pytest.raises(ValueError, match="device must be 'cpu' or 'cuda'"):
+        time_fn(lambda: None, device="tpu")
+    with pytest.raises(TypeError, match="device"):
+        time_fn(lambda: None, device=0)
+    with pytest.raises(TypeError, match="name"):
+        time_fn(lambda: None, name=5)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU error")
+def test_time_fn_cuda_without_gpu_is_a_clear_error():
+    with pytest.raises(ValueError, match="no CUDA GPU"):
+        time_fn(lambda: None, device="cuda")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_time_fn_cuda_uses_do_bench():  # pragma: no cover - GPU only
+    a = torch.randn(1024, 1024, device="cuda")
+    t1 = time_fn(torch.matmul, a, a, min_run_time=0.05, device="cuda")
+    t4 = time_fn(lambda: [torch.matmul(a, a) for _ in range(4)], min_run_time=0.05, device="cuda")
+    assert t1.device == "cuda" and t1.median_s > 0
+    assert t4.median_s / t1.median_s > 2.0
+
+
+def test_compare_speedups_consistent_with_timings():
+    c = compare(
+        {"slow": lambda: time.sleep(0.004), "fast": lambda: time.sleep(0.001)},
+        baseline="slow",
+        min_run_time=FAST,
+        rounds=2,
+    )
+    assert isinstance(c, Comparison) and c.baseline == "slow" and c.rounds == 2
+    assert c.speedup("slow") == 1.0
+    for name, t in c.timings.items():
+        assert c.speedup(name) == pytest.approx(c.timings["slow"].median_s / t.median_s)
+        assert len(c.round_medians_s[name]) == 2
+        assert t.median_s == pytest.approx(float(np.median(c.round_medians_s[name])))
+    assert c.ratios() == {name: c.speedup(name) for name in ("slow", "fast")}
+    assert c.speedup("fast") > 2.0
+    table = c.table()
+    assert "fast" in table and "1.00x" in table and "speed-up vs slow" in table
+    assert len({len(line) for line in table.splitlines()[:4]}) == 1  # aligned columns
+    assert "| fast |" in c._repr_markdown_()
+    d = json.loads(json.dumps(c.to_dict()))
+    assert d["speedups"]["slow"] == 1.0 and set(d["timings"]) == {"slow", "fast"}
+
+
+def test_compare_interleaves_rounds():
+    log = []
+    fns = {name: (lambda name=name: log.append(name)) for name in "ABC"}
+    compare(fns, baseline="A", min_run_time=0.002, rounds=3)
+    collapsed = [name for i, name in enumerate(log) if i == 0 or log[i - 1] != name]
+    assert collapsed == list("ABC") * 3
+
+
+def test_compare_bad_inputs():
+    f = lambda: None  # noqa: E731
+    with pytest.raises(TypeError, match="fns must be a non-empty dict"):
+        compare({}, baseline="a")
+    with pytest.raises(TypeError, match="fns must be a non-empty dict"):
+        compare([f], baseline="a")
+    with pytest.raises(ValueError, match="baseline must be one of"):
+        compare({"a": f}, baseline="b")
+    with pytest.raises(TypeError, match="baseline"):
+        compare({"a": f}, baseline=0)
+    with pytest.raises(TypeError, match=r"fns\['b'\] must be callable"):
+        compare({"a": f, "b": 3}, baseline="a")
+    with pytest.raises(ValueError, match="rounds"):
+        compare({"a": f}, baseline="a", rounds=0)
+    c = compare({"a": f}, baseline="a", min_run_time=0.002, rounds=1)
+    with pytest.raises(ValueError, match="name must be one of"):
+        c.speedup("zzz")
+
+
+# ---------------------------------------------------------------------------------------------- memory
+
+
+def test_peak_memory_numpy_array():
+    n_bytes = 8 * 1_000_000
+    peak = peak_memory(np.ones, 1_000_000)
+    assert n_bytes <= peak < 2 * n_bytes
+
+
+def test_peak_memory_torch_tensor_invisible_to_tracemalloc():
+    n_bytes = 4 * 2_000_000
+    parts = memory_by_source(torch.ones, 2_000_000)
+    assert parts["tracemalloc"] < n_bytes / 10  # tracemalloc alone would miss the tensor
+    peak = peak_memory(torch.ones, 2_000_000)
+    assert n_bytes <= peak < 2 * n_bytes
+    if not torch.cuda.is_available():
+        assert parts["cuda"] is None
+
+
+def test_peak_memory_sees_transient_peaks():
+    def numpy_temp():
+        tmp = np.ones(2_000_000)  # 16 MB, freed before returning
+        return float(tmp.sum())
+
+    def torch_temp():
+        a = torch.ones(2_000_000)  # 8 MB
+        b = a * 2  # 8 MB more while a is alive
+        del a
+        return float(b.sum())
+
+    assert 16_000_000 <= peak_memory(numpy_temp) < 32_000_000
+    assert 16_000_000 <= peak_memory(torch_temp) < 32_000_000
+    assert peak_memory(lambda: None) < 1_000_000
+
+
+def test_peak_memory_bad_inputs():
+    with pytest.raises(TypeError, match="fn must be callable"):
+        peak_memory("np.ones")
+    with pytest.raises(TypeError, match="fn must be callable"):
+        memory_by_source(None)
+
+
+# -------------------------------------------------------------------------------------------- roofline
+
+
+def _synthetic(peak_flops=100e9, peak_bandwidth=10e9) -> Ceilings:
+    return Ceilings("test device", peak_flops, peak_bandwidth, "float32", "synthetic", "2026-01-01T00:00:00+00:00")
+
+
+def test_roofline_math():
+    r = Roofline(_synthetic())
+    assert r.ridge_intensity == pytest.approx(10.0)
+    assert r.attainable(0.0) == 0.0
+    assert r.attainable(1.0) == pytest.approx(10e9)  # bandwidth * intensity
+    assert r.attainable(10.0) == pytest.approx(100e9)  # the ridge: both roofs
+    assert r.attainable(1000.0) == pytest.approx(100e9)  # compute roof
+    i = np.array([0.5, 5.0, 50.0])
+    np.testing.assert_allclose(r.attainable(i), np.minimum(100e9, 10e9 * i))
+    assert r.bound(9.99) == "memory" and r.bound(10.0) == "compute"
+
+
+def test_roofline_points():
+    r = Roofline(_synthetic())
+    # memory-bound: 1 GFLOP over 1 GB in 0.2 s -> 5 GB/s of 10 GB/s
+    p = r.point("axpy-like", flops=1e9, bytes_moved=1e9, seconds=0.2)
+    assert p.intensity == pytest.approx(1.0) and p.bound == "memory"
+    assert p.achieved_flops == pytest.approx(5e9) and p.achieved_bandwidth == pytest.approx(5e9)
+    assert p.attainable_flops == pytest.approx(10e9)
+    assert p.fraction_of_attainable == pytest.approx(0.5)
+    # compute-bound: 1 TFLOP over 1 GB in 20 s -> 50 GFLOP/s of 100
+    q = r.point("gemm-like", flops=1e12, bytes_moved=1e9, seconds=20.0)
+    assert q.intensity == pytest.approx(1000.0) and q.bound == "compute"
+    assert q.fraction_of_attainable == pytest.approx(0.5)
+    assert q.fraction_of_attainable == pytest.approx(q.achieved_flops / q.attainable_flops)
+    # a pure copy (no FLOPs) is memory-bound and judged by bandwidth
+    c = r.point("copy", flops=0, bytes_moved=2e9, seconds=1.0)
+    assert c.bound == "memory" and c.fraction_of_attainable == pytest.approx(0.2)
+    assert json.loads(json.dumps(to_jsonable({"p": p})))["p"]["bound"] == "memory"
+
+
+def test_roofline_bad_inputs():
+    with pytest.raises(TypeError, match="ceilings must be a Ceilings"):
+        Roofline({"peak_flops": 1.0})
+    with pytest.raises(ValueError, match="peak_flops"):
+        Roofline(_synthetic(peak_flops=0.0))
+    with pytest.raises(ValueError, match="peak_bandwidth"):
+        Roofline(_synthetic(peak_bandwidth=-1.0))
+    r = Roofline(_synthetic())
+    with pytest.raises(ValueError, match="intensity"):
+        r.attainable(-1.0)
+    with pytest.raises(ValueError, match="intensity"):
+        r.attainable(np.array([1.0, np.nan]))
+    with pytest.raises(TypeError, match="intensity"):
+        r.attainable("high")
+    with pytest.raises(ValueError, match="seconds"):
+        r.point("k", 1.0, 1.0, 0.0)
+    with pytest.raises(ValueError, match="bytes_moved"):
+        r.point("k", 1.0, 0.0, 1.0)
+    with pytest.raises(ValueError, match="flops"):
+        r.point("k", -1.0, 1.0, 1.0)
+    with pytest.raises(TypeError, match="name"):
+        r.point(3, 1.0, 1.0, 1.0)
+
+
+def test_measure_ceilings_quick_measures_and_caches(tmp_path, monkeypatch):
+    monkeypatch.setenv("EFFX_LAB_CACHE", str(tmp_path / "cache"))
+    c = measure_ceilings(quick=True)
+    assert c.device == device_name() and c.dtype == "float32" and "quick" in c.method
+    for value in (c.peak_flops, c.peak_bandwidth):
+        assert math.isfinite(value) and value > 0
+    assert 1e6 < c.peak_flops < 1e17 and 1e6 < c.peak_bandwidth < 1e14  # plausible, not datasheet
+    path = tmp_path / "cache" / "ceilings.json"
+    data = json.loads(path.read_text())
+    key = f"{device_name()} | float32"
+    assert data[key]["ceilings"]["peak_flops"] == c.peak_flops
+    # the second call reads the cache instead of measuring: prove it by editing the cached number
+    data[key]["ceilings"]["peak_flops"] = 123.0
+    path.write_text(json.dumps(data))
+    assert measure_ceilings(quick=True).peak_flops == 123.0
+    # cache=False measures afresh (timing stubbed out here: it is slow) and leaves the file alone
+    monkeypatch.setattr(bench, "_best_seconds", lambda fn, device, budget_s, min_repeats: (1.0, min_repeats))
+    fresh = measure_ceilings(quick=True, cache=False)
+    assert fresh.peak_flops == pytest.approx(2 * (2048 if torch.cuda.is_available() else 1024) ** 3)
+    assert json.loads(path.read_text())[key]["ceilings"]["peak_flops"] == 123.0
+
+
+def test_measure_ceilings_full_request_ignores_quick_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("EFFX_LAB_CACHE", str(tmp_path))
+    timed = []
+
+    def fake_best(fn, device, budget_s, min_repeats):  # skip the (seconds-long) full measurement
+        timed.append(budget_s)
+        return 0.5, min_repeats
+
+    monkeypatch.setattr(bench, "_best_seconds", fake_best)
+    (tmp_path / "ceilings.json").write_text("{not json")  # a corrupt cache is measured over, not fatal
+    quick = measure_ceilings(quick=True)
+    assert len(timed) == 2 and "quick mode" in quick.method  # matmul and copy
+    assert measure_ceilings(quick=True) == quick and len(timed) == 2  # from the cache
+    full = measure_ceilings(quick=False)  # a quick entry cannot answer a full request
+    assert len(timed) == 4 and "quick" not in full.method
+    n_full = 8192 if torch.cuda.is_available() else 2048
+    assert full.peak_flops == pytest.approx(2 * n_full**3 / 0.5)
+    assert measure_ceilings(quick=True) == full  # a full entry answers quick requests
+    assert len(timed) == 4
+    measure_ceilings(quick=True, cache=False)
+    assert json.loads((tmp_path / "ceilings.json").read_text())  # still valid JSON, still the full entry
+    assert measure_ceilings(quick=False) == full and len(timed) == 6
+
+
+def test_measure_ceilings_bad_inputs():
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        measure_ceilings(dtype="int8")
+    with pytest.raises(TypeError, match="quick"):
+        measure_ceilings(quick="yes")
+    with pytest.raises(TypeError, match="cache"):
+        measure_ceilings(cache=1)
+
+
+# --------------------------------------------------------------------------------------------- results
+
+
+def test_device_name():
+    name = device_name()
+    assert isinstance(name, str) and name.strip()
+    if not torch.cuda.is_available():
+        assert "cores)" in name
+
+
+def test_save_results_writes_json_with_device(tmp_path):
+    timing = Timing("f", 1e-3, 1e-4, 10, "cpu", BACKEND_CPU)
+    comp = Comparison({"f": timing, "g": Timing("g", 2e-3, 1e-4, 10, "cpu", BACKEND_CPU)}, "g", 1, {})
+    results = {
+        "timing": timing,
+        "comparison": comp,
+        "ceilings": _synthetic(),
+        "array": np.arange(3),
+        "scalar": np.float32(1.5),
+        "tensor": torch.tensor([1.0, 2.0]),
+        "nan": float("nan"),
+        "nested": {1: (True, None, "x")},
+    }
+    path = save_results("demo", results, out_dir=tmp_path / "out")
+    assert path.parent == tmp_path / "out" and path.name.startswith("demo-") and path.suffix == ".json"
+    data = json.loads(path.read_text())
+    assert data["device"] == device_name() and data["name"] == "demo"
+    assert data["torch_version"] == torch.__version__ and data["numpy_version"] == np.__version__
+    assert data["timestamp"].endswith("+00:00")
+    r = data["results"]
+    assert r["timing"]["median_s"] == 1e-3 and r["comparison"]["speedups"]["f"] == pytest.approx(2.0)
+    assert r["ceilings"]["peak_flops"] == 100e9 and r["array"] == [0, 1, 2] and r["scalar"] == 1.5
+    assert r["tensor"] == [1.0, 2.0] and r["nan"] is None and r["nested"] == {"1": [True, None, "x"]}
+
+
+def test_save_results_default_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = save_results("x", {"a": 1})
+    assert path.parent == tmp_path / "bench_results" and path.exists()
+
+
+def test_save_results_bad_inputs(tmp_path):
+    with pytest.raises(ValueError, match="name must be"):
+        save_results("../escape", {}, out_dir=tmp_path)
+    with pytest.raises(TypeError, match="name must be a str"):
+        save_results(None, {}, out_dir=tmp_path)
+    with pytest.raises(TypeError, match="results must be a dict"):
+        save_results("x", [1, 2], out_dir=tmp_path)
+    with pytest.raises(TypeError, match=r"results\['bad'\] cannot be written as JSON"):
+        save_results("x", {"bad": object()}, out_dir=tmp_path)
+    with pytest.raises(TypeError, match="out_dir"):
+        save_results("x", {}, out_dir=3)
+
+
+# ------------------------------------------------------------------------------------------------- CLI
+
+
+def test_format_results_readable():
+    timing = Timing("f", 1e-3, 1e-4, 10, "cpu", BACKEND_CPU)
+    comp = Comparison({"f": timing, "g": Timing("g", 2e-3, 1e-4, 10, "cpu", BACKEND_CPU)}, "g", 1, {})
+    text = cli.format_results(
+        {"cmp": comp, "cmp_as_dict": comp.to_dict(), "rows": [{"n": 1}, {"n": 2}], "x": 0.123456789, "v": [1.0, 2.5]}
+    )
+    assert text.count("speed-up vs g") == 2  # a Comparison and its to_dict() both print as tables
+    assert "2.00x" in text and "- item 1:" in text and "n: 2" in text
+    assert "x: 0.1235" in text and "v: [1, 2.5]" in text
+
+
+def test_registry_has_chapter_one():
+    assert cli.REGISTRY["ch01"] == cli.REGISTRY["costs"] == "effx_lab.costs.bench"
+
+
+@pytest.fixture
+def fake_chapter(tmp_path, monkeypatch):
+    module = tmp_path / "effx_fake_chapter_bench.py"
+    module.write_text(
+        textwrap.dedent(
+            """
+            from effx_lab.bench import Timing
+
+            def run(quick=False):
+                return {
+                    "quick": quick,
+                    "answer": 42.0,
+                    "timing": Timing("k", 0.001, 0.0001, 5, "cpu", "torch.utils.benchmark"),
+                    "sizes": {"n": 3},
+                }
+            """
+        )
+    )
+    (tmp_path / "effx_fake_no_run.py").write_text("x = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setitem(cli.REGISTRY, "fake", "effx_fake_chapter_bench")
+    monkeypatch.setitem(cli.REGISTRY, "norun", "effx_fake_no_run")
+    monkeypatch.setitem(cli.REGISTRY, "missing", "effx_fake_module_that_does_not_exist")
+    return tmp_path
+
+
+def test_cli_list(fake_chapter, capsys):
+    assert cli.main(["--list"]) == 0
+    out = capsys.readouterr().out
+    assert "ch01" in out and "costs" in out and "effx_fake_chapter_bench" in out
+
+
+def test_cli_runs_a_chapter_and_saves_json(fake_chapter, capsys):
+    out_dir = fake_chapter / "results"
+    assert cli.main(["fake", "--quick", "--out", str(out_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "answer: 42" in out and "k: 1.000 ms" in out and "n: 3" in out
+    files = list(out_dir.glob("fake-*.json"))
+    assert len(files) == 1
+    data = json.loads(files[0].read_text())
+    assert data["results"]["quick"] is True and data["results"]["timing"]["runs"] == 5
+    assert data["device"] == device_name()
+
+
+def test_cli_unknown_or_missing_chapter(fake_chapter, capsys):
+    assert cli.main(["nope"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown chapter 'nope'" in err and "ch01" in err and "fake" in err
+    assert cli.main([]) == 2
+    assert "valid chapters" in capsys.readouterr().err
+    assert cli.main(["missing"]) == 1
+    assert "failed to import" in capsys.readouterr().err
+    assert cli.main(["norun"]) == 1
+    assert "no run(quick)" in capsys.readouterr().err
+
+
+def test_cli_module_entry_point(monkeypatch, capsys):
+    # `python -m effx_lab.bench` reaches main() and turns its return value into the exit code
+    # (run in-process with runpy: a fresh interpreter would spend seconds importing torch)
+    monkeypatch.setattr(sys, "argv", ["python -m effx_lab.bench", "not-a-chapter"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # runpy: module already in sys.modules
+        with pytest.raises(SystemExit) as exc:
+            runpy.run_module("effx_lab.bench", run_name="__main__")
+    assert exc.value.code == 2
+    assert "valid chapters: ch01, costs" in capsys.readouterr().err
