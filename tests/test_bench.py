@@ -299,6 +299,20 @@ def test_measure_ceilings_full_request_ignores_quick_cache(tmp_path, monkeypatch
     assert measure_ceilings(quick=False) == full and len(timed) == 6
 
 
+def test_full_measurements_keep_the_best_ceiling_seen(tmp_path, monkeypatch):
+    """A measurement taken while the machine is busy must not lower a ceiling measured earlier."""
+    monkeypatch.setenv("EFFX_LAB_CACHE", str(tmp_path))
+    seconds = iter([0.5, 0.5, 1.0, 0.25])  # matmul, copy (fast), then matmul slower, copy faster
+
+    monkeypatch.setattr(bench, "_best_seconds", lambda fn, device, budget_s, min_repeats: (next(seconds), 3))
+    first = measure_ceilings(quick=False, cache=False)
+    second = measure_ceilings(quick=False, cache=False)
+    assert second.peak_flops == first.peak_flops  # the slower matmul did not lower the ceiling
+    assert second.peak_bandwidth == pytest.approx(2 * first.peak_bandwidth)  # the faster copy raised it
+    assert "maximum" in second.method
+    assert measure_ceilings() == second  # and the cache holds the combination
+
+
 def test_measure_ceilings_bad_inputs():
     with pytest.raises(ValueError, match="dtype must be one of"):
         measure_ceilings(dtype="int8")

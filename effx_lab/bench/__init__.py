@@ -593,7 +593,9 @@ def measure_ceilings(*, dtype: str = "float32", quick: bool = False, cache: bool
     Both use every CPU thread PyTorch uses. The result is cached in ``cache_dir() / "ceilings.json"``
     keyed by :func:`device_name` and ``dtype``, so it is measured once per device: a cached full
     measurement answers both modes, a cached quick one only quick requests. ``cache=False`` measures
-    afresh and leaves the cache untouched.
+    afresh. Every full measurement is combined with the cached full one by taking the maximum of each
+    ceiling (the best the device has shown; a busy moment only understates it), and the cache is updated;
+    a quick one is cached only when ``cache=True`` and no full measurement exists.
     """
     check_choice("dtype", dtype, tuple(_DTYPES))
     quick = check_bool("quick", quick)
@@ -646,12 +648,29 @@ def measure_ceilings(*, dtype: str = "float32", quick: bool = False, cache: bool
         method=method,
         measured_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     )
-    if cache:
-        data = _read_cache(path)
-        old = data.get(key)
-        if not (quick and isinstance(old, dict) and old.get("quick") is False):  # never replace full by quick
-            data[key] = {"quick": quick, "ceilings": result.to_dict()}
-            _write_cache(path, data)
+    # A ceiling is the best this device has shown: a measurement taken while the machine was busy only
+    # understates it. So every full measurement is folded into the cache by keeping the maximum of each
+    # ceiling, and the maximum is what we return (quick measurements never replace a full one).
+    data = _read_cache(path)
+    old = data.get(key)
+    old_full = isinstance(old, dict) and old.get("quick") is False and isinstance(old.get("ceilings"), dict)
+    if old_full and not quick:
+        try:
+            prev = Ceilings(**old["ceilings"])
+        except TypeError:
+            prev = None
+        if prev is not None and (prev.peak_flops > result.peak_flops or prev.peak_bandwidth > result.peak_bandwidth):
+            result = Ceilings(
+                device=name,
+                peak_flops=max(prev.peak_flops, result.peak_flops),
+                peak_bandwidth=max(prev.peak_bandwidth, result.peak_bandwidth),
+                dtype=dtype,
+                method=method + "; the maximum of this and earlier measurements on this device",
+                measured_at=result.measured_at,
+            )
+    if not quick or (cache and not old_full):  # a quick result never replaces a full one
+        data[key] = {"quick": quick, "ceilings": result.to_dict()}
+        _write_cache(path, data)
     return result
 
 
