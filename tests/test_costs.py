@@ -452,3 +452,222 @@ def test_bench_quick_runs(tmp_path, monkeypatch):
     assert ffn["ideal_speedup"] == pytest.approx(1 / (1 - ffn["padding"]["fraction_wasted"]))
     assert ffn["measured_speedup"] > 0
     assert out["pack_numpy_vs_torch"]["same_result"] is True
+    dec = out["prefill_vs_decode"]
+    assert [r["batch_size"] for r in dec["rows"]] == [1, 8]
+    assert dec["prefill_over_decode_tokens_per_s_batch1"] > 1.0  # prefill serves tokens faster than decode
+
+
+# ============================================================================ bench helpers for notebook 01.2
+def _fake_roofline():
+    from effx_lab.bench import Ceilings, Roofline
+
+    ceil = Ceilings(device="test", peak_flops=1e11, peak_bandwidth=1e10, dtype="float32", method="test",
+                    measured_at="2024-01-01T00:00:00+00:00")
+    return Roofline(ceil)
+
+
+def test_gemm_gemv_points_places_three_kernels():
+    from effx_lab.costs import bench
+
+    n = 64
+    pts = bench.gemm_gemv_points(n, _fake_roofline(), stream_bytes=3 * 4 * n * n, min_run_time=0.01, device="cpu")
+    assert pts["n"] == n and pts["stack"] == 3
+    assert pts["gemm"].flops == 2 * n**3 and pts["gemm"].intensity == pytest.approx(n / 6)
+    assert pts["gemv"].flops == 3 * 2 * n * n  # three matrices streamed by one call
+    assert pts["gemv"].bytes_moved == 3 * F.matmul_bytes(n, 1, n, 4)
+    for key in ("gemv", "gemv_cache_resident"):
+        assert pts[key].intensity < 0.5 and pts[key].bound == "memory"
+    for key in ("gemm", "gemv", "gemv_cache_resident"):
+        assert pts[key].seconds > 0 and pts[key].achieved_flops > 0
+    # stream_bytes=0 still times one matrix
+    assert bench.gemm_gemv_points(8, _fake_roofline(), stream_bytes=0, min_run_time=0.01)["stack"] == 1
+
+
+@pytest.mark.parametrize(
+    "kwargs, exc, text",
+    [
+        ({"n": 0}, ValueError, "n must be an int >= 1, got 0"),
+        ({"n": 2.0}, TypeError, "n must be an int"),
+        ({"roofline": "peak"}, TypeError, "roofline must be an effx_lab.bench.Roofline"),
+        ({"stream_bytes": -1}, ValueError, "stream_bytes must be an int >= 0, got -1"),
+        ({"min_run_time": 0.0}, ValueError, "min_run_time must be > 0.0"),
+        ({"device": "tpu"}, ValueError, "device must be 'cpu' or 'cuda'"),
+        ({"device": 3}, TypeError, "device must be None, a str"),
+        ({"seed": -1}, ValueError, "seed must be an int >= 0"),
+    ],
+)
+def test_gemm_gemv_points_bad_inputs(kwargs, exc, text):
+    from effx_lab.costs import bench
+
+    args = {"n": 8, "roofline": _fake_roofline(), "min_run_time": 0.01}
+    args.update(kwargs)
+    n, roofline = args.pop("n"), args.pop("roofline")
+    with pytest.raises(exc, match=text):
+        bench.gemm_gemv_points(n, roofline, **args)
+
+
+def _small_tinylm():
+    from effx_lab.models import TinyLMConfig
+    from effx_lab.models.torch_ops import TinyLM
+
+    return TinyLM.from_config(TinyLMConfig(vocab_size=32, d_model=16, n_layers=1, n_heads=2, max_seq_len=16)).eval()
+
+
+def test_prefill_decode_times_rows_and_threads_restored():
+    from effx_lab.costs import bench
+
+    model = _small_tinylm()
+    before = torch.get_num_threads()
+    rows = bench.prefill_decode_times(model, (1, 3), prompt_len=8, min_run_time=0.01, rounds=2, threads=1)
+    assert torch.get_num_threads() == before
+    assert [r["batch_size"] for r in rows] == [1, 3]
+    for r in rows:
+        assert r["prompt_len"] == 8 and r["prefill_s"] > 0 and r["decode_step_s"] > 0
+        assert r["prefill_tokens_per_s"] == pytest.approx(r["batch_size"] * 8 / r["prefill_s"])
+        assert r["decode_tokens_per_s"] == pytest.approx(r["batch_size"] / r["decode_step_s"])
+    json.dumps(rows)
+
+
+@pytest.mark.parametrize(
+    "args, kwargs, exc, text",
+    [
+        (("model",), {}, TypeError, "model must be an effx_lab.models.torch_ops.TinyLM"),
+        ((None, []), {"prompt_len": 4}, TypeError, "batch_sizes must be a non-empty sequence"),
+        ((None, "12"), {"prompt_len": 4}, TypeError, "batch_sizes must be a non-empty sequence"),
+        ((None, (1, 0)), {"prompt_len": 4}, ValueError, r"batch_sizes\[1\] must be an int >= 1, got 0"),
+        ((None,), {"prompt_len": 16}, ValueError, r"prompt_len must be an int in \[1, 15\], got 16"),
+        ((None,), {"threads": 0, "prompt_len": 4}, ValueError, "threads must be an int >= 1, got 0"),
+        ((None,), {"rounds": 0, "prompt_len": 4}, ValueError, "rounds must be an int >= 1, got 0"),
+        ((None,), {"min_run_time": -1.0, "prompt_len": 4}, ValueError, "min_run_time must be > 0.0"),
+        ((None,), {"seed": 1.5, "prompt_len": 4}, TypeError, "seed must be an int"),
+    ],
+)
+def test_prefill_decode_times_bad_inputs(args, kwargs, exc, text):
+    from effx_lab.costs import bench
+
+    model = _small_tinylm()
+    args = tuple(model if a is None else a for a in args)
+    with pytest.raises(exc, match=text):
+        bench.prefill_decode_times(*args, **kwargs)
+
+
+# ============================================================================ memory helpers for 01.1
+def test_with_kv_heads_mha_gqa_mqa():
+    base = M.PRESETS["llama2-7b"]
+    mqa = M.with_kv_heads("llama2-7b", 1)
+    gqa = M.with_kv_heads(base, 8)
+    mha = M.with_kv_heads(base, 32)
+    assert (mqa.name, gqa.name, mha.name) == ("llama2-7b-mqa", "llama2-7b-gqa8", "llama2-7b-mha")
+    assert mqa.n_kv_heads == 1 and gqa.n_kv_heads == 8 and mha.n_kv_heads == 32
+    for attr in ("n_layers", "d_model", "n_heads", "head_dim", "d_ff", "vocab_size", "gated_mlp", "tie_embeddings"):
+        assert getattr(mqa, attr) == getattr(base, attr), attr
+    # the cache shrinks by exactly n_heads / n_kv_heads; the weights are kept by default
+    assert base.kv_bytes(4096, 16, 2) == 32 * mqa.kv_bytes(4096, 16, 2) == 4 * gqa.kv_bytes(4096, 16, 2)
+    assert mqa.params() == gqa.params() == base.params()
+    # recounted: MQA drops 31/32 of the K/V projections
+    small = M.with_kv_heads(base, 1, keep_n_params=False)
+    assert small.n_params is None
+    assert base.params() - small.params() == 32 * 2 * 4096 * (32 - 1) * 128
+    assert M.with_kv_heads(base, 4, name="mine").name == "mine"
+    assert "with_kv_heads" in small.source
+
+
+@pytest.mark.parametrize(
+    "kwargs, exc, text",
+    [
+        ({"n_kv_heads": 3}, ValueError, "n_kv_heads must divide n_heads=32"),
+        ({"n_kv_heads": 0}, ValueError, "n_kv_heads must be an int in \\[1, 32\\], got 0"),
+        ({"n_kv_heads": 64}, ValueError, "n_kv_heads must be an int in \\[1, 32\\], got 64"),
+        ({"n_kv_heads": 2.0}, TypeError, "n_kv_heads must be an int"),
+        ({"n_kv_heads": 2, "keep_n_params": 1}, TypeError, "keep_n_params must be a bool"),
+        ({"n_kv_heads": 2, "name": ""}, TypeError, "name must be a non-empty str"),
+    ],
+)
+def test_with_kv_heads_bad_inputs(kwargs, exc, text):
+    with pytest.raises(exc, match=text):
+        M.with_kv_heads("llama2-7b", **kwargs)
+    with pytest.raises(TypeError, match="shape must be a ModelShape"):
+        M.with_kv_heads(7, 1)
+
+
+@pytest.mark.parametrize("name", ["llama2-7b", "llama2-70b", "gpt3-175b", "palm-540b", "palm-540b-mha"])
+@pytest.mark.parametrize("w, kv", [("bf16", "bf16"), ("int4", "int8"), (2, 0.5), ("int8", 0.375)])
+def test_kv_crossover_tokens_is_the_first_token_count_where_kv_reaches_weights(name, w, kv):
+    s = M.PRESETS[name]
+    n = M.kv_crossover_tokens(s, weight_dtype=w, kv_dtype=kv)
+    weights = M.param_bytes(s.params(), w)
+    kv_b = M.dtype_bytes(kv) if isinstance(kv, str) else kv
+    assert isinstance(n, int) and n >= 1
+    assert s.kv_bytes(n, 1, kv_b) >= weights > s.kv_bytes(n - 1, 1, kv_b)
+    # only seq * batch matters
+    assert s.kv_bytes(1, n, kv_b) >= weights
+
+
+def test_kv_crossover_tokens_known_answer_and_bad_inputs():
+    # llama2-7b in bf16: 13,476,298,752 bytes of weights are exactly 25704 tokens of 0.5 MiB each
+    assert 13_476_298_752 == 25704 * 524_288
+    assert M.kv_crossover_tokens("llama2-7b") == 25704
+    assert M.kv_crossover_tokens("llama2-7b", kv_dtype="fp32") == 12852
+    # a tiny model whose weights are exactly a whole number of tokens: the crossing is that token
+    toy = M.ModelShape("toy", 1, 4, 1, 1, 1, 4, 4, n_params=8)
+    assert M.kv_crossover_tokens(toy, weight_dtype=1, kv_dtype=1) == 4  # 2 bytes per token, 8 bytes of weights
+    # 0.5 byte per token: 15 tokens hold 7.5 bytes, stored in 8 whole bytes, as many as the weights
+    assert M.kv_crossover_tokens(toy, weight_dtype=1, kv_dtype=0.25) == 15
+    with pytest.raises(ValueError, match="kv_dtype"):
+        M.kv_crossover_tokens("llama2-7b", kv_dtype="fp3")
+    with pytest.raises(ValueError, match="weight_dtype"):
+        M.kv_crossover_tokens("llama2-7b", weight_dtype=-1)
+    with pytest.raises(ValueError, match="name must be one of"):
+        M.kv_crossover_tokens("llama9")
+
+
+# ============================================================================ ffn (01.3: the FFN alone, on any row layout)
+@pytest.mark.parametrize("shape", [(7, 8), (3, 5, 8), (8,), (0, 8), (2, 0, 8)])
+def test_ffn_backends_agree_and_commute_with_packing(shape):
+    rng = np.random.default_rng(3)
+    d, f = 8, 12
+    h = rng.standard_normal(shape).astype(np.float32)
+    w1 = (rng.standard_normal((d, f)) / np.sqrt(d)).astype(np.float32)
+    b1 = rng.standard_normal(f).astype(np.float32)
+    w2 = (rng.standard_normal((f, d)) / np.sqrt(f)).astype(np.float32)
+    b2 = rng.standard_normal(d).astype(np.float32)
+    out = R.ffn(h, w1, b1, w2, b2)
+    assert out.shape == shape and out.dtype == np.float32
+    expected = R.gelu(h @ w1 + b1) @ w2 + b2
+    np.testing.assert_allclose(out, expected, rtol=1e-6, atol=1e-6)
+    tout = T.ffn(*(torch.from_numpy(a) for a in (h, w1, b1, w2, b2)))
+    np.testing.assert_allclose(tout.numpy(), out, rtol=1e-5, atol=1e-5)
+    if len(shape) == 3 and shape[1]:
+        # the FFN of the packed tokens is the packed FFN of the padded batch (row-wise layer)
+        lengths = np.array([shape[1], 0, 1][: shape[0]])
+        packed, _ = R.pack(h, lengths)
+        np.testing.assert_allclose(
+            R.ffn(packed, w1, b1, w2, b2), R.pack(R.padded_ffn(h, lengths, w1, b1, w2, b2), lengths)[0],
+            rtol=1e-6, atol=1e-6,
+        )
+
+
+@pytest.mark.parametrize("mod", [R, T], ids=["numpy", "torch"])
+def test_ffn_bad_inputs(mod):
+    arr = (lambda a: a) if mod is R else torch.from_numpy
+    h = arr(np.zeros((5, 4), dtype=np.float32))
+    w1 = arr(np.zeros((4, 6), dtype=np.float32))
+    b1 = arr(np.zeros(6, dtype=np.float32))
+    w2 = arr(np.zeros((6, 4), dtype=np.float32))
+    b2 = arr(np.zeros(4, dtype=np.float32))
+    assert tuple(mod.ffn(h, w1, b1, w2, b2).shape) == (5, 4)
+    with pytest.raises(TypeError, match="h must"):
+        mod.ffn([[0.0] * 4], w1, b1, w2, b2)
+    with pytest.raises(TypeError, match="h must have a float dtype"):
+        mod.ffn(arr(np.zeros((5, 4), dtype=np.int64)), w1, b1, w2, b2)
+    with pytest.raises(ValueError, match="h must have"):
+        mod.ffn(arr(np.array(1.0, dtype=np.float32)), w1, b1, w2, b2)
+    with pytest.raises(ValueError, match=r"w1 must have shape \[d_model=3, d_ff\], got \(4, 6\)"):
+        mod.ffn(arr(np.zeros((5, 3), dtype=np.float32)), w1, b1, w2, b2)
+    with pytest.raises(ValueError, match=r"w2 must have shape \[d_ff=6, d_model=4\], got \(4, 6\)"):
+        mod.ffn(h, w1, b1, w1, b2)
+    with pytest.raises(ValueError, match=r"b2 must have shape \[d_model=4\]"):
+        mod.ffn(h, w1, b1, w2, b1)
+    if mod is T:
+        with pytest.raises(TypeError, match=r"b1 must have the same dtype as h \(torch.float32\), got torch.float64"):
+            mod.ffn(h, w1, b1.double(), w2, b2)

@@ -36,10 +36,12 @@ from .memory import (
     dtype_bytes,
     get_preset,
     kv_cache_bytes,
+    kv_crossover_tokens,
     max_batch_size,
     memory_report,
     param_bytes,
     pope_example,
+    with_kv_heads,
 )
 
 __all__ = [
@@ -52,6 +54,8 @@ __all__ = [
     "dtype_bytes",
     "get_preset",
     "kv_cache_bytes",
+    "kv_crossover_tokens",
+    "with_kv_heads",
     "max_batch_size",
     "memory_report",
     "param_bytes",

@@ -12,6 +12,11 @@ Three measurements, each reported as ratios measured side by side in one run on 
     whose lengths are spread uniformly, run on all ``B x L`` positions vs on the real tokens only.
     The ideal speed-up is ``total / real = 1 / (1 - fraction_wasted)``.
 (c) **NumPy reference pack vs torch pack**: the readable loop against the vectorised gather.
+(d) **Prefill vs decode** of the trained TinyLM: tokens per second when the prompt is processed in one
+    forward pass, against one token per sequence per step with the KV cache, at several batch sizes.
+
+The two measurements notebook 01.2 shows are public, so the notebook and this benchmark run the same
+code: :func:`gemm_gemv_points` (one size of (a)) and :func:`prefill_decode_times` (d).
 
 Every value returned is a plain Python number, string, list or dict (JSON-serialisable).
 """
@@ -19,18 +24,18 @@ from __future__ import annotations
 
 import dataclasses
 import numbers
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 
-from effx_lab._validate import check_bool
+from effx_lab._validate import check_bool, check_float, check_int, describe
 
 from . import reference as R
 from . import torch_ops as T
 from .flops import matmul_bytes, matmul_flops
 
-__all__ = ["run"]
+__all__ = ["gemm_gemv_points", "prefill_decode_times", "run"]
 
 
 def _plain(obj: Any) -> Any:
@@ -54,54 +59,198 @@ def _plain(obj: Any) -> Any:
     return str(obj)
 
 
+def _check_device(device: Any) -> torch.device:
+    """``None`` -> the course's device (the GPU if there is one); else "cpu"/"cuda[:N]" or a torch.device."""
+    if device is None:
+        from effx_lab import device as dev
+
+        return dev.torch_device()
+    if isinstance(device, str):
+        try:
+            device = torch.device(device)
+        except RuntimeError as exc:
+            raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}") from exc
+    if not isinstance(device, torch.device):
+        raise TypeError(f"device must be None, a str ('cpu' or 'cuda') or a torch.device, got {describe(device)}")
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'cpu' or 'cuda', got {str(device)!r}")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={str(device)!r} was requested but PyTorch sees no CUDA GPU on this machine")
+    return device
+
+
+def gemm_gemv_points(
+    n: int,
+    roofline: Any,
+    *,
+    stream_bytes: int = 256 * 2**20,
+    min_run_time: float = 0.2,
+    device: Any = None,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Time a GEMM and two GEMVs of size ``n`` in float32 and place them on ``roofline``.
+
+    * ``"gemm"``: ``A[n, n] @ B[n, n]``, ``2 n^3`` FLOPs over ``3 n^2 * 4`` ideal bytes (intensity
+      ``n / 6``): the shape of prefill, where many tokens share every weight.
+    * ``"gemv"``: a matrix times a vector, *streamed*: one call multiplies a stack of ``stack`` different
+      ``n x n`` matrices (``stack * n^2 * 4`` bytes, at least ``stream_bytes``, so far larger than any
+      cache) by one vector, as a decode step streams the weights of every layer from memory. Torch folds
+      ``[stack, n, n] @ [n]`` into one GEMV over ``stack * n`` rows. Bytes are counted as ``stack``
+      separate GEMVs (this overcounts the shared vector by ``(stack - 1) * n * 4`` bytes: negligible).
+      Intensity ~0.5 FLOP/byte: the shape of decode at batch 1.
+    * ``"gemv_cache_resident"``: the same ``n x n`` matrix times a vector again and again. A small matrix
+      stays in the CPU's caches (or the GPU's L2) between calls, so this GEMV can beat the DRAM roof:
+      the roofline's bandwidth is the bandwidth of wherever the data really comes from.
+
+    Returns ``{"n", "stack", "gemm", "gemv", "gemv_cache_resident"}`` with
+    :class:`effx_lab.bench.RooflinePoint` values. Times are medians from :func:`effx_lab.bench.time_fn`.
+    """
+    from effx_lab.bench import Roofline, time_fn
+
+    n = check_int("n", n, min_value=1)
+    if not isinstance(roofline, Roofline):
+        raise TypeError(f"roofline must be an effx_lab.bench.Roofline, got {describe(roofline)}")
+    stream_bytes = check_int("stream_bytes", stream_bytes, min_value=0)
+    min_run_time = check_float("min_run_time", min_run_time, min_value=0.0, min_inclusive=False)
+    dev = _check_device(device)
+    seed = check_int("seed", seed, min_value=0)
+
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    a = torch.randn(n, n, generator=gen).to(dev)
+    b = torch.randn(n, n, generator=gen).to(dev)
+    v = torch.randn(n, generator=gen).to(dev)
+    stack = max(1, -(-stream_bytes // (4 * n * n)))
+    weights = torch.randn(stack, n, n, generator=gen).to(dev)
+    t_gemm = time_fn(torch.mm, a, b, name=f"gemm_{n}", min_run_time=min_run_time, device=dev)
+    t_cached = time_fn(torch.mv, a, v, name=f"gemv_cached_{n}", min_run_time=min_run_time, device=dev)
+    t_gemv = time_fn(torch.matmul, weights, v, name=f"gemv_streamed_{n}", min_run_time=min_run_time, device=dev)
+    del weights
+    return {
+        "n": n,
+        "stack": stack,
+        "gemm": roofline.point(f"GEMM {n}x{n}x{n}", matmul_flops(n, n, n), matmul_bytes(n, n, n, 4), t_gemm.median_s),
+        "gemv": roofline.point(
+            f"GEMV {n}x{n}x1 (streamed, {stack} matrices)",
+            stack * matmul_flops(n, 1, n),
+            stack * matmul_bytes(n, 1, n, 4),
+            t_gemv.median_s,
+        ),
+        "gemv_cache_resident": roofline.point(
+            f"GEMV {n}x{n}x1 (cache-resident)", matmul_flops(n, 1, n), matmul_bytes(n, 1, n, 4), t_cached.median_s
+        ),
+    }
+
+
 def _gemm_vs_gemv(
     sizes: tuple[int, ...], roofline: Any, device: torch.device, min_run_time: float, stream_bytes: int
 ) -> list[dict]:
-    """GEMM and GEMV at each size, placed on the roofline.
-
-    Two GEMVs are timed: ``gemv_cache_resident`` multiplies the same ``n x n`` matrix again and again (at
-    these sizes it stays in the CPU's last-level cache or the GPU's L2, so it can beat the DRAM roof),
-    and ``gemv`` streams: one call multiplies a stack of ``k`` different matrices (``k * n^2 * 4`` bytes,
-    at least ``stream_bytes``, far larger than any cache) by a vector, as a decode step streams the
-    weights of every layer from memory (bytes are counted as ``k`` separate GEMVs, which overcounts the
-    shared vector by ``(k - 1) * n * 4`` bytes: negligible). The headline ratio uses the streamed GEMV.
-    """
-    from effx_lab.bench import time_fn
-
-    gen = torch.Generator(device="cpu").manual_seed(0)
+    """:func:`gemm_gemv_points` at each size, as plain dicts; the headline ratio uses the streamed GEMV."""
     rows = []
     for n in sizes:
-        a = torch.randn(n, n, generator=gen).to(device)
-        b = torch.randn(n, n, generator=gen).to(device)
-        v = torch.randn(n, generator=gen).to(device)
-        k = max(1, -(-stream_bytes // (4 * n * n)))
-        stack = torch.randn(k, n, n, generator=gen).to(device)
-        t_gemm = time_fn(torch.mm, a, b, name=f"gemm_{n}", min_run_time=min_run_time)
-        t_warm = time_fn(torch.mv, a, v, name=f"gemv_cached_{n}", min_run_time=min_run_time)
-        # [k, n, n] @ [n]: torch folds it into one GEMV over the k*n rows, which streams all k matrices
-        t_gemv = time_fn(torch.matmul, stack, v, name=f"gemv_streamed_{n}", min_run_time=min_run_time)
-        gemm = roofline.point(f"GEMM {n}x{n}x{n}", matmul_flops(n, n, n), matmul_bytes(n, n, n, 4), t_gemm.median_s)
-        warm = roofline.point(
-            f"GEMV {n}x{n}x1 (cache-resident)", matmul_flops(n, 1, n), matmul_bytes(n, 1, n, 4), t_warm.median_s
-        )
-        gemv = roofline.point(
-            f"GEMV {n}x{n}x1 (streamed, {k} matrices)",
-            k * matmul_flops(n, 1, n),
-            k * matmul_bytes(n, 1, n, 4),
-            t_gemv.median_s,
-        )
-        del stack
+        pts = gemm_gemv_points(n, roofline, stream_bytes=stream_bytes, min_run_time=min_run_time, device=device)
+        gemm, gemv = pts["gemm"], pts["gemv"]
         rows.append(
             {
                 "n": n,
                 "dtype": "float32",
-                "gemv_stack": k,
+                "gemv_stack": pts["stack"],
                 "gemm": _plain(gemm),
                 "gemv": _plain(gemv),
-                "gemv_cache_resident": _plain(warm),
+                "gemv_cache_resident": _plain(pts["gemv_cache_resident"]),
                 "gemm_over_gemv_achieved_flops": float(gemm.achieved_flops / gemv.achieved_flops),
             }
         )
+    return rows
+
+
+def prefill_decode_times(
+    model: Any,
+    batch_sizes: Sequence[int] = (1, 8, 32),
+    *,
+    prompt_len: int = 128,
+    min_run_time: float = 0.2,
+    rounds: int = 2,
+    threads: int | None = None,
+    seed: int = 0,
+) -> list[dict[str, float]]:
+    """Time prefill and one decode step of a TinyLM at each batch size: the two phases of generation.
+
+    For ``B`` in ``batch_sizes``, on random prompts of ``prompt_len`` tokens (seeded):
+
+    * **prefill**: one forward pass over all ``B x prompt_len`` prompt tokens, filling a fresh KV cache;
+    * **decode step**: one forward pass over ``B`` new tokens (one per sequence) that attend to the
+      ``prompt_len`` cached positions and their own, as each step of generation does. Every timed call
+      rewinds the cache to ``prompt_len``, so all calls do the same work.
+
+    The whole sweep over ``batch_sizes`` runs ``rounds`` times and each time is the best round's median
+    (:func:`effx_lab.bench.time_fn`): a burst of load from another program then spoils one round, not the
+    result, and every batch size is measured at both early and late moments.
+
+    Returns one dict per batch size: ``batch_size``, ``prompt_len``, ``prefill_s``, ``decode_step_s``
+    (seconds), ``prefill_tokens_per_s`` (``B * prompt_len / prefill_s``) and ``decode_tokens_per_s``
+    (``B / decode_step_s``). ``threads``, when given, sets ``torch.set_num_threads`` for the measurement and
+    restores it afterwards. Runs on the model's device under ``torch.inference_mode``.
+    """
+    from effx_lab.bench import time_fn
+    from effx_lab.models.torch_ops import TinyLM
+
+    if not isinstance(model, TinyLM):
+        raise TypeError(f"model must be an effx_lab.models.torch_ops.TinyLM, got {describe(model)}")
+    if isinstance(batch_sizes, (str, bytes)) or not isinstance(batch_sizes, Sequence) or len(batch_sizes) == 0:
+        raise TypeError(f"batch_sizes must be a non-empty sequence of positive ints, got {describe(batch_sizes)}")
+    batch_sizes = [check_int(f"batch_sizes[{i}]", b, min_value=1) for i, b in enumerate(batch_sizes)]
+    max_len = model.config.max_seq_len
+    prompt_len = check_int("prompt_len", prompt_len, min_value=1, max_value=max_len - 1)
+    min_run_time = check_float("min_run_time", min_run_time, min_value=0.0, min_inclusive=False)
+    rounds = check_int("rounds", rounds, min_value=1)
+    if threads is not None:
+        threads = check_int("threads", threads, min_value=1)
+    seed = check_int("seed", seed, min_value=0)
+
+    device = model.tok_emb.weight.device
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    vocab = model.config.vocab_size
+    inputs = [
+        (
+            torch.randint(0, vocab, (batch, prompt_len), generator=gen).to(device),
+            torch.randint(0, vocab, (batch, 1), generator=gen).to(device),
+            model.new_cache(batch, max_seq_len=prompt_len + 1),
+        )
+        for batch in batch_sizes
+    ]
+    best = [[float("inf"), float("inf")] for _ in batch_sizes]
+    old_threads = torch.get_num_threads()
+    try:
+        if threads is not None:
+            torch.set_num_threads(threads)
+        with torch.inference_mode():
+            for _ in range(rounds):
+                for i, (prompt, new, cache) in enumerate(inputs):
+
+                    def prefill(prompt=prompt, cache=cache) -> torch.Tensor:
+                        cache.length = 0
+                        return model(prompt, cache)
+
+                    def decode_step(new=new, cache=cache) -> torch.Tensor:
+                        cache.length = prompt_len
+                        return model(new, cache)
+
+                    t_pre = time_fn(prefill, min_run_time=min_run_time, device=device).median_s
+                    t_dec = time_fn(decode_step, min_run_time=min_run_time, device=device).median_s
+                    best[i] = [min(best[i][0], t_pre), min(best[i][1], t_dec)]
+        rows = [
+            {
+                "batch_size": batch,
+                "prompt_len": prompt_len,
+                "prefill_s": t_pre,
+                "decode_step_s": t_dec,
+                "prefill_tokens_per_s": batch * prompt_len / t_pre,
+                "decode_tokens_per_s": batch / t_dec,
+            }
+            for batch, (t_pre, t_dec) in zip(batch_sizes, best)
+        ]
+    finally:
+        torch.set_num_threads(old_threads)
     return rows
 
 
@@ -170,11 +319,26 @@ def _pack_numpy_vs_torch(cfg: dict, device: torch.device, min_run_time: float, r
     }
 
 
+def _prefill_vs_decode(quick: bool, device: torch.device, min_run_time: float) -> dict:
+    from effx_lab.models import load_pretrained_tinylm
+
+    model = load_pretrained_tinylm("torch").to(device).eval()
+    batch_sizes = (1, 8) if quick else (1, 8, 32)
+    rows = prefill_decode_times(model, batch_sizes, prompt_len=128, min_run_time=min_run_time)
+    first = rows[0]
+    return {
+        "model": dict(model.config.to_dict(), n_params=model.config.n_params(), weights="pretrained TinyLM"),
+        "threads": torch.get_num_threads(),
+        "rows": rows,
+        "prefill_over_decode_tokens_per_s_batch1": first["prefill_tokens_per_s"] / first["decode_tokens_per_s"],
+    }
+
+
 def run(quick: bool = False) -> dict:
     """Run the chapter 1 benchmarks and return plain dicts (see the module docstring).
 
-    ``quick=True`` uses smaller sizes (GEMM n = 512/1024, a 16 x 128 batch) and shorter timing, for
-    tests and for a first look on a laptop.
+    ``quick=True`` uses smaller sizes (GEMM n = 512/1024, a 16 x 128 batch, decode batches 1 and 8) and
+    shorter timing, for tests and for a first look on a laptop.
     """
     quick = check_bool("quick", quick)
     from effx_lab import device as dev
@@ -201,4 +365,5 @@ def run(quick: bool = False) -> dict:
         "gemm_vs_gemv": _gemm_vs_gemv(sizes, roofline, device, min_run_time, stream_bytes),
         "padded_vs_packed_ffn": _padded_vs_packed(ffn_cfg, device, min_run_time, rounds),
         "pack_numpy_vs_torch": _pack_numpy_vs_torch(ffn_cfg, device, min_run_time, rounds),
+        "prefill_vs_decode": _prefill_vs_decode(quick, device, min_run_time),
     }

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fractions import Fraction
 from typing import Any
 
@@ -45,6 +45,8 @@ __all__ = [
     "memory_report",
     "max_batch_size",
     "pope_example",
+    "with_kv_heads",
+    "kv_crossover_tokens",
 ]
 
 #: Bytes per element of the number formats discussed in the course. Keys are lower-case names;
@@ -384,6 +386,61 @@ def _check_shape(shape: Any) -> ModelShape:
     if not isinstance(shape, ModelShape):
         raise TypeError(f"shape must be a ModelShape (or a preset name), got {describe(shape)}")
     return shape
+
+
+def with_kv_heads(shape: ModelShape | str, n_kv_heads: int, *, keep_n_params: bool = True, name: str | None = None) -> ModelShape:
+    """The same model with ``n_kv_heads`` key/value heads: MHA (``n_heads``), GQA (a divisor) or MQA (``1``).
+
+    Multi-query attention (Shazeer 2019, "Fast Transformer Decoding: One Write-Head is All You Need") shares
+    one K/V head among all query heads; grouped-query attention (Ainslie et al. 2023, "GQA: Training
+    Generalized Multi-Query Transformer Models from Multi-Head Checkpoints") shares each of ``n_kv_heads``
+    K/V heads among ``n_heads / n_kv_heads`` query heads. Only the K/V projections and the KV cache change.
+
+    With ``keep_n_params=True`` (the default) the variant keeps the original's parameter count
+    (:meth:`ModelShape.params`), so a comparison of caches is not blurred by the (small) change of the
+    K/V projection weights; with ``False`` the count is recomputed from the new shape
+    (:meth:`ModelShape.computed_params`). ``name`` defaults to the original name plus ``-mha``,
+    ``-gqa<n>`` or ``-mqa``. ``shape`` may be a :data:`PRESETS` name.
+    """
+    shape = _check_shape(shape)
+    n_kv_heads = check_int("n_kv_heads", n_kv_heads, min_value=1, max_value=shape.n_heads)
+    if shape.n_heads % n_kv_heads != 0:
+        raise ValueError(
+            f"n_kv_heads must divide n_heads={shape.n_heads} (1 for MQA, {shape.n_heads} for MHA), got {n_kv_heads}"
+        )
+    keep_n_params = check_bool("keep_n_params", keep_n_params)
+    if name is None:
+        kind = "mha" if n_kv_heads == shape.n_heads else ("mqa" if n_kv_heads == 1 else f"gqa{n_kv_heads}")
+        name = f"{shape.name}-{kind}"
+    elif not isinstance(name, str) or not name:
+        raise TypeError(f"name must be a non-empty str or None, got {describe(name)}")
+    note = f"{shape.source} [with_kv_heads: {n_kv_heads} K/V heads instead of {shape.n_kv_heads}"
+    note += ", parameter count kept]" if keep_n_params else ", parameters recounted from the shape]"
+    return replace(
+        shape,
+        name=name,
+        n_kv_heads=n_kv_heads,
+        n_params=shape.params() if keep_n_params else None,
+        source=note,
+    )
+
+
+def kv_crossover_tokens(shape: ModelShape | str, *, weight_dtype: Any = "bf16", kv_dtype: Any = "bf16") -> int:
+    """Smallest number of cached tokens at which the KV cache is at least as large as the weights.
+
+    "Tokens" are summed over the batch (``seq_len * batch_size``): the KV cache only depends on that
+    product. With ``p = 2 * n_layers * n_kv_heads * head_dim * kv_bytes`` bytes per token and ``W`` weight
+    bytes, the answer is the smallest ``n`` with ``kv_cache_bytes(..., n tokens ...) >= W``, computed
+    exactly: ``floor((W - 1) / p) + 1`` (the cache's byte count is rounded up, as in
+    :func:`kv_cache_bytes`). For a batch of ``b`` sequences the cache overtakes the weights from
+    context length ``ceil(n / b)`` on; for a context of ``s`` tokens, from batch ``ceil(n / s)`` on.
+    """
+    shape = _check_shape(shape)
+    w_frac = _resolve_bytes("weight_dtype", weight_dtype)
+    kv_frac = _resolve_bytes("kv_dtype", kv_dtype)
+    weights = _ceil_bytes(shape.params(), w_frac)
+    per_token = 2 * shape.n_layers * shape.n_kv_heads * shape.head_dim * kv_frac
+    return int((weights - 1) // per_token) + 1
 
 
 def memory_report(

@@ -32,6 +32,7 @@ __all__ = [
     "pack",
     "unpack",
     "gelu",
+    "ffn",
     "padded_ffn",
     "packed_ffn",
     "padding_stats",
@@ -84,7 +85,12 @@ def _check_padded(x: Any, lengths: Any) -> tuple[np.ndarray, np.ndarray]:
 
 def _check_ffn(x: np.ndarray, w1: Any, b1: Any, w2: Any, b2: Any) -> None:
     check_array("x", x, ndim=3, dtype_kind="f")
-    d = x.shape[2]
+    _check_ffn_weights(x, w1, b1, w2, b2)
+
+
+def _check_ffn_weights(x: np.ndarray, w1: Any, b1: Any, w2: Any, b2: Any) -> None:
+    """Shapes of the FFN weights against the last axis (d_model) of the already validated input ``x``."""
+    d = x.shape[-1]
     for name, arr in (("w1", w1), ("b1", b1), ("w2", w2), ("b2", b2)):
         check_array(name, arr, dtype_kind="f")
     if w1.ndim != 2 or w1.shape[0] != d:
@@ -168,6 +174,20 @@ def gelu(x: np.ndarray) -> np.ndarray:
 
 def _ffn(h: np.ndarray, w1: np.ndarray, b1: np.ndarray, w2: np.ndarray, b2: np.ndarray) -> np.ndarray:
     return gelu(h @ w1 + b1) @ w2 + b2
+
+
+def ffn(h: np.ndarray, w1: np.ndarray, b1: np.ndarray, w2: np.ndarray, b2: np.ndarray) -> np.ndarray:
+    """Position-wise feed-forward network ``GELU(h W1 + b1) W2 + b2`` on the last axis of ``h``.
+
+    The Transformer's FFN (Vaswani et al. 2017, eq. 2) with GELU in place of ReLU, as in BERT and GPT-2.
+    ``h`` may have any leading shape: a padded batch ``[B, L, d_model]`` or packed tokens ``[T, d_model]``
+    (each row is transformed on its own, which is why packing does not change the result). Weights:
+    ``w1 [d_model, d_ff]``, ``b1 [d_ff]``, ``w2 [d_ff, d_model]``, ``b2 [d_model]``. Costs
+    ``2 * 2 * rows * d_model * d_ff`` FLOPs for the two matrix products.
+    """
+    check_array("h", h, ndim=tuple(range(1, 8)), dtype_kind="f")
+    _check_ffn_weights(h, w1, b1, w2, b2)
+    return _ffn(h, w1, b1, w2, b2)
 
 
 def padded_ffn(

@@ -33,6 +33,7 @@ __all__ = [
     "pack",
     "unpack",
     "gelu",
+    "ffn",
     "padded_ffn",
     "packed_ffn",
     "padding_stats",
@@ -108,11 +109,16 @@ def _check_cu(cu: Any, n_rows: int, max_len: int, device: Any) -> torch.Tensor:
 def _check_ffn(x: torch.Tensor, w1: Any, b1: Any, w2: Any, b2: Any) -> None:
     if x.ndim != 3 or not x.dtype.is_floating_point:
         raise ValueError(f"x must be a float tensor of shape [B, L, d_model], got {describe(x)}")
-    d = x.shape[2]
+    _check_ffn_weights(x, w1, b1, w2, b2)
+
+
+def _check_ffn_weights(x: torch.Tensor, w1: Any, b1: Any, w2: Any, b2: Any, input_name: str = "x") -> None:
+    """Shapes and dtypes of the FFN weights against the already validated input (d_model = its last axis)."""
+    d = x.shape[-1]
     for name, t in (("w1", w1), ("b1", b1), ("w2", w2), ("b2", b2)):
         _check_tensor(name, t)
         if t.dtype != x.dtype:
-            raise TypeError(f"{name} must have the same dtype as x ({x.dtype}), got {t.dtype}")
+            raise TypeError(f"{name} must have the same dtype as {input_name} ({x.dtype}), got {t.dtype}")
     if w1.ndim != 2 or w1.shape[0] != d:
         raise ValueError(f"w1 must have shape [d_model={d}, d_ff], got {tuple(w1.shape)}")
     d_ff = w1.shape[1]
@@ -173,6 +179,20 @@ def _ffn(h: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, 
     rows = h.reshape(-1, h.shape[-1])
     out = torch.addmm(b2, F.gelu(torch.addmm(b1, rows, w1), approximate="tanh"), w2)
     return out.reshape(tuple(h.shape[:-1]) + (w2.shape[1],))
+
+
+def ffn(h: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor) -> torch.Tensor:
+    """Position-wise FFN ``GELU(h W1 + b1) W2 + b2`` on the last axis of ``h`` (any leading shape).
+
+    Same contract as :func:`effx_lab.costs.reference.ffn`. The leading axes are flattened into one row axis
+    so that each layer is a single ``torch.addmm`` (bias fused into the matrix product); weights must share
+    ``h``'s dtype and device.
+    """
+    h = _check_tensor("h", h, tuple(range(1, 8)))
+    if not h.dtype.is_floating_point:
+        raise TypeError(f"h must have a float dtype, got {h.dtype}")
+    _check_ffn_weights(h, w1, b1, w2, b2, input_name="h")
+    return _ffn(h, w1, b1, w2, b2)
 
 
 def padded_ffn(
