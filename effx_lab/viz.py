@@ -33,6 +33,8 @@ __all__ = [
 ]
 
 TEMPLATE_NAME = "effx"
+_LEGEND_Y = 0.94  # container fraction: just below the title
+_LEGEND_Y_STAMPED = 0.89  # below the title and the "measured on" subtitle
 
 #: The course's colour cycle: colour-blind-safe (Okabe-Ito), reference first, optimized second.
 COLORS = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442", "#000000"]
@@ -43,9 +45,17 @@ def _make_template() -> go.layout.Template:
     t = go.layout.Template(base)
     t.layout.colorway = COLORS
     t.layout.font = dict(family="Inter, Helvetica, Arial, sans-serif", size=13, color="#222")
-    t.layout.title = dict(x=0.0, xanchor="left", font=dict(size=16))
-    t.layout.margin = dict(l=60, r=20, t=60, b=50)
-    t.layout.legend = dict(bgcolor="rgba(255,255,255,0.7)")
+    # Title, then (optionally) the device stamp as its subtitle, then the legend in rows: all in
+    # container coordinates at the top, so nothing overlaps however many rows the legend needs (the
+    # margin grows to fit it). A legend at the right would steal half the book's narrow column.
+    t.layout.title = dict(
+        x=0.0, xanchor="left", yref="container", y=1.0, yanchor="top", pad=dict(t=12, l=8), font=dict(size=16)
+    )
+    t.layout.margin = dict(l=60, r=20, t=40, b=50)
+    t.layout.legend = dict(
+        orientation="h", yref="container", yanchor="top", y=_LEGEND_Y, xanchor="left", x=0,
+        bgcolor="rgba(255,255,255,0.7)",
+    )
     t.layout.hoverlabel = dict(namelength=-1)
     t.layout.autosize = True  # a fixed width overflows the book's content column
     return t
@@ -111,19 +121,13 @@ def stamp(fig: go.Figure, device: str | None = None, *, note: str | None = None)
     if not isinstance(device, str):
         raise TypeError(f"device must be a str, got {describe(device)}")
     text = f"measured on {device}" + (f" · {note}" if note else "")
-    fig.add_annotation(
-        text=text,
-        xref="paper",
-        yref="paper",
-        x=0,
-        y=-0.22,
-        xanchor="left",
-        yanchor="top",
-        showarrow=False,
-        font=dict(size=10, color="#666"),
-    )
-    bottom = max(fig.layout.margin.b or 0, 95)
-    fig.update_layout(margin=dict(b=bottom))
+    # The subtitle sits under the title, clear of axis titles, sliders and legends.
+    fig.update_layout(title_subtitle=dict(text=text, font=dict(size=11, color="#666")))
+    if fig.layout.legend.y is None or fig.layout.legend.y == _LEGEND_Y:
+        fig.update_layout(legend=dict(orientation="h", yref="container", yanchor="top", y=_LEGEND_Y_STAMPED,
+                                      xanchor="left", x=0))
+    if (fig.layout.margin.t or 0) < 60:
+        fig.update_layout(margin=dict(t=60))
     return fig
 
 
@@ -230,11 +234,12 @@ def _control_figure(
     else:
         fig.update_layout(
             updatemenus=[
-                dict(buttons=steps, active=active, x=1.0, xanchor="right", y=1.15, yanchor="top", direction="down")
+                dict(buttons=steps, active=active, x=1.0, xanchor="right", y=1.0, yanchor="bottom",
+                     direction="down", pad=dict(b=4))
             ],
             annotations=[
-                dict(text=f"{label}:", x=1.0, xref="paper", y=1.15, yref="paper", xanchor="right", xshift=-160,
-                     yanchor="top", showarrow=False)
+                dict(text=f"{label}:", x=0.0, xref="paper", y=1.0, yref="paper", xanchor="left",
+                     yanchor="bottom", yshift=8, showarrow=False)
             ],
         )
     return fig

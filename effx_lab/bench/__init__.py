@@ -42,6 +42,7 @@ import numpy as np
 import torch
 
 from .._validate import check_bool, check_choice, check_float, check_int, describe
+from ..device import cpu_name, has_cuda
 
 __all__ = [
     "BACKEND_CPU",
@@ -71,10 +72,6 @@ BACKEND_CUDA = "triton.testing.do_bench"
 
 
 def _has_cuda() -> bool:
-    try:
-        from effx_lab.device import has_cuda
-    except ImportError:
-        return bool(torch.cuda.is_available())
     return bool(has_cuda())
 
 
@@ -96,17 +93,6 @@ def _resolve_device(device: Any) -> str:
 
 
 def _cpu_model() -> str:
-    try:
-        from effx_lab.device import cpu_name
-    except ImportError:
-        try:
-            with open("/proc/cpuinfo", encoding="utf-8") as fh:
-                for line in fh:
-                    if line.lower().startswith("model name"):
-                        return line.split(":", 1)[1].strip()
-        except OSError:
-            pass
-        return platform.processor() or platform.machine() or "unknown CPU"
     return cpu_name()
 
 
