@@ -188,6 +188,18 @@ def _resolve(name: str, value: Any) -> Fraction:
     raise TypeError(f"{name} must be a number of bytes per element (e.g. 2, 1, 0.5), got {describe(value)}")
 
 
+def _weights_plus_kv(
+    shape: ModelShape | str, batch_size: int, tokens_name: str, tokens: int, weight_bytes: float, kv_bytes: float
+) -> int:
+    """Every weight once plus the KV cache of ``batch_size x tokens`` positions (read or written once)."""
+    shape = _check_shape(shape)
+    batch_size = check_int("batch_size", batch_size, min_value=1)
+    tokens = check_int(tokens_name, tokens, min_value=1)
+    w = _ceil_bytes(shape.params(), _resolve("weight_bytes", weight_bytes))
+    kv = kv_cache_bytes(shape.n_layers, shape.n_kv_heads, shape.head_dim, tokens, batch_size, kv_bytes)
+    return w + kv
+
+
 def decode_bytes(
     shape: ModelShape | str,
     batch_size: int,
@@ -202,12 +214,7 @@ def decode_bytes(
     embedding table: with tied embeddings it is the output head; untied, the input table is only
     gathered a row per token, so this slightly overcounts (by ``vocab * d_model`` weights).
     """
-    shape = _check_shape(shape)
-    batch_size = check_int("batch_size", batch_size, min_value=1)
-    context_len = check_int("context_len", context_len, min_value=1)
-    w = _ceil_bytes(shape.params(), _resolve("weight_bytes", weight_bytes))
-    kv = kv_cache_bytes(shape.n_layers, shape.n_kv_heads, shape.head_dim, context_len, batch_size, kv_bytes)
-    return w + kv
+    return _weights_plus_kv(shape, batch_size, "context_len", context_len, weight_bytes, kv_bytes)
 
 
 def prefill_bytes(
@@ -218,12 +225,7 @@ def prefill_bytes(
     kv_bytes: float = 2,
 ) -> int:
     """Bytes moved by prefill: every weight read once plus the KV cache of the prompts written once."""
-    shape = _check_shape(shape)
-    batch_size = check_int("batch_size", batch_size, min_value=1)
-    prompt_len = check_int("prompt_len", prompt_len, min_value=1)
-    w = _ceil_bytes(shape.params(), _resolve("weight_bytes", weight_bytes))
-    kv = kv_cache_bytes(shape.n_layers, shape.n_kv_heads, shape.head_dim, prompt_len, batch_size, kv_bytes)
-    return w + kv
+    return _weights_plus_kv(shape, batch_size, "prompt_len", prompt_len, weight_bytes, kv_bytes)
 
 
 def decode_intensity(
