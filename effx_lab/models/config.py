@@ -198,6 +198,20 @@ def init_tinylm_params(config: TinyLMConfig, seed: int = 0) -> dict[str, np.ndar
     return params
 
 
+def check_generate_args(
+    config: TinyLMConfig, prompt_len: int, max_new_tokens: Any, temperature: Any, seed: Any
+) -> tuple[int, float, int]:
+    """Validate ``TinyLM.generate``'s arguments (shared by both backends); return them normalised."""
+    max_new_tokens = check_int("max_new_tokens", max_new_tokens, min_value=0)
+    temperature = check_float("temperature", temperature, min_value=0.0)
+    seed = check_int("seed", seed, min_value=0)
+    if prompt_len + max_new_tokens > config.max_seq_len:
+        raise ValueError(
+            f"prompt length {prompt_len} + max_new_tokens {max_new_tokens} exceeds max_seq_len={config.max_seq_len}"
+        )
+    return max_new_tokens, temperature, seed
+
+
 def check_tinylm_params(params: Any, config: TinyLMConfig) -> dict[str, np.ndarray]:
     """Validate a TinyLM parameter dict and return a float32 copy of it.
 

@@ -18,7 +18,13 @@ from typing import Any
 import numpy as np
 
 from effx_lab._validate import check_array, check_bool, check_float, check_int, describe
-from effx_lab.models.config import MiniLMConfig, TinyLMConfig, check_tinylm_params, init_tinylm_params
+from effx_lab.models.config import (
+    MiniLMConfig,
+    TinyLMConfig,
+    check_generate_args,
+    check_tinylm_params,
+    init_tinylm_params,
+)
 
 __all__ = [
     "layer_norm",
@@ -292,15 +298,9 @@ class TinyLM:
         check_array("prompt_tokens", prompt_tokens, ndim=(1, 2), dtype_kind="iu")
         squeeze = prompt_tokens.ndim == 1
         prompt = prompt_tokens[None, :] if squeeze else prompt_tokens
-        max_new_tokens = check_int("max_new_tokens", max_new_tokens, min_value=0)
-        temperature = check_float("temperature", temperature, min_value=0.0)
-        seed = check_int("seed", seed, min_value=0)
         prompt = _check_tokens(prompt, self.config)
         B, T = prompt.shape
-        if T + max_new_tokens > self.config.max_seq_len:
-            raise ValueError(
-                f"prompt length {T} + max_new_tokens {max_new_tokens} exceeds max_seq_len={self.config.max_seq_len}"
-            )
+        max_new_tokens, temperature, seed = check_generate_args(self.config, T, max_new_tokens, temperature, seed)
         rng = np.random.default_rng(seed)
         out = np.empty((B, T + max_new_tokens), dtype=np.int64)
         out[:, :T] = prompt

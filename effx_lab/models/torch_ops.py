@@ -25,7 +25,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from effx_lab._validate import check_array, check_bool, check_float, check_int, describe
-from effx_lab.models.config import MiniLMConfig, TinyLMConfig, check_tinylm_params, init_tinylm_params
+from effx_lab.models.config import (
+    MiniLMConfig,
+    TinyLMConfig,
+    check_generate_args,
+    check_tinylm_params,
+    init_tinylm_params,
+)
 from effx_lab.models.reference import _check_minilm_inputs, _check_minilm_params
 
 __all__ = [
@@ -374,15 +380,9 @@ class TinyLM(nn.Module):
         _check_tensor("prompt_tokens", prompt_tokens, ndim=(1, 2), dtype_kind="i")
         squeeze = prompt_tokens.ndim == 1
         prompt = prompt_tokens[None, :] if squeeze else prompt_tokens
-        max_new_tokens = check_int("max_new_tokens", max_new_tokens, min_value=0)
-        temperature = check_float("temperature", temperature, min_value=0.0)
-        seed = check_int("seed", seed, min_value=0)
         prompt = _check_tokens(prompt, self.config)
         B, T = prompt.shape
-        if T + max_new_tokens > self.config.max_seq_len:
-            raise ValueError(
-                f"prompt length {T} + max_new_tokens {max_new_tokens} exceeds max_seq_len={self.config.max_seq_len}"
-            )
+        max_new_tokens, temperature, seed = check_generate_args(self.config, T, max_new_tokens, temperature, seed)
         gen = torch.Generator(device=prompt.device).manual_seed(seed)
         out = torch.empty((B, T + max_new_tokens), dtype=torch.long, device=prompt.device)
         out[:, :T] = prompt
