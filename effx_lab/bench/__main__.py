@@ -21,6 +21,8 @@ __all__ = ["REGISTRY", "build_parser", "format_results", "main"]
 REGISTRY: dict[str, str] = {
     "ch01": "effx_lab.costs.bench",
     "costs": "effx_lab.costs.bench",
+    "ch07": "effx_lab.flash.bench",
+    "flash": "effx_lab.flash.bench",
 }
 
 

@@ -1,0 +1,351 @@
+"""FLASH's mixed chunk attention as one Triton kernel (chapter 7).
+
+Hua, Dai, Liu and Le, "Transformer Quality in Linear Time" (ICML 2022), equation numbers from the paper.
+The math is :func:`effx_lab.flash.reference.mixed_chunk_attention`; this file computes the same thing in one
+pass over the sequence. Split the ``n`` tokens into ``G = n / c`` chunks of ``c``; for chunk ``g``:
+
+* local, quadratic (eq. 6): ``quad_g = (relu(Qq_g Kq_g^T / c + B)^2 * mask) V_g`` with ``B`` the ``c x c``
+  relative position bias and ``mask`` the lower triangle (causal) or all ones;
+* global, linear (eq. 8 causal / eq. 7 non-causal): ``lin_g = Ql_g S_g / c`` with the state
+  ``S_g = sum_h Kl_h^T V_h`` over the chunks ``h < g`` (causal: *exclusive*, the current chunk is the local
+  part's job) or over all chunks (non-causal);
+* ``out_g = quad_g + lin_g``.
+
+**How the work is split.** One program per (batch element, block of ``BLOCK_E`` value columns). The program
+walks the chunks in order and keeps the ``s x BLOCK_E`` state ``S`` in registers as a float32 accumulator:
+for each chunk it computes the outputs, then adds the chunk's ``Kl_g^T V_g`` to ``S`` *after* using it.
+Inside a chunk it works on tiles of ``BLOCK_Q`` rows (a 256 x 256 score matrix would not fit in registers):
+for each query tile it visits the key tiles of the same chunk (causal: only those on or left of the
+diagonal, the others are fully masked) and adds ``Ql S / c``. Nothing of size ``n x n`` (or even
+``G x s x e``) ever reaches memory. The price of splitting ``e`` over programs is that each one recomputes
+the chunk's scores; with a few ``e``-blocks that is small next to the loads. Non-causal attention needs the
+sum over *all* chunks before the first output, so the program makes a first pass that only builds ``S``.
+
+**Precision.** Every ``tl.dot`` accumulates in float32. float32 inputs use ``input_precision="ieee"`` (no TF32
+on the GPU, so results match the float64 reference to float32 accuracy). float16/bfloat16 inputs are fed to
+the dots in their own dtype (tensor cores); the float32 intermediates that meet a second dot (the score
+matrix and ``S / c``) are rounded to that dtype first, the standard trade in FlashAttention-style kernels.
+The output has the input dtype.
+
+On a machine without a CUDA GPU ``import effx_lab`` switches on Triton's CPU interpreter (correct, slow);
+this module imports ``effx_lab`` before ``triton`` for that reason. It is not imported by
+``effx_lab.flash`` itself: ``from effx_lab.flash import kernels`` when you want it.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import effx_lab  # noqa: F401  (first: sets TRITON_INTERPRET=1 when there is no GPU)
+from effx_lab import device as _device
+from effx_lab._validate import check_array, check_bool, check_choice, check_int, describe
+
+try:
+    import triton
+    import triton.language as tl
+
+    _IMPORT_ERROR: str | None = None
+except ImportError as exc:  # pragma: no cover - triton is installed wherever the course runs
+    triton = None
+    tl = None
+    _IMPORT_ERROR = f"Triton is not installed ({exc}); `pip install triton` (Linux only)"
+
+import torch
+
+__all__ = ["available", "why_unavailable", "mixed_chunk_attention_triton", "MODES", "DTYPES"]
+
+MODES = ("mixed", "local", "global")
+DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+def _jit(fn):
+    """``triton.jit`` when Triton is installed; otherwise leave the function alone (it is never launched)."""
+    return triton.jit(fn) if triton is not None else fn
+
+
+@_jit
+def _load_tile(ptr, rows, cols, n, width, col_mask, DTYPE: tl.constexpr):
+    """Rows ``rows`` and columns ``cols`` of a row-major ``(n, width)`` matrix; rows >= n read as 0 (padding)."""
+    mask = (rows < n)[:, None] & col_mask[None, :]
+    return tl.load(ptr + rows[:, None] * width + cols[None, :], mask=mask, other=0.0).to(DTYPE)
+
+
+@_jit
+def _mixed_chunk_kernel(
+    qq_ptr, kq_ptr, ql_ptr, kl_ptr,  # (B, n, S) each: Q_quad, K_quad, Q_lin, K_lin
+    v_ptr,  # (B, n, e)
+    w_ptr,  # (2R+1,) float32 relative position bias weights (read only when HAS_BIAS)
+    out_ptr,  # (B, n, e), dtype of the inputs
+    n, e,  # sequence length (not padded) and value width
+    R,  # largest relative offset with its own bias weight
+    inv_c,  # 1 / c, the paper's normalisation of both parts
+    C: tl.constexpr,  # chunk size c
+    S: tl.constexpr,  # query/key width s
+    BLOCK_Q: tl.constexpr,  # rows per tile inside a chunk (divides C)
+    BLOCK_E: tl.constexpr,  # value columns handled by one program
+    CAUSAL: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    USE_QUAD: tl.constexpr,  # mode "mixed" or "local"
+    USE_LIN: tl.constexpr,  # mode "mixed" or "global"
+    DOT_DTYPE: tl.constexpr,  # operand dtype of every tl.dot (the input dtype; see _dot_dtype)
+):  # fmt: skip
+    pid_b = tl.program_id(0).to(tl.int64)  # int64: B * n * e may exceed 2^31
+    pid_e = tl.program_id(1)
+
+    offs_r = tl.arange(0, BLOCK_Q)  # row inside a tile
+    offs_s = tl.arange(0, S)
+    s_mask = offs_s < S  # all true
+    offs_e = pid_e * BLOCK_E + tl.arange(0, BLOCK_E)
+    e_mask = offs_e < e  # the last e-block may stick out
+
+    # base pointers of this batch element
+    qq_ptr += pid_b * n * S
+    kq_ptr += pid_b * n * S
+    ql_ptr += pid_b * n * S
+    kl_ptr += pid_b * n * S
+    v_ptr += pid_b * n * e
+    out_ptr += pid_b * n * e
+
+    # the inter-chunk state S = sum_h Kl_h^T V_h (eq. 7-8), float32, (S, BLOCK_E)
+    state = tl.zeros((S, BLOCK_E), dtype=tl.float32)
+
+    if USE_LIN and not CAUSAL:
+        # non-causal (eq. 7): every chunk sees the sum over ALL chunks, so build it in a first pass
+        for r0 in range(0, n, BLOCK_Q):
+            rows = (r0 + offs_r).to(tl.int64)
+            kl = _load_tile(kl_ptr, rows, offs_s, n, S, s_mask, DOT_DTYPE)
+            v = _load_tile(v_ptr, rows, offs_e, n, e, e_mask, DOT_DTYPE)
+            state += tl.dot(tl.trans(kl), v, input_precision="ieee")  # Kl^T V
+
+    n_chunks = tl.cdiv(n, C)  # the last chunk's rows >= n read as 0: the reference's zero padding
+    for g in range(0, n_chunks):
+        start = g * C
+        # one tile of BLOCK_Q query rows of chunk g at a time (registers do not grow with c)
+        for q0 in range(start, start + C, BLOCK_Q):
+            rows_q = (q0 + offs_r).to(tl.int64)  # int64: n * e may exceed 2^31 too
+            acc = tl.zeros((BLOCK_Q, BLOCK_E), dtype=tl.float32)
+
+            if USE_QUAD:
+                # eq. 6: quad_g = relu(Qq_g Kq_g^T / c + B)^2 V_g, lower-triangular when causal,
+                # computed one (query tile, key tile) block of the c x c matrix at a time
+                qq = _load_tile(qq_ptr, rows_q, offs_s, n, S, s_mask, DOT_DTYPE)
+                if CAUSAL:
+                    k_end = q0 + BLOCK_Q  # key tiles right of the diagonal are all masked: skip them
+                else:
+                    k_end = start + C
+                for k0 in range(start, k_end, BLOCK_Q):
+                    rows_k = (k0 + offs_r).to(tl.int64)
+                    kq = _load_tile(kq_ptr, rows_k, offs_s, n, S, s_mask, DOT_DTYPE)
+                    v = _load_tile(v_ptr, rows_k, offs_e, n, e, e_mask, DOT_DTYPE)
+                    logits = tl.dot(qq, tl.trans(kq), input_precision="ieee") * inv_c  # Qq Kq^T / c
+                    if HAS_BIAS:
+                        # + B[i, j] = w[clip(j - i, -R, R) + R] (rel_pos_bias; i, j in the same chunk)
+                        rel = rows_k[None, :] - rows_q[:, None]
+                        logits += tl.load(w_ptr + tl.minimum(tl.maximum(rel, -R), R) + R)
+                    a = tl.maximum(logits, 0.0)
+                    a = a * a  # relu^2
+                    if CAUSAL:
+                        a = tl.where(rows_k[None, :] <= rows_q[:, None], a, 0.0)  # mask: j <= i
+                    acc += tl.dot(a.to(DOT_DTYPE), v, input_precision="ieee")
+
+            if USE_LIN:
+                # eq. 7-8: lin_g = Ql_g S / c, with S summed over h < g (causal) or all h (non-causal)
+                ql = _load_tile(ql_ptr, rows_q, offs_s, n, S, s_mask, DOT_DTYPE)
+                acc += tl.dot(ql, (state * inv_c).to(DOT_DTYPE), input_precision="ieee")
+
+            # out_g = quad_g + lin_g, in the input dtype
+            out_mask = (rows_q < n)[:, None] & e_mask[None, :]
+            tl.store(out_ptr + rows_q[:, None] * e + offs_e[None, :], acc.to(out_ptr.dtype.element_ty), mask=out_mask)
+
+        if USE_LIN and CAUSAL:
+            # eq. 8: only after the whole chunk is done, S += Kl_g^T V_g (the state stays exclusive of g)
+            for r0 in range(start, start + C, BLOCK_Q):
+                rows = (r0 + offs_r).to(tl.int64)
+                kl = _load_tile(kl_ptr, rows, offs_s, n, S, s_mask, DOT_DTYPE)
+                v = _load_tile(v_ptr, rows, offs_e, n, e, e_mask, DOT_DTYPE)
+                state += tl.dot(tl.trans(kl), v, input_precision="ieee")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# availability
+# ----------------------------------------------------------------------------------------------------------
+def _kernel_is_interpreted() -> bool:
+    return type(_mixed_chunk_kernel).__name__ == "InterpretedFunction"
+
+
+def why_unavailable() -> str | None:
+    """Why :func:`mixed_chunk_attention_triton` cannot run here, or ``None`` when it can.
+
+    It can run with a CUDA GPU (compiled) or, without one, in Triton's CPU interpreter, which must have been
+    switched on (``TRITON_INTERPRET=1``) before this module defined its kernel.
+    """
+    if _IMPORT_ERROR is not None:
+        return _IMPORT_ERROR
+    if _kernel_is_interpreted() or _device.has_cuda():
+        return None
+    return (
+        "no CUDA GPU here and Triton's CPU interpreter is off: TRITON_INTERPRET was not '1' when "
+        "effx_lab.flash.kernels was imported. Restart Python and import effx_lab before triton "
+        "(or set TRITON_INTERPRET=1 in the environment)"
+    )
+
+
+def available() -> bool:
+    """Whether the Triton kernel can run here (GPU, or CPU interpreter); see :func:`why_unavailable`."""
+    return why_unavailable() is None
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the public function
+# ----------------------------------------------------------------------------------------------------------
+def _is_pow2_at_least_16(x: int) -> bool:
+    return x >= 16 and (x & (x - 1)) == 0
+
+
+def _check_tensor(name: str, value: Any) -> torch.Tensor:
+    check_array(name, value, dtype_kind="f", allow_torch=True)
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(
+            f"{name} must be a torch tensor, got {describe(value)}; "
+            "use effx_lab.flash.reference.mixed_chunk_attention for NumPy arrays"
+        )
+    return value
+
+
+def _dot_dtype(dtype: torch.dtype):
+    """Operand dtype of the kernel's ``tl.dot``: the input dtype, except bfloat16 in the CPU interpreter.
+
+    Triton's interpreter stores bfloat16 as raw ``uint16`` bits and its ``tl.dot`` multiplies those bits
+    (triton-lang/triton#11584; the interpreter does not support bfloat16 arithmetic), so there the kernel
+    feeds its dots float32 instead. Compiled on a GPU, bfloat16 stays bfloat16.
+    """
+    if dtype == torch.bfloat16 and _kernel_is_interpreted():
+        return tl.float32
+    return {torch.float16: tl.float16, torch.bfloat16: tl.bfloat16, torch.float32: tl.float32}[dtype]
+
+
+def _launch_config(c: int, s: int, e: int, dtype: torch.dtype) -> tuple[int, int, int, int]:
+    """``(BLOCK_Q, BLOCK_E, num_warps, num_stages)`` for a GPU (the interpreter ignores the last two).
+
+    A program holds, in registers, the float32 ``s x BLOCK_E`` state, a ``BLOCK_Q x BLOCK_Q`` score tile,
+    a ``BLOCK_Q x BLOCK_E`` accumulator and ``BLOCK_Q x s`` query/key tiles; tiling the chunk's rows keeps
+    that independent of ``c``. Chosen from the register and shared-memory use Triton 3.x reports when it
+    compiles the kernel for ``c = 256, s = 128`` (the paper's sizes): no register spills with these blocks on
+    sm_75 (T4), sm_80 (A100) and sm_90 (H100), except a few bytes for float32 on sm_80; 64 value columns
+    need the float16/bfloat16 tensor-core layouts of sm_80+, on a T4 they spill.
+    """
+    block_q = min(c, 32)
+    cap = _device.capability() or (0, 0)
+    wide = dtype != torch.float32 and cap >= (8, 0)
+    block_e = min(64 if wide else 32, max(16, triton.next_power_of_2(e)))
+    num_warps = 8 if s >= 64 else 4
+    return block_q, block_e, num_warps, 2
+
+
+def mixed_chunk_attention_triton(
+    quad_q: torch.Tensor,
+    quad_k: torch.Tensor,
+    lin_q: torch.Tensor,
+    lin_k: torch.Tensor,
+    v: torch.Tensor,
+    chunk_size: int,
+    causal: bool = False,
+    rel_bias: torch.Tensor | None = None,
+    mode: str = "mixed",
+) -> torch.Tensor:
+    """Mixed chunk attention ``Vhat_quad + Vhat_lin`` (eq. 6-8) in one Triton kernel.
+
+    Same signature and result as :func:`effx_lab.flash.reference.mixed_chunk_attention`, for torch tensors:
+    ``(..., n, s) x4, (..., n, e) -> (..., n, e)``. ``mode`` is ``"mixed"``, ``"local"`` (quadratic part only)
+    or ``"global"`` (linear part only). ``rel_bias`` (length ``2R+1``) adds the relative position bias inside
+    each chunk. When ``chunk_size`` does not divide ``n`` the last chunk is read as zero-padded (the kernel
+    masks its loads; nothing is copied) and the output has ``n`` rows.
+
+    Restrictions of the kernel (``tl.dot`` needs blocks of at least 16): ``chunk_size`` and ``s`` must be
+    powers of two >= 16; ``e`` is free. All tensors on one device with one dtype among float16, bfloat16,
+    float32 (``rel_bias`` may be any float dtype; it is used in float32). Forward only: there is no backward,
+    so inputs that require grad are refused while autograd is recording.
+    """
+    reason = why_unavailable()
+    if reason is not None:
+        raise RuntimeError(f"the Triton kernel cannot run here: {reason}")
+
+    names = ("quad_q", "quad_k", "lin_q", "lin_k")
+    tensors = (quad_q, quad_k, lin_q, lin_k)
+    for name, a in zip(names, tensors, strict=True):
+        _check_tensor(name, a)
+        if a.ndim < 2 or a.shape != quad_q.shape:
+            raise ValueError(
+                f"{name} must have the shape (..., n, s) of quad_q {tuple(quad_q.shape)}, got {tuple(a.shape)}"
+            )
+    _check_tensor("v", v)
+    if v.ndim != quad_q.ndim or v.shape[:-1] != quad_q.shape[:-1]:
+        raise ValueError(
+            f"v must have shape (..., n, e) with the (..., n) of quad_q {tuple(quad_q.shape)}, got {tuple(v.shape)}"
+        )
+    dtype = quad_q.dtype
+    if dtype not in DTYPES:
+        raise TypeError(f"quad_q must have dtype float16, bfloat16 or float32, got {dtype}")
+    for name, a in zip(names[1:] + ("v",), tensors[1:] + (v,), strict=True):
+        if a.dtype != dtype:
+            raise TypeError(f"{name} must have the dtype of quad_q ({dtype}), got {a.dtype}")
+        if a.device != quad_q.device:
+            raise ValueError(f"{name} must be on the device of quad_q ({quad_q.device}), got {a.device}")
+    if not _kernel_is_interpreted() and quad_q.device.type != "cuda":
+        raise ValueError(f"the compiled Triton kernel needs CUDA tensors, got tensors on {quad_q.device}")
+    if quad_q.device.type not in ("cpu", "cuda"):
+        raise ValueError(f"the Triton kernel runs on CUDA (or CPU, interpreted) tensors, got {quad_q.device}")
+
+    c = check_int("chunk_size", chunk_size, min_value=1)
+    if not _is_pow2_at_least_16(c):
+        raise ValueError(f"chunk_size must be a power of two >= 16 (tl.dot needs blocks of at least 16), got {c}")
+    s = int(quad_q.shape[-1])
+    if not _is_pow2_at_least_16(s):
+        raise ValueError(
+            f"quad_q's last dimension s must be a power of two >= 16 (tl.dot needs blocks of at least 16), got {s}"
+        )
+    causal = check_bool("causal", causal)
+    check_choice("mode", mode, MODES)
+
+    if rel_bias is not None:
+        _check_tensor("rel_bias", rel_bias)
+        if rel_bias.ndim != 1 or rel_bias.shape[0] % 2 == 0:
+            raise ValueError(
+                f"rel_bias must be 1-D with an odd length 2R+1 (offsets -R..R), got shape {tuple(rel_bias.shape)}"
+            )
+        if rel_bias.device != quad_q.device:
+            raise ValueError(f"rel_bias must be on the device of quad_q ({quad_q.device}), got {rel_bias.device}")
+
+    grads = [a.requires_grad for a in (*tensors, v)] + ([] if rel_bias is None else [rel_bias.requires_grad])
+    if torch.is_grad_enabled() and any(grads):
+        raise ValueError(
+            "the Triton kernel has no backward: inputs that require grad would get a result with no gradient; "
+            "call it under torch.no_grad() or pass detached tensors (use effx_lab.flash.torch_ops for training)"
+        )
+
+    *lead, n, _ = quad_q.shape
+    e = int(v.shape[-1])
+    batch = 1
+    for d in lead:
+        batch *= int(d)
+    out = torch.empty((batch, n, e), dtype=dtype, device=quad_q.device)
+    if out.numel() == 0:
+        return out.reshape(*lead, n, e)
+
+    flat = [a.reshape(batch, n, a.shape[-1]).contiguous() for a in (quad_q, quad_k, lin_q, lin_k, v)]
+    use_quad = mode in ("mixed", "local")
+    use_lin = mode in ("mixed", "global")
+    has_bias = rel_bias is not None and use_quad
+    # bias weights in float32; when unused, any pointer will do (never read)
+    weights = rel_bias.detach().to(torch.float32).contiguous() if has_bias else flat[4]
+    max_rel = (int(rel_bias.shape[0]) - 1) // 2 if has_bias else 0
+
+    block_q, block_e, num_warps, num_stages = _launch_config(c, s, e, dtype)
+    grid = (batch, triton.cdiv(e, block_e))
+    _mixed_chunk_kernel[grid](
+        *flat, weights, out,
+        n, e, max_rel, 1.0 / c,
+        C=c, S=s, BLOCK_Q=block_q, BLOCK_E=block_e,
+        CAUSAL=causal, HAS_BIAS=has_bias, USE_QUAD=use_quad, USE_LIN=use_lin, DOT_DTYPE=_dot_dtype(dtype),
+        num_warps=num_warps, num_stages=num_stages,
+    )  # fmt: skip
+    return out.reshape(*lead, n, e)
