@@ -73,6 +73,7 @@ student: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m effx_lab.bench ch01
+	$(BIN)/python -m effx_lab.bench flash
 
 clean:
 	rm -rf _build bench_results .pytest_cache

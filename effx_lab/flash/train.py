@@ -148,6 +148,7 @@ def train_lm(
     eval_every_s: float | None = None,
     eval_every: int | None = None,
     eval_batches: int = 4,
+    eval_batch_size: int | None = None,
     seed: int = 0,
     threads: int | None = None,
     warmup: float = 0.05,
@@ -169,16 +170,19 @@ def train_lm(
     first ``warmup`` fraction, then a cosine decay from ``lr`` to ``min_lr_ratio * lr``; with a time
     budget the run stops at the first step that starts after the budget is spent.
 
-    Evaluation (:func:`evaluate_lm` on ``eval_batches`` batches of validation windows drawn with
-    :data:`EVAL_SEED`, the same for every model) runs at step 0, every ``eval_every`` steps or every
-    ``eval_every_s`` seconds of training time (default: eight evaluations per run), and at the end; the
-    clock is stopped meanwhile. ``threads`` sets ``torch.set_num_threads`` for the run and restores it.
+    Evaluation runs at step 0, every ``eval_every`` steps or every ``eval_every_s`` seconds of training
+    time (default: eight evaluations per run), and at the end; the clock is stopped meanwhile. It is
+    :func:`evaluate_lm` on ``eval_batches`` batches of ``eval_batch_size`` (default ``batch_size``)
+    validation windows of ``seq_len`` tokens drawn with :data:`EVAL_SEED`, so every run with the same
+    ``seq_len``, ``eval_batches`` and ``eval_batch_size`` is scored on the same windows, whatever the model.
+    ``threads`` sets ``torch.set_num_threads`` for the run and restores it.
     ``train_tokens`` / ``val_tokens`` replace the corpus splits (1-D integer arrays).
 
     ``clock="wall"`` measures time with :func:`time.perf_counter`; ``clock="cpu"`` with
     :func:`time.process_time`, the CPU time of this process. With ``threads=1`` the two agree on an idle
-    machine, but the CPU clock does not count the time other processes take the cores away, so budgets
-    stay comparable on a busy machine (a book build running notebooks side by side). With more threads the
+    machine, but the CPU clock leaves out the time other processes hold the cores, so budgets stay more
+    comparable on a busy machine (a book build running notebooks side by side); shared caches and memory
+    bandwidth still slow each step down there. With more threads the
     CPU clock adds up every thread's time: use it with ``threads=1``. ``wall_s`` and the ``wall_s`` of the
     history are in seconds of the chosen clock.
 
@@ -215,6 +219,9 @@ def train_lm(
     seq_len = check_int("seq_len", seq_len, min_value=1, max_value=config.max_len)
     lr = check_float("lr", lr, min_value=0.0, min_inclusive=False)
     eval_batches = check_int("eval_batches", eval_batches, min_value=1)
+    if eval_batch_size is None:
+        eval_batch_size = batch_size
+    eval_batch_size = check_int("eval_batch_size", eval_batch_size, min_value=1)
     seed = check_int("seed", seed, min_value=0)
     if threads is not None:
         threads = check_int("threads", threads, min_value=1)
@@ -233,7 +240,7 @@ def train_lm(
 
     settings = {
         "time_budget_s": time_budget_s, "steps": steps, "batch_size": batch_size, "seq_len": seq_len, "lr": lr,
-        "eval_batches": eval_batches, "seed": seed,
+        "eval_batches": eval_batches, "eval_batch_size": eval_batch_size, "seed": seed,
         "threads": threads if threads is not None else torch.get_num_threads(),
         "warmup": warmup, "min_lr_ratio": min_lr_ratio, "weight_decay": weight_decay, "grad_clip": grad_clip,
         "clock": clock,
@@ -255,7 +262,7 @@ def train_lm(
         rng = np.random.default_rng([seed, 1])
 
         def evaluate() -> float:
-            return evaluate_lm(model, val_tokens, seq_len, eval_batches, EVAL_SEED, batch_size=batch_size)
+            return evaluate_lm(model, val_tokens, seq_len, eval_batches, EVAL_SEED, batch_size=eval_batch_size)
 
         history: list[dict[str, Any]] = [{"step": 0, "wall_s": 0.0, "train_loss": None, "val_loss": evaluate()}]
         wall, step, last_step_s = 0.0, 0, 0.0
