@@ -35,6 +35,8 @@ __all__ = [
 TEMPLATE_NAME = "effx"
 _LEGEND_Y = 0.94  # container fraction: just below the title
 _LEGEND_Y_STAMPED = 0.89  # below the title and the "measured on" subtitle
+_LEGEND_Y_STAMPED_2 = 0.85  # below a two-line subtitle (device, then the note)
+_STAMP_ONE_LINE = 110  # characters of subtitle that fit on one line in the book's column
 
 #: The course's colour cycle: colour-blind-safe (Okabe-Ito), reference first, optimized second.
 COLORS = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442", "#000000"]
@@ -120,14 +122,21 @@ def stamp(fig: go.Figure, device: str | None = None, *, note: str | None = None)
         device = summary()
     if not isinstance(device, str):
         raise TypeError(f"device must be a str, got {describe(device)}")
+    if note is not None and not isinstance(note, str):
+        raise TypeError(f"note must be a str or None, got {describe(note)}")
     text = f"measured on {device}" + (f" · {note}" if note else "")
+    two_lines = len(text) > _STAMP_ONE_LINE
+    if two_lines and note:  # a long line is cut off at the figure's edge in the narrow book column
+        text = f"measured on {device}<br>{note}"
     # The subtitle sits under the title, clear of axis titles, sliders and legends.
     fig.update_layout(title_subtitle=dict(text=text, font=dict(size=11, color="#666")))
-    if fig.layout.legend.y is None or fig.layout.legend.y == _LEGEND_Y:
-        fig.update_layout(legend=dict(orientation="h", yref="container", yanchor="top", y=_LEGEND_Y_STAMPED,
+    legend_y = _LEGEND_Y_STAMPED_2 if two_lines and note else _LEGEND_Y_STAMPED
+    if fig.layout.legend.y is None or fig.layout.legend.y in (_LEGEND_Y, _LEGEND_Y_STAMPED, _LEGEND_Y_STAMPED_2):
+        fig.update_layout(legend=dict(orientation="h", yref="container", yanchor="top", y=legend_y,
                                       xanchor="left", x=0))
-    if (fig.layout.margin.t or 0) < 60:
-        fig.update_layout(margin=dict(t=60))
+    top = 75 if two_lines and note else 60
+    if (fig.layout.margin.t or 0) < top:
+        fig.update_layout(margin=dict(t=top))
     return fig
 
 

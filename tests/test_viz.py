@@ -74,3 +74,16 @@ def test_stamp_names_the_device():
 def test_bad_inputs(call, exc, match):
     with pytest.raises(exc, match=match):
         call()
+
+
+def test_stamp_moves_a_long_note_to_a_second_line():
+    short = viz.stamp(go.Figure(), "CPU X", note="float32")
+    assert "<br>" not in short.layout.title.subtitle.text
+    long_note = "causal, d = 256, e = 512, s = 128, c = 256, float32, one thread on CPU, batch 1, rounds 2"
+    fig = viz.stamp(go.Figure(), "CPU AMD EPYC (2 cores, 24 GiB RAM), no GPU · PyTorch 2.13.0+cpu", note=long_note)
+    first, second = fig.layout.title.subtitle.text.split("<br>")
+    assert first.startswith("measured on CPU AMD EPYC") and second == long_note
+    assert fig.layout.legend.y < short.layout.legend.y  # the legend makes room for the second line
+    assert fig.layout.margin.t >= 75
+    with pytest.raises(TypeError, match="note"):
+        viz.stamp(go.Figure(), "CPU X", note=3)
