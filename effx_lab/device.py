@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass
 from functools import lru_cache
 from typing import Any
 
-from ._validate import check_int
+from ._validate import check_int, describe
 
 __all__ = [
     "DeviceInfo",
@@ -41,6 +41,7 @@ __all__ = [
     "summary",
     "supports",
     "torch_device",
+    "resolve_torch_device",
     "triton_mode",
 ]
 
@@ -83,6 +84,27 @@ def torch_device():
     import torch
 
     return torch.device("cuda" if has_cuda() else "cpu")
+
+
+def resolve_torch_device(device: Any = None):
+    """A validated ``torch.device``: ``None`` -> :func:`torch_device` (the GPU if there is one), else
+    ``"cpu"``/``"cuda[:N]"`` or a ``torch.device``; asking for CUDA without a GPU is a ``ValueError``."""
+    import torch
+
+    if device is None:
+        return torch_device()
+    if isinstance(device, str):
+        try:
+            device = torch.device(device)
+        except RuntimeError as exc:
+            raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}") from exc
+    if not isinstance(device, torch.device):
+        raise TypeError(f"device must be None, a str ('cpu' or 'cuda') or a torch.device, got {describe(device)}")
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'cpu' or 'cuda', got {str(device)!r}")
+    if device.type == "cuda" and not has_cuda():
+        raise ValueError(f"device={str(device)!r} was requested but PyTorch sees no CUDA GPU on this machine")
+    return device
 
 
 def capability() -> tuple[int, int] | None:

@@ -7,65 +7,19 @@ reference-vs-torch agreement on random inputs lives in tests/test_flash_agreemen
 
 from __future__ import annotations
 
-import importlib
-from collections.abc import Callable, Mapping
-from typing import Any
-
 import numpy as np
 import pytest
 import torch
+from _backends import backends
 
 from effx_lab.attention import costs as C
 from effx_lab.attention import params as P
 from effx_lab.attention import reference as R
 
-
 # ------------------------------------------------------------------------------------------------------
 # backends: the reference, and torch_ops behind a numpy <-> torch adapter
 # ------------------------------------------------------------------------------------------------------
-def _to_torch(value: Any) -> Any:
-    if isinstance(value, np.ndarray):
-        return torch.from_numpy(np.array(value, copy=True))  # keeps the dtype (float64 stays float64)
-    if isinstance(value, Mapping):
-        return {k: _to_torch(v) for k, v in value.items()}
-    return value
-
-
-def _to_numpy(value: Any) -> Any:
-    if isinstance(value, torch.Tensor):
-        return value.detach().cpu().numpy()
-    if isinstance(value, tuple):
-        return tuple(_to_numpy(v) for v in value)
-    return value
-
-
-class TorchAdapter:
-    """``adapter.f(*numpy_args)`` calls ``module.f`` with torch tensors and returns NumPy arrays."""
-
-    def __init__(self, module: Any) -> None:
-        self.module = module
-
-    def __getattr__(self, name: str) -> Callable[..., Any]:
-        fn = getattr(self.module, name)
-
-        def wrapped(*args: Any, **kwargs: Any) -> Any:
-            with torch.no_grad():
-                out = fn(*(_to_torch(a) for a in args), **{k: _to_torch(v) for k, v in kwargs.items()})
-            return _to_numpy(out)
-
-        return wrapped
-
-
-def _backends() -> list[Any]:
-    out = [pytest.param(R, id="reference")]
-    try:
-        torch_ops = importlib.import_module("effx_lab.attention.torch_ops")
-    except ImportError:
-        return out
-    return out + [pytest.param(TorchAdapter(torch_ops), id="torch_ops")]
-
-
-BACKENDS = _backends()
+BACKENDS = backends(R, "effx_lab.attention.torch_ops")
 
 
 def _rand(rng: np.random.Generator, *shape: int) -> np.ndarray:

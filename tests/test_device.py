@@ -86,3 +86,18 @@ def test_colab_detection(monkeypatch):
     assert device.is_colab() is False
     monkeypatch.setenv("COLAB_RELEASE_TAG", "release-colab_20260101")
     assert device.is_colab() is True
+
+
+def test_resolve_torch_device():
+    import torch
+
+    assert device.resolve_torch_device("cpu") == torch.device("cpu")
+    assert device.resolve_torch_device(torch.device("cpu")).type == "cpu"
+    assert device.resolve_torch_device(None) == device.torch_device()
+    with pytest.raises(ValueError, match="device must be 'cpu' or 'cuda'"):
+        device.resolve_torch_device("tpu")
+    with pytest.raises(TypeError, match="device must be None"):
+        device.resolve_torch_device(3)
+    if not device.has_cuda():
+        with pytest.raises(ValueError, match="no CUDA GPU"):
+            device.resolve_torch_device("cuda")

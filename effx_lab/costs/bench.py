@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from effx_lab._validate import check_bool, check_float, check_int, describe
+from effx_lab.device import resolve_torch_device
 
 from . import reference as R
 from . import torch_ops as T
@@ -59,24 +60,6 @@ def _plain(obj: Any) -> Any:
     return str(obj)
 
 
-def _check_device(device: Any) -> torch.device:
-    """``None`` -> the course's device (the GPU if there is one); else "cpu"/"cuda[:N]" or a torch.device."""
-    if device is None:
-        from effx_lab import device as dev
-
-        return dev.torch_device()
-    if isinstance(device, str):
-        try:
-            device = torch.device(device)
-        except RuntimeError as exc:
-            raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}") from exc
-    if not isinstance(device, torch.device):
-        raise TypeError(f"device must be None, a str ('cpu' or 'cuda') or a torch.device, got {describe(device)}")
-    if device.type not in ("cpu", "cuda"):
-        raise ValueError(f"device must be 'cpu' or 'cuda', got {str(device)!r}")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={str(device)!r} was requested but PyTorch sees no CUDA GPU on this machine")
-    return device
 
 
 def gemm_gemv_points(
@@ -112,7 +95,7 @@ def gemm_gemv_points(
         raise TypeError(f"roofline must be an effx_lab.bench.Roofline, got {describe(roofline)}")
     stream_bytes = check_int("stream_bytes", stream_bytes, min_value=0)
     min_run_time = check_float("min_run_time", min_run_time, min_value=0.0, min_inclusive=False)
-    dev = _check_device(device)
+    dev = resolve_torch_device(device)
     seed = check_int("seed", seed, min_value=0)
 
     gen = torch.Generator(device="cpu").manual_seed(seed)

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from effx_lab._validate import check_bool, check_choice, check_float, check_int, describe
+from effx_lab.device import resolve_torch_device
 
 __all__ = [
     "LAYER_KINDS",
@@ -63,27 +64,6 @@ _LN_EPS = 1e-5  # effx_lab.models.reference.layer_norm's default, used by transf
 # ----------------------------------------------------------------------------------------------------------
 # validation helpers
 # ----------------------------------------------------------------------------------------------------------
-def _device(device: Any) -> torch.device:
-    """``None`` -> the course's device (the GPU if there is one); else "cpu"/"cuda[:N]" or a torch.device."""
-    if device is None:
-        from effx_lab import device as dev
-
-        return dev.torch_device()
-    if isinstance(device, str):
-        try:
-            device = torch.device(device)
-        except RuntimeError as exc:
-            raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}") from exc
-    if not isinstance(device, torch.device):
-        raise TypeError(f"device must be None, a str ('cpu' or 'cuda') or a torch.device, got {describe(device)}")
-    if device.type not in ("cpu", "cuda"):
-        raise ValueError(f"device must be 'cpu' or 'cuda', got {str(device)!r}")
-    if device.type == "cuda":
-        from effx_lab.device import has_cuda
-
-        if not has_cuda():
-            raise ValueError(f"device={str(device)!r} was requested but PyTorch sees no CUDA GPU on this machine")
-    return device
 
 
 def _dtype(dtype: Any) -> torch.dtype:
@@ -161,7 +141,7 @@ def make_inputs(
     d_model = check_int("d_model", d_model, min_value=1)
     batch = check_int("batch", batch, min_value=1)
     seed = check_int("seed", seed, min_value=0)
-    dev = _device(device)
+    dev = resolve_torch_device(device)
     dtype = _dtype(dtype)
     gen = torch.Generator(device="cpu").manual_seed(seed)
     return _randn(gen, (batch, n, d_model), dev, dtype)
@@ -245,7 +225,7 @@ def mixing_fns(
     n, d_model, n_heads, expansion, s, chunk_size, causal, seed, batch = _shape_args(
         n, d_model, n_heads, expansion, s, chunk_size, causal, seed, batch
     )
-    dev = _device(device)
+    dev = resolve_torch_device(device)
     dtype = _dtype(dtype)
     kinds = _kinds(kinds, MIXING_KINDS)
     e, dh = expansion * d_model, d_model // n_heads
@@ -320,7 +300,7 @@ def layer_fns(
     n, d_model, n_heads, expansion, s, chunk_size, causal, seed, batch = _shape_args(
         n, d_model, n_heads, expansion, s, chunk_size, causal, seed, batch
     )
-    dev = _device(device)
+    dev = resolve_torch_device(device)
     dtype = _dtype(dtype)
     kinds = _kinds(kinds, LAYER_KINDS)
     x = make_inputs(n, d_model, batch=batch, seed=seed, device=dev, dtype=dtype)
@@ -418,7 +398,7 @@ def time_vs_length(
         raise TypeError(
             f"time_vs_length got unexpected keyword arguments {unknown}; shape arguments are {sorted(known)}"
         )
-    dev = _device(device)
+    dev = resolve_torch_device(device)
     build = mixing_fns if level == "mixing" else layer_fns
     build(lengths[0], device=dev, kinds=kinds, **shape_kwargs)  # validate the shape arguments before timing
 
@@ -509,7 +489,7 @@ def numpy_vs_torch(
     expansion = check_int("expansion", expansion, min_value=1)
     min_run_time = check_float("min_run_time", min_run_time, min_value=0.0, min_inclusive=False)
     rounds = check_int("rounds", rounds, min_value=1)
-    dev = _device(device)
+    dev = resolve_torch_device(device)
     seed = check_int("seed", seed, min_value=0)
     std = check_float("std", std, min_value=0.0, min_inclusive=False)
     if threads is not None:
@@ -614,7 +594,7 @@ def triton_vs_torch(
     seed = check_int("seed", seed, min_value=0)
     if device is None and not has_cuda():
         return {"skipped": "no CUDA GPU: the Triton kernel only runs in the (slow) CPU interpreter here"}
-    dev = _device(device)
+    dev = resolve_torch_device(device)
     from effx_lab.flash import kernels
     from effx_lab.flash import torch_ops as FT
 
