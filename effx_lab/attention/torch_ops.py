@@ -33,7 +33,7 @@ always has the dtype of ``x`` (float32, float64 or bfloat16) and lives on its de
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -167,15 +167,21 @@ def softmax_attention(
     return _softmax_attention(q, k, v, causal, scale)
 
 
-def _mha(x: torch.Tensor, p: Mapping[str, torch.Tensor], n_heads: int, causal: bool) -> torch.Tensor:
-    """Multi-head attention on validated inputs: one fused QKV GEMM, one reshape into heads."""
+def _mha(
+    x: torch.Tensor, p: Mapping[str, torch.Tensor], n_heads: int, causal: bool, core: Callable[..., Any] | None = None
+) -> torch.Tensor:
+    """Multi-head attention on validated inputs: one fused QKV GEMM, one reshape into heads.
+
+    ``core(q, k, v, causal, scale)`` is the attention of the heads; the default is the textbook
+    :func:`_softmax_attention` (``effx_lab.flash.bench`` passes PyTorch's fused SDPA instead).
+    """
     n, d = x.shape[-2], x.shape[-1]
     dh = d // n_heads
     w = torch.cat((p["wq"], p["wk"], p["wv"]), dim=1)  # (d, 3d)
     b = torch.cat((p["bq"], p["bk"], p["bv"]))
     qkv = _linear(x, w, b).unflatten(-1, (3, n_heads, dh))  # (..., n, 3, h, dh)
     q, k, v = qkv.movedim(-3, 0).transpose(-2, -3).unbind(0)  # each (..., h, n, dh)
-    o = _softmax_attention(q, k, v, causal, 1.0 / math.sqrt(dh))  # (..., h, n, dh)
+    o = (core or _softmax_attention)(q, k, v, causal, 1.0 / math.sqrt(dh))  # (..., h, n, dh)
     o = o.transpose(-2, -3).reshape(*x.shape[:-2], n, d)
     return _linear(o, p["wo"], p["bo"])
 
@@ -205,6 +211,13 @@ def transformer_layer(
     The FFN is ``gelu(h W1 + b1) W2 + b2`` (GELU, tanh form). Extra keys: ``ln1_g, ln1_b, ln2_g, ln2_b,
     w1, b1, w2, b2``.
     """
+    return _transformer_layer(x, params, n_heads, causal)
+
+
+def _transformer_layer(
+    x: Any, params: Any, n_heads: Any, causal: Any, core: Callable[..., Any] | None = None
+) -> torch.Tensor:
+    """:func:`transformer_layer` with a choice of attention core (see :func:`_mha`)."""
     _require_tensor("x", x)
     _check_x(x, allow_torch=True)
     _check_layer_dict(params, "w1", "the Transformer layer's keys (see mha_param_shapes)")
@@ -214,7 +227,7 @@ def transformer_layer(
     n_heads = _check_heads(d, n_heads)
     causal = check_bool("causal", causal)
     p = _tensor_params(params, shapes, x)
-    h = x + _mha(F.layer_norm(x, (d,), p["ln1_g"], p["ln1_b"], eps=1e-5), p, n_heads, causal)
+    h = x + _mha(F.layer_norm(x, (d,), p["ln1_g"], p["ln1_b"], eps=1e-5), p, n_heads, causal, core)
     f = F.layer_norm(h, (d,), p["ln2_g"], p["ln2_b"], eps=1e-5)
     return h + _linear(F.gelu(_linear(f, p["w1"], p["b1"]), approximate="tanh"), p["w2"], p["b2"])
 

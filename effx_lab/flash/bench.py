@@ -58,7 +58,6 @@ _ROLES = {
     "mixing": {"softmax": "softmax", "sdpa": "sdpa", "quad": "gau_quad", "flash": "flash"},
     "layer": {"softmax": "transformer", "sdpa": "transformer_sdpa", "quad": "flash_quad", "flash": "flash"},
 }
-_LN_EPS = 1e-5  # effx_lab.models.reference.layer_norm's default, used by transformer_layer
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -158,36 +157,13 @@ def transformer_layer_sdpa(
     fused kernel (FlashAttention-style on a GPU; on CPU a blocked kernel that never holds the whole ``n x n``
     matrix). Still ``O(n^2)`` work: this is the strongest quadratic baseline. ``x``: ``(..., n, d_model)``.
     """
-    from effx_lab.attention.reference import _check_heads, _check_params, _check_x, mha_param_shapes
+    from effx_lab.attention import torch_ops as AT
 
-    _check_x(x, allow_torch=True)
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"x must be a torch tensor, got {describe(x)}")
-    if not isinstance(params, Mapping) or "w1" not in params:
-        raise ValueError(
-            f"params must be a dict with the Transformer layer's keys (see mha_param_shapes), got {describe(params)}"
-        )
-    d = int(x.shape[-1])
-    n_heads = _check_heads(d, n_heads)
-    _check_params(params, mha_param_shapes(d, int(params["w1"].shape[-1])), allow_torch=True)
-    causal = check_bool("causal", causal)
-    p = params
-    n, dh = int(x.shape[-2]), d // n_heads
-    lead = tuple(x.shape[:-2])
+    def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, scale: float) -> torch.Tensor:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scale)
 
-    def linear(t: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:  # t @ w + b, one GEMM
-        return F.linear(t, w.t(), b)
-
-    # one fused QKV projection, as transformer_layer does, so that only the attention core differs
-    w_qkv = torch.cat((p["wq"], p["wk"], p["wv"]), dim=1)
-    b_qkv = torch.cat((p["bq"], p["bk"], p["bv"]))
-    a = F.layer_norm(x, (d,), p["ln1_g"], p["ln1_b"], _LN_EPS)
-    qkv = linear(a, w_qkv, b_qkv).unflatten(-1, (3, n_heads, dh))  # (..., n, 3, h, dh)
-    q, k, v = qkv.movedim(-3, 0).transpose(-2, -3).unbind(0)  # each (..., h, n, dh)
-    o = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
-    h = x + linear(o.transpose(-2, -3).reshape(*lead, n, d), p["wo"], p["bo"])
-    f = F.layer_norm(h, (d,), p["ln2_g"], p["ln2_b"], _LN_EPS)
-    return h + linear(F.gelu(linear(f, p["w1"], p["b1"]), approximate="tanh"), p["w2"], p["b2"])
+    # the same validation, projections, norms and FFN as transformer_layer: only the attention core differs
+    return AT._transformer_layer(x, params, n_heads, causal, core=sdpa)
 
 
 def mixing_fns(
