@@ -38,6 +38,7 @@ from typing import Any
 import effx_lab  # noqa: F401  (first: sets TRITON_INTERPRET=1 when there is no GPU)
 from effx_lab import device as _device
 from effx_lab._validate import check_array, check_bool, check_choice, check_int, describe
+from effx_lab.flash.reference import _check_mixed_inputs
 
 try:
     import triton
@@ -271,17 +272,7 @@ def mixed_chunk_attention_triton(
 
     names = ("quad_q", "quad_k", "lin_q", "lin_k")
     tensors = (quad_q, quad_k, lin_q, lin_k)
-    for name, a in zip(names, tensors, strict=True):
-        _check_tensor(name, a)
-        if a.ndim < 2 or a.shape != quad_q.shape:
-            raise ValueError(
-                f"{name} must have the shape (..., n, s) of quad_q {tuple(quad_q.shape)}, got {tuple(a.shape)}"
-            )
-    _check_tensor("v", v)
-    if v.ndim != quad_q.ndim or v.shape[:-1] != quad_q.shape[:-1]:
-        raise ValueError(
-            f"v must have shape (..., n, e) with the (..., n) of quad_q {tuple(quad_q.shape)}, got {tuple(v.shape)}"
-        )
+    _check_mixed_inputs(quad_q, quad_k, lin_q, lin_k, v, check=_check_tensor)
     dtype = quad_q.dtype
     if dtype not in DTYPES:
         raise TypeError(f"quad_q must have dtype float16, bfloat16 or float32, got {dtype}")

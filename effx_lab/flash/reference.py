@@ -38,7 +38,7 @@ batch dimensions.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
@@ -255,6 +255,32 @@ def chunk_linear_states(lin_k: np.ndarray, v: np.ndarray, chunk_size: int, causa
     return states
 
 
+def _check_mixed_inputs(
+    quad_q: Any, quad_k: Any, lin_q: Any, lin_k: Any, v: Any, check: Callable[[str, Any], Any] | None = None
+) -> None:
+    """Shapes of mixed chunk attention's inputs: four ``(..., n, s)`` and one ``(..., n, e)``.
+
+    ``check(name, value)`` validates each one first (default: a float NumPy array); :mod:`.torch_ops` and
+    :mod:`.kernels` pass their tensor checks, so the three implementations reject bad shapes alike.
+    """
+    if check is None:
+
+        def check(name: str, value: Any) -> Any:
+            return check_array(name, value, dtype_kind="f")
+
+    for name, a in zip(("quad_q", "quad_k", "lin_q", "lin_k"), (quad_q, quad_k, lin_q, lin_k)):
+        check(name, a)
+        if a.ndim < 2 or a.shape != quad_q.shape:
+            raise ValueError(
+                f"{name} must have the shape (..., n, s) of quad_q {tuple(quad_q.shape)}, got {tuple(a.shape)}"
+            )
+    check("v", v)
+    if v.ndim != quad_q.ndim or v.shape[:-1] != quad_q.shape[:-1]:
+        raise ValueError(
+            f"v must have shape (..., n, e) with the (..., n) of quad_q {tuple(quad_q.shape)}, got {tuple(v.shape)}"
+        )
+
+
 def mixed_chunk_attention(
     quad_q: np.ndarray,
     quad_k: np.ndarray,
@@ -274,18 +300,7 @@ def mixed_chunk_attention(
     and the output cropped back to ``n``. ``rel_bias`` (length ``2R+1``) adds :func:`rel_pos_bias` inside
     each chunk.
     """
-    names = ("quad_q", "quad_k", "lin_q", "lin_k")
-    for name, a in zip(names, (quad_q, quad_k, lin_q, lin_k)):
-        check_array(name, a, dtype_kind="f")
-        if a.ndim < 2 or a.shape != quad_q.shape:
-            raise ValueError(
-                f"{name} must have the shape (..., n, s) of quad_q {tuple(quad_q.shape)}, got {tuple(a.shape)}"
-            )
-    check_array("v", v, dtype_kind="f")
-    if v.ndim != quad_q.ndim or v.shape[:-1] != quad_q.shape[:-1]:
-        raise ValueError(
-            f"v must have shape (..., n, e) with the (..., n) of quad_q {tuple(quad_q.shape)}, got {tuple(v.shape)}"
-        )
+    _check_mixed_inputs(quad_q, quad_k, lin_q, lin_k, v)
     n = quad_q.shape[-2]
     c = _check_chunk(n, chunk_size, exact=False)
     causal = check_bool("causal", causal)

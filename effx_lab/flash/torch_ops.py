@@ -47,7 +47,15 @@ from effx_lab.attention.torch_ops import (
     _tril,
 )
 
-from .reference import MODES, _check_chunk, _check_rel_bias, _layer_dims, gau_param_shapes, glu_param_shapes
+from .reference import (
+    MODES,
+    _check_chunk,
+    _check_mixed_inputs,
+    _check_rel_bias,
+    _layer_dims,
+    gau_param_shapes,
+    glu_param_shapes,
+)
 
 __all__ = [
     "swish",
@@ -285,18 +293,7 @@ def mixed_chunk_attention(
     part only). A length that ``chunk_size`` does not divide is padded with zeros at the end and the output
     cropped back to ``n``. ``rel_bias`` (length ``2R+1``) adds :func:`rel_pos_bias` inside each chunk.
     """
-    names = ("quad_q", "quad_k", "lin_q", "lin_k")
-    for name, a in zip(names, (quad_q, quad_k, lin_q, lin_k)):
-        _float_tensor(name, a)
-        if a.ndim < 2 or a.shape != quad_q.shape:
-            raise ValueError(
-                f"{name} must have the shape (..., n, s) of quad_q {tuple(quad_q.shape)}, got {tuple(a.shape)}"
-            )
-    _float_tensor("v", v)
-    if v.ndim != quad_q.ndim or v.shape[:-1] != quad_q.shape[:-1]:
-        raise ValueError(
-            f"v must have shape (..., n, e) with the (..., n) of quad_q {tuple(quad_q.shape)}, got {tuple(v.shape)}"
-        )
+    _check_mixed_inputs(quad_q, quad_k, lin_q, lin_k, v, check=_float_tensor)
     _same_kind(quad_q=quad_q, quad_k=quad_k, lin_q=lin_q, lin_k=lin_k, v=v)
     n = quad_q.shape[-2]
     c = _check_chunk(n, chunk_size, exact=False)
