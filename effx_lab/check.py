@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import inspect
 import numbers
 import os
@@ -66,6 +67,8 @@ __all__ = [
     "STRICT_ENV_VAR",
     "check_function",
     "check_value",
+    "check_with_hints",
+    "Mistake",
     "random_arrays",
     "report",
     "summary",
@@ -1123,3 +1126,89 @@ def summary() -> str:
     n_fail = len(results) - n_pass - n_todo
     head = f"{_plural(len(results), 'exercise')}: {n_pass} passed, {n_fail} failed, {n_todo} not attempted"
     return "\n".join([head, *(_summary_line(r) for r in results)])
+
+
+# ---------------------------------------------------------------------------------------------- hints
+@dataclass
+class Mistake:
+    """A classic wrong answer and what to tell a student who made it.
+
+    ``wrong(*args, **kwargs)`` computes the wrong answer on a case's arguments (``None`` where the mistake
+    does not apply, e.g. a causal-mask mistake on a non-causal case).
+    """
+
+    wrong: Callable[..., Any]
+    hint: str
+
+
+class _Diagnosis:
+    """A reference wrapper and a ``compare`` for :func:`check_function` that name known mistakes.
+
+    ``reference`` records each case's arguments (check_function calls it just before comparing that case);
+    ``compare`` runs the usual comparison and, when the answer is wrong and equals one of ``mistakes`` on
+    the same arguments (and the mistake differs from the right answer there), appends the mistake's hint.
+    """
+
+    def __init__(self, reference: Callable, mistakes: list[Mistake], *, rtol: float, atol: float, exact: bool):
+        self._mistakes = mistakes
+        self._rtol, self._atol = rtol, atol
+        self._base = _Comparer(rtol=rtol, atol=atol, exact=exact)
+        self._last: tuple[Any, tuple, dict] | None = None
+
+        @functools.wraps(reference)
+        def recorded(*args: Any, **kwargs: Any) -> Any:
+            expected = reference(*args, **kwargs)
+            self._last = (expected, args, kwargs)
+            return expected
+
+        self.reference = recorded
+
+    def compare(self, got: Any, expected: Any) -> str | None:
+        problem = self._base(got, expected)
+        if problem is None or self._last is None or self._last[0] is not expected:
+            return problem
+        _, args, kwargs = self._last
+        for mistake in self._mistakes:
+            try:
+                with np.errstate(all="ignore"):
+                    wrong = mistake.wrong(*args, **kwargs)
+            except Exception:
+                continue
+            if wrong is not None and not self._close(wrong, expected) and self._close(got, wrong):
+                return f"{problem}\n   hint: {mistake.hint}"
+        return problem
+
+    def _close(self, a: Any, b: Any) -> bool:
+        try:
+            x = np.asarray(a, dtype=np.float64)
+            y = np.asarray(b, dtype=np.float64)
+        except Exception:
+            return False
+        if x.shape != y.shape:
+            return False
+        with np.errstate(all="ignore"):
+            return bool(np.allclose(x, y, rtol=self._rtol, atol=self._atol, equal_nan=True))
+
+
+def check_with_hints(
+    student_fn: Any,
+    reference_fn: Callable,
+    cases: Any,
+    mistakes: list[Mistake],
+    *,
+    name: str,
+    rtol: float = 1e-4,
+    atol: float = 1e-6,
+    exact: bool = False,
+) -> CheckResult:
+    """:func:`check_function` + :func:`report`, and when a wrong answer equals a known :class:`Mistake` on the
+    failing case, the verdict gets a ``hint:`` line naming that mistake."""
+    if not isinstance(mistakes, list) or not all(isinstance(m, Mistake) for m in mistakes):
+        raise TypeError(f"mistakes must be a list of Mistake, got {describe(mistakes)}")
+    if not callable(reference_fn):
+        raise TypeError(f"reference_fn must be callable, got {describe(reference_fn)}")
+    diag = _Diagnosis(reference_fn, mistakes, rtol=rtol, atol=atol, exact=exact)
+    result = check_function(
+        student_fn, diag.reference, cases, name=name, rtol=rtol, atol=atol, exact=exact, compare=diag.compare
+    )
+    return report(result)

@@ -608,3 +608,23 @@ def test_check_result_validates():
         CheckResult("x", False, True, 3, 4, "m", None)
     with pytest.raises(TypeError, match="name must be a non-empty str"):
         CheckResult("", True, True, 1, 1, "m", None)
+
+
+def test_check_with_hints_names_the_matching_mistake_only():
+    from effx_lab.check import Mistake, check_with_hints
+
+    def reference(x):
+        return x * 2.0
+
+    def cases(rng):
+        return [Case("small", (np.arange(3.0),)), Case("random", (rng.normal(size=4),))]
+
+    mistakes = [Mistake(lambda x: x + 2.0, "you added 2 instead of doubling")]
+    added = check_with_hints(lambda x: x + 2.0, reference, cases, mistakes, name="double")
+    assert not added.passed and "hint: you added 2 instead of doubling" in added.message
+    other = check_with_hints(lambda x: x * 3.0, reference, cases, mistakes, name="double")
+    assert not other.passed and "hint:" not in other.message
+    right = check_with_hints(lambda x: 2.0 * x, reference, cases, mistakes, name="double")
+    assert right.passed
+    with pytest.raises(TypeError, match="mistakes"):
+        check_with_hints(reference, reference, cases, ["not a Mistake"], name="double")

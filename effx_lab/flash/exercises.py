@@ -30,15 +30,13 @@ Array exercises get float64 inputs and one float32 case; floats are compared wit
 """
 from __future__ import annotations
 
-import functools
 import math
-from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
 
 from effx_lab.attention.reference import feature_map, linear_attention
-from effx_lab.check import Case, CheckResult, _Comparer, check_function, random_arrays, report
+from effx_lab.check import Case, CheckResult, Mistake, check_with_hints, random_arrays
 from effx_lab.models.reference import softmax
 
 from . import reference as R
@@ -57,83 +55,6 @@ __all__ = [
 
 _RTOL = 1e-4  # array exercises (one case is float32)
 _ATOL = 1e-6
-
-
-# =========================================================================== hints
-@dataclass
-class _Mistake:
-    """A classic wrong answer: ``wrong(*args, **kwargs)`` computes it (None where it does not apply)."""
-
-    wrong: Callable[..., Any]
-    hint: str
-
-
-class _Diagnosis:
-    """A reference wrapper and a ``compare`` for :func:`check_function` that name known mistakes.
-
-    ``reference`` records each case's arguments (check_function calls it just before comparing that case);
-    ``compare`` runs the usual comparison and, when the answer is wrong and equals one of ``mistakes`` on
-    the same arguments (and the mistake differs from the right answer there), appends the mistake's hint.
-    """
-
-    def __init__(self, reference: Callable, mistakes: list[_Mistake], *, rtol: float, atol: float, exact: bool = False):
-        self._reference = reference
-        self._mistakes = mistakes
-        self._rtol, self._atol = rtol, atol
-        self._base = _Comparer(rtol=rtol, atol=atol, exact=exact)
-        self._last: tuple[Any, tuple, dict] | None = None
-
-        @functools.wraps(reference)
-        def recorded(*args: Any, **kwargs: Any) -> Any:
-            expected = reference(*args, **kwargs)
-            self._last = (expected, args, kwargs)
-            return expected
-
-        self.reference = recorded
-
-    def compare(self, got: Any, expected: Any) -> str | None:
-        problem = self._base(got, expected)
-        if problem is None or self._last is None or self._last[0] is not expected:
-            return problem
-        _, args, kwargs = self._last
-        for mistake in self._mistakes:
-            try:
-                with np.errstate(all="ignore"):
-                    wrong = mistake.wrong(*args, **kwargs)
-            except Exception:
-                continue
-            if wrong is not None and not self._close(wrong, expected) and self._close(got, wrong):
-                return f"{problem}\n   hint: {mistake.hint}"
-        return problem
-
-    def _close(self, a: Any, b: Any) -> bool:
-        try:
-            x = np.asarray(a, dtype=np.float64)
-            y = np.asarray(b, dtype=np.float64)
-        except Exception:
-            return False
-        if x.shape != y.shape:
-            return False
-        with np.errstate(all="ignore"):
-            return bool(np.allclose(x, y, rtol=self._rtol, atol=self._atol, equal_nan=True))
-
-
-def _check(
-    student_fn: Any,
-    reference: Callable,
-    cases: Callable,
-    mistakes: list[_Mistake],
-    *,
-    name: str,
-    rtol: float = _RTOL,
-    atol: float = _ATOL,
-    exact: bool = False,
-) -> CheckResult:
-    diag = _Diagnosis(reference, mistakes, rtol=rtol, atol=atol, exact=exact)
-    result = check_function(
-        student_fn, diag.reference, cases, name=name, rtol=rtol, atol=atol, exact=exact, compare=diag.compare
-    )
-    return report(result)
 
 
 def _named(name: str) -> Callable[[Callable], Callable]:
@@ -186,50 +107,50 @@ def _only_causal(fn: Callable) -> Callable:
 
 
 _RELU2_MISTAKES = [
-    _Mistake(
+    Mistake(
         _only_causal(lambda q, k, b, c: _relu2_variant(q, k, b, c, mask="strict")),
         "your causal mask also removes the diagonal (j < i): a token may attend to itself, keep j <= i "
         "(np.tril(..., k=0)).",
     ),
-    _Mistake(
+    Mistake(
         _only_causal(lambda q, k, b, c: _relu2_variant(q, k, b, c, mask="triu")),
         "your causal mask keeps the future (j >= i): query i may only see keys j <= i (np.tril, not np.triu).",
     ),
-    _Mistake(
+    Mistake(
         lambda q, k, bias=None, causal=False: _relu2_variant(q, k, bias, causal, scale="sqrt_s"),
         "GAU divides q k^T by m, the number of keys, not by sqrt(s) as softmax attention does.",
     ),
-    _Mistake(
+    Mistake(
         lambda q, k, bias=None, causal=False: _relu2_variant(q, k, bias, causal, scale="n"),
         "divide by m = k.shape[-2], the number of keys, not by n = q.shape[-2], the number of queries.",
     ),
-    _Mistake(
+    Mistake(
         lambda q, k, bias=None, causal=False: _relu2_variant(q, k, bias, causal, act="relu"),
         "square the relu: A = relu(...)^2.",
     ),
-    _Mistake(
+    Mistake(
         lambda q, k, bias=None, causal=False: _relu2_variant(q, k, bias, causal, act="square"),
         "apply the relu before squaring: negative logits must give 0, not their square.",
     ),
-    _Mistake(
+    Mistake(
         lambda q, k, bias=None, causal=False: (
             None if bias is None else _relu2_variant(q, k, bias, causal, bias_at="none")
         ),
         "add the bias to the logits: relu(q k^T / m + bias)^2.",
     ),
-    _Mistake(
+    Mistake(
         lambda q, k, bias=None, causal=False: (
             None if bias is None else _relu2_variant(q, k, bias, causal, bias_at="after")
         ),
         "the bias goes inside the relu, added to q k^T / m, not to the result.",
     ),
-    _Mistake(
+    Mistake(
         lambda q, k, bias=None, causal=False: (
             None if bias is None else _relu2_variant(q, k, bias, causal, bias_at="inside")
         ),
         "the bias goes inside the relu, added to q k^T / m before it.",
     ),
-    _Mistake(
+    Mistake(
         lambda q, k, bias=None, causal=False: _relu2_variant(q, k, bias, causal, act="softmax"),
         "GAU replaces the softmax by relu(.)^2: no exponential and no row normalisation.",
     ),
@@ -298,7 +219,7 @@ def _relu2_cases(rng: np.random.Generator) -> list[Case]:
 
 def check_relu2_attention(student_fn: Any) -> CheckResult:
     """Check ``relu2_attention(q, k, bias=None, causal=False) -> A`` of shape ``(..., n, m)``."""
-    return _check(student_fn, _relu2_reference, _relu2_cases, _RELU2_MISTAKES, name="relu2_attention")
+    return check_with_hints(student_fn, _relu2_reference, _relu2_cases, _RELU2_MISTAKES, name="relu2_attention")
 
 
 # =========================================================================== 07.1 GLU
@@ -311,23 +232,23 @@ def _glu_parts(x, p):
 
 
 _GLU_MISTAKES = [
-    _Mistake(
+    Mistake(
         lambda x, p: (R.swish(_glu_parts(x, p)[0]) * _glu_parts(x, p)[1]) @ p["w_o"] + p["b_o"],
         "both branches go through Swish: U = swish(x W_u + b_u) and V = swish(x W_v + b_v).",
     ),
-    _Mistake(
+    Mistake(
         lambda x, p: (_sigmoid(_glu_parts(x, p)[0]) * _sigmoid(_glu_parts(x, p)[1])) @ p["w_o"] + p["b_o"],
         "the activation is Swish, x * sigmoid(x), not the sigmoid itself.",
     ),
-    _Mistake(
+    Mistake(
         lambda x, p: (_sigmoid(_glu_parts(x, p)[0]) * _glu_parts(x, p)[1]) @ p["w_o"] + p["b_o"],
         "that is the original GLU, sigmoid(x W_u) * (x W_v); here both branches use Swish, x * sigmoid(x).",
     ),
-    _Mistake(
+    Mistake(
         lambda x, p: (R.swish(_glu_parts(x, p)[0]) * R.swish(_glu_parts(x, p)[1])) @ p["w_o"],
         "add the output bias b_o after W_o.",
     ),
-    _Mistake(
+    Mistake(
         lambda x, p: R.swish((_glu_parts(x, p)[0] * _glu_parts(x, p)[1]) @ p["w_o"] + p["b_o"]),
         "apply Swish to the two branches (x W_u + b_u and x W_v + b_v), before the gate and W_o, not after W_o.",
     ),
@@ -374,7 +295,7 @@ def _glu_cases(rng: np.random.Generator) -> list[Case]:
 
 def check_glu(student_fn: Any) -> CheckResult:
     """Check ``glu(x, params) -> (swish(x W_u + b_u) * swish(x W_v + b_v)) W_o + b_o``."""
-    return _check(student_fn, _glu_reference, _glu_cases, _GLU_MISTAKES, name="glu")
+    return check_with_hints(student_fn, _glu_reference, _glu_cases, _GLU_MISTAKES, name="glu")
 
 
 # =========================================================================== 07.1 GAU parameters
@@ -402,18 +323,18 @@ def _gau_count_without(part: str) -> Callable:
 
 
 _GAU_COUNT_MISTAKES = [
-    _Mistake(_gau_count_without("biases"), "count the biases too: b_uvz (2e + s of them) and b_o (d_model)."),
-    _Mistake(_gau_count_without("layernorm"), "the pre-LayerNorm has weights too: a gain and a bias, 2 * d_model."),
-    _Mistake(
+    Mistake(_gau_count_without("biases"), "count the biases too: b_uvz (2e + s of them) and b_o (d_model)."),
+    Mistake(_gau_count_without("layernorm"), "the pre-LayerNorm has weights too: a gain and a bias, 2 * d_model."),
+    Mistake(
         _gau_count_without("gamma_rows"),
         "gamma and beta have one row per query/key set: 2 rows of s each for GAU (Q and K), 4 * s in all.",
     ),
-    _Mistake(
+    Mistake(
         lambda d_model, expansion, s, max_rel: _gau_param_count_reference(d_model, 1, s, max_rel),
         "the expanded width is e = expansion * d_model, not d_model.",
     ),
-    _Mistake(_gau_count_without("rel_bias"), "count the relative position bias: one scalar per offset in [-R, R]."),
-    _Mistake(_gau_count_without("rel_bias_2r"), "offsets -R..R are 2R + 1 values (offset 0 included)."),
+    Mistake(_gau_count_without("rel_bias"), "count the relative position bias: one scalar per offset in [-R, R]."),
+    Mistake(_gau_count_without("rel_bias_2r"), "offsets -R..R are 2R + 1 values (offset 0 included)."),
 ]
 
 
@@ -438,7 +359,7 @@ def _gau_count_cases(rng: np.random.Generator) -> list[Case]:
 
 def check_gau_param_count(student_fn: Any) -> CheckResult:
     """Check ``gau_param_count(d_model, expansion, s, max_rel) -> int`` (exact)."""
-    return _check(
+    return check_with_hints(
         student_fn, _gau_param_count_reference, _gau_count_cases, _GAU_COUNT_MISTAKES,
         name="gau_param_count", rtol=0.0, atol=0.0, exact=True,
     )  # fmt: skip
@@ -454,38 +375,38 @@ def _chunk_kv(lin_k, v, chunk_size):
 
 
 _CHUNK_MISTAKES = [
-    _Mistake(
+    Mistake(
         lambda lin_k, v, chunk_size, causal: np.cumsum(_chunk_kv(lin_k, v, chunk_size), axis=-3) if causal else None,
         "your state for chunk g includes chunk g itself (an inclusive cumulative sum). That is a causality leak: "
         "a token would see the tokens after it in its own chunk through the linear part. Causal state g sums the "
         "previous chunks only, h < g (the local quadratic part handles chunk g, with its mask), so state 0 is "
         "zero: shift the cumulative sum by one chunk.",
     ),
-    _Mistake(
+    Mistake(
         lambda lin_k, v, chunk_size, causal: R.chunk_linear_states(lin_k, v, chunk_size, False) if causal else None,
         "with causal=True, chunk g may only use the chunks before it (h < g), not the sum over all chunks.",
     ),
-    _Mistake(
+    Mistake(
         lambda lin_k, v, chunk_size, causal: R.chunk_linear_states(lin_k, v, chunk_size, causal) / chunk_size,
         "the states are unscaled: the 1/c is applied later, by the caller (mixed_chunk_attention).",
     ),
-    _Mistake(
+    Mistake(
         lambda lin_k, v, chunk_size, causal: np.swapaxes(R.chunk_linear_states(lin_k, v, chunk_size, causal), -1, -2),
         "each state is K_lin^T V, of shape (s, e): the keys' width first, then the values'.",
     ),
-    _Mistake(
+    Mistake(
         lambda lin_k, v, chunk_size, causal: None if causal else _chunk_kv(lin_k, v, chunk_size).sum(axis=-3),
         "return one state per chunk, shape (..., G, s, e), even when they are all the same (non-causal): "
         "repeat the total for every chunk (e.g. np.broadcast_to(...).copy()).",
     ),
-    _Mistake(
+    Mistake(
         lambda lin_k, v, chunk_size, causal: (
             None if causal else _chunk_kv(lin_k, v, chunk_size).sum(axis=-3, keepdims=True)
         ),
         "return one state per chunk, shape (..., G, s, e), even when they are all the same (non-causal): "
         "repeat the total for every chunk (e.g. np.broadcast_to(...).copy()).",
     ),
-    _Mistake(
+    Mistake(
         lambda lin_k, v, chunk_size, causal: _chunk_kv(lin_k, v, chunk_size),
         "state g is a sum over chunks (all of them, or h < g when causal), not chunk g's own K_g^T V_g.",
     ),
@@ -527,7 +448,7 @@ def _chunk_cases(rng: np.random.Generator) -> list[Case]:
 
 def check_chunk_linear_states(student_fn: Any) -> CheckResult:
     """Check ``chunk_linear_states(lin_k, v, chunk_size, causal) -> states`` of shape ``(..., G, s, e)``."""
-    return _check(student_fn, _chunk_reference, _chunk_cases, _CHUNK_MISTAKES, name="chunk_linear_states")
+    return check_with_hints(student_fn, _chunk_reference, _chunk_cases, _CHUNK_MISTAKES, name="chunk_linear_states")
 
 
 # =========================================================================== 07.2 FLOPs
@@ -543,23 +464,23 @@ def _flops_parts(n, d_model, expansion, s, chunk_size, pad=True):
 
 
 _FLOPS_MISTAKES = [
-    _Mistake(
+    Mistake(
         lambda *a: sum(_flops_parts(*a, pad=False)),
         "the sequence is padded to a whole number of chunks: count ceil(n / c) * c tokens, not n.",
     ),
-    _Mistake(
+    Mistake(
         lambda *a: _flops_parts(*a)[0],
         "add the global linear part too: 2 * 2 * N * s * e for the K_lin^T V states and the Q_lin read-out.",
     ),
-    _Mistake(
+    Mistake(
         lambda *a: _flops_parts(*a)[1],
         "add the local quadratic part too: 2 * N * c * (s + e) inside the chunks.",
     ),
-    _Mistake(
+    Mistake(
         lambda *a: sum(_flops_parts(*a)) // 2,
         "count FLOPs, 2 per multiply-add, not multiply-adds.",
     ),
-    _Mistake(
+    Mistake(
         lambda *a: _flops_parts(*a, pad=False)[0],
         "count the global linear part, and pad the sequence to whole chunks (ceil(n / c) * c tokens).",
     ),
@@ -587,7 +508,7 @@ def _flops_cases(rng: np.random.Generator) -> list[Case]:
 
 def check_mixed_chunk_flops(student_fn: Any) -> CheckResult:
     """Check ``mixed_chunk_flops(n, d_model, expansion, s, chunk_size) -> int`` (exact, padding counted)."""
-    return _check(
+    return check_with_hints(
         student_fn, _mixed_flops_reference, _flops_cases, _FLOPS_MISTAKES,
         name="mixed_chunk_flops", rtol=0.0, atol=0.0, exact=True,
     )  # fmt: skip
@@ -612,24 +533,24 @@ def _scaling_reference(lengths, times):
 
 
 _SCALING_MISTAKES = [
-    _Mistake(
+    Mistake(
         lambda lengths, times: _slope(lengths, times),
         "fit the line to the logarithms, log t against log n, not t against n.",
     ),
-    _Mistake(
+    Mistake(
         _endpoints,
         "use every measurement (a least-squares fit, e.g. np.polyfit(np.log(n), np.log(t), 1)[0]), "
         "not only the first and last points: single timings are noisy.",
     ),
-    _Mistake(
+    Mistake(
         lambda lengths, times: _slope(np.log(times), np.log(lengths)),
         "fit log t as a function of log n (x = log n, y = log t); swapping the axes gives a different slope.",
     ),
-    _Mistake(
+    Mistake(
         lambda lengths, times: _slope(np.log10(lengths), np.log(times)),
         "use the same logarithm on both axes (any base is fine, as long as it is the same).",
     ),
-    _Mistake(
+    Mistake(
         lambda lengths, times: _slope(np.log(lengths), np.log10(times)),
         "use the same logarithm on both axes (any base is fine, as long as it is the same).",
     ),
@@ -666,7 +587,7 @@ def _scaling_cases(rng: np.random.Generator) -> list[Case]:
 
 def check_scaling_exponent(student_fn: Any) -> CheckResult:
     """Check ``scaling_exponent(lengths, times) -> float``, the least-squares slope in log-log (rtol 1e-6)."""
-    return _check(
+    return check_with_hints(
         student_fn, _scaling_reference, _scaling_cases, _SCALING_MISTAKES, name="scaling_exponent", rtol=1e-6, atol=1e-9
     )
 
@@ -700,19 +621,19 @@ def _cla_all_keys_normaliser(q, k, v):
 
 
 _CLA_MISTAKES = [
-    _Mistake(
+    Mistake(
         lambda q, k, v: linear_attention(q, k, v, causal=False, normalize=True, eps=_EPS),
         "causal: query i may only see keys j <= i (a prefix sum over the sequence), not all keys.",
     ),
-    _Mistake(
+    Mistake(
         _cla_exclusive,
         "query i must also see its own key (j <= i): use an inclusive cumulative sum, not only j < i.",
     ),
-    _Mistake(
+    Mistake(
         lambda q, k, v: linear_attention(q, k, v, causal=True, normalize=False),
         "normalise: divide by q_i . (sum_{j<=i} k_j) + eps.",
     ),
-    _Mistake(
+    Mistake(
         _cla_all_keys_normaliser,
         "the normaliser is causal too: q_i . (sum_{j<=i} k_j), a prefix sum of the keys, not the sum of all keys.",
     ),
@@ -745,4 +666,4 @@ def _cla_cases(rng: np.random.Generator) -> list[Case]:
 
 def check_causal_linear_attention(student_fn: Any) -> CheckResult:
     """Check ``causal_linear_attention(q, k, v) -> (..., n, e)`` (q, k already feature-mapped, eps = 1e-6)."""
-    return _check(student_fn, _cla_reference, _cla_cases, _CLA_MISTAKES, name="causal_linear_attention")
+    return check_with_hints(student_fn, _cla_reference, _cla_cases, _CLA_MISTAKES, name="causal_linear_attention")
