@@ -13,6 +13,7 @@ Deep Bidirectional Transformers for Language Understanding" (Devlin et al. 2019)
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -364,6 +365,11 @@ def _check_minilm_params(params: Any, config: MiniLMConfig) -> None:
         )
 
 
+def _check_linear_hook(linear: Any) -> None:
+    if linear is not None and not callable(linear):
+        raise TypeError(f"linear must be None or a callable linear(name, x, weight, bias) -> y, got {describe(linear)}")
+
+
 def minilm_forward(
     params: dict[str, np.ndarray],
     config: MiniLMConfig,
@@ -371,6 +377,7 @@ def minilm_forward(
     attention_mask: np.ndarray,
     *,
     return_hidden_states: bool = False,
+    linear: Callable[[str, np.ndarray, np.ndarray, np.ndarray], np.ndarray] | None = None,
 ) -> np.ndarray | tuple[np.ndarray, list[np.ndarray]]:
     """BERT encoder (Devlin et al. 2019) in NumPy; returns the last hidden state ``[B, T, hidden]``.
 
@@ -383,16 +390,24 @@ def minilm_forward(
     Weights keep the checkpoint's (PyTorch) layout ``[out, in]``, hence the transposes. With
     ``return_hidden_states=True`` also returns the list of ``num_hidden_layers + 1`` hidden states
     (embedding output, then every layer's output), like Hugging Face's ``output_hidden_states``.
+
+    ``linear``, if given, replaces every linear layer: it is called as ``linear(name, x, weight, bias)``
+    with the layer's checkpoint name (e.g. ``"encoder.layer.0.intermediate.dense"``), its input ``x``
+    ``[B, T, in]`` and the weight ``[out, in]`` and bias, and returns ``[B, T, out]``. Chapter 2 uses it
+    to quantize weights and activations, or to record what flows into each layer.
     """
     _check_minilm_inputs(input_ids, attention_mask, config, allow_torch=False)
     _check_minilm_params(params, config)
     return_hidden_states = check_bool("return_hidden_states", return_hidden_states)
+    _check_linear_hook(linear)
     p, eps = params, config.layer_norm_eps
     B, T = input_ids.shape
     h, d_k = config.num_attention_heads, config.head_dim
 
-    def linear(x: np.ndarray, name: str) -> np.ndarray:
-        return x @ p[name + ".weight"].T + p[name + ".bias"]
+    def dense(x: np.ndarray, name: str) -> np.ndarray:
+        if linear is None:
+            return x @ p[name + ".weight"].T + p[name + ".bias"]
+        return linear(name, x, p[name + ".weight"], p[name + ".bias"])
 
     def ln(x: np.ndarray, name: str) -> np.ndarray:
         return layer_norm(x, p[name + ".weight"], p[name + ".bias"], eps)
@@ -408,14 +423,14 @@ def minilm_forward(
 
     for i in range(config.num_hidden_layers):
         pre = f"encoder.layer.{i}."
-        Q = linear(x, pre + "attention.self.query").reshape(B, T, h, d_k).transpose(0, 2, 1, 3)
-        K = linear(x, pre + "attention.self.key").reshape(B, T, h, d_k).transpose(0, 2, 1, 3)
-        V = linear(x, pre + "attention.self.value").reshape(B, T, h, d_k).transpose(0, 2, 1, 3)
+        Q = dense(x, pre + "attention.self.query").reshape(B, T, h, d_k).transpose(0, 2, 1, 3)
+        K = dense(x, pre + "attention.self.key").reshape(B, T, h, d_k).transpose(0, 2, 1, 3)
+        V = dense(x, pre + "attention.self.value").reshape(B, T, h, d_k).transpose(0, 2, 1, 3)
         scores = np.einsum("bhtd,bhsd->bhts", Q, K) / np.float32(np.sqrt(d_k))
         A = softmax(np.where(keep, scores, -np.inf), axis=-1)
         heads = np.einsum("bhts,bhsd->bhtd", A, V).transpose(0, 2, 1, 3).reshape(B, T, h * d_k)
-        x = ln(x + linear(heads, pre + "attention.output.dense"), pre + "attention.output.LayerNorm")
-        ffn = linear(gelu_erf(linear(x, pre + "intermediate.dense")), pre + "output.dense")
+        x = ln(x + dense(heads, pre + "attention.output.dense"), pre + "attention.output.LayerNorm")
+        ffn = dense(gelu_erf(dense(x, pre + "intermediate.dense")), pre + "output.dense")
         x = ln(x + ffn, pre + "output.LayerNorm").astype(np.float32, copy=False)
         hidden_states.append(x)
     return (x, hidden_states) if return_hidden_states else x

@@ -17,6 +17,7 @@ What differs from the NumPy reference, and why:
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -32,7 +33,7 @@ from effx_lab.models.config import (
     check_tinylm_params,
     init_tinylm_params,
 )
-from effx_lab.models.reference import _check_minilm_inputs, _check_minilm_params
+from effx_lab.models.reference import _check_linear_hook, _check_minilm_inputs, _check_minilm_params
 
 __all__ = [
     "layer_norm",
@@ -413,18 +414,21 @@ def minilm_forward(
     attention_mask: torch.Tensor,
     *,
     return_hidden_states: bool = False,
+    linear: Callable[[str, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
     """BERT encoder forward pass in PyTorch; same math and outputs as ``reference.minilm_forward``.
 
     ``params`` may hold NumPy arrays (wrapped without copying) or tensors. Uses ``F.linear`` (weights
     stay ``[out, in]``), ``F.layer_norm``, exact ``F.gelu`` and fused scaled-dot-product attention with a
     boolean key mask. Runs on ``input_ids``'s device; call it under ``torch.no_grad()`` for inference.
+    ``linear`` is the same per-layer hook as in the reference (``linear(name, x, weight, bias) -> y``).
     """
     _check_tensor("input_ids", input_ids)
     _check_tensor("attention_mask", attention_mask)
     _check_minilm_inputs(input_ids, attention_mask, config, allow_torch=True)
     _check_minilm_params(params, config)
     return_hidden_states = check_bool("return_hidden_states", return_hidden_states)
+    _check_linear_hook(linear)
     device = input_ids.device
     eps = config.layer_norm_eps
     B, T = input_ids.shape
@@ -433,8 +437,10 @@ def minilm_forward(
     def w(name: str) -> torch.Tensor:
         return torch.as_tensor(params[name], device=device)
 
-    def linear(x: torch.Tensor, name: str) -> torch.Tensor:
-        return F.linear(x, w(name + ".weight"), w(name + ".bias"))
+    def dense(x: torch.Tensor, name: str) -> torch.Tensor:
+        if linear is None:
+            return F.linear(x, w(name + ".weight"), w(name + ".bias"))
+        return linear(name, x, w(name + ".weight"), w(name + ".bias"))
 
     def ln(x: torch.Tensor, name: str) -> torch.Tensor:
         return F.layer_norm(x, (x.shape[-1],), w(name + ".weight"), w(name + ".bias"), eps)
@@ -451,12 +457,12 @@ def minilm_forward(
 
     for i in range(config.num_hidden_layers):
         pre = f"encoder.layer.{i}."
-        q = heads(linear(x, pre + "attention.self.query"))
-        k = heads(linear(x, pre + "attention.self.key"))
-        v = heads(linear(x, pre + "attention.self.value"))
+        q = heads(dense(x, pre + "attention.self.query"))
+        k = heads(dense(x, pre + "attention.self.key"))
+        v = heads(dense(x, pre + "attention.self.value"))
         ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=keep).transpose(1, 2).reshape(B, T, h * d_k)
-        x = ln(x + linear(ctx, pre + "attention.output.dense"), pre + "attention.output.LayerNorm")
-        ffn = linear(F.gelu(linear(x, pre + "intermediate.dense")), pre + "output.dense")
+        x = ln(x + dense(ctx, pre + "attention.output.dense"), pre + "attention.output.LayerNorm")
+        ffn = dense(F.gelu(dense(x, pre + "intermediate.dense")), pre + "output.dense")
         x = ln(x + ffn, pre + "output.LayerNorm")
         hidden_states.append(x)
     return (x, hidden_states) if return_hidden_states else x
