@@ -405,3 +405,47 @@ def quant_error(x: np.ndarray, x_hat: np.ndarray) -> dict:
         raise ValueError(f"x_hat must have the shape of x {x.shape}, got {x_hat.shape}")
     x64, err = x.astype(np.float64), x.astype(np.float64) - x_hat.astype(np.float64)
     return _error_stats(x.size, float(np.sum(x64**2)), float(np.sum(err**2)), float(np.max(np.abs(err))))
+
+# --------------------------------------------------------------------------- the later sections' methods
+# Each topic lives in its own module; this file stays the one public face of the NumPy reference.
+from ._np_outliers import (  # noqa: E402
+    GoboWeight,
+    absmax_quantize,
+    fold_smoothing,
+    gobo_bits_per_weight,
+    gobo_dequantize,
+    gobo_quantize,
+    int8_matmul,
+    llm_int8_linear,
+    outlier_columns,
+    peg_fake_quantize,
+    peg_permutation,
+    smooth_activation,
+    smooth_scales,
+    smooth_weight,
+    smoothquant_linear,
+    vectorwise_linear,
+    w8a8_linear,
+    zeroquant_linear,
+)
+
+__all__ += [
+    "GoboWeight",
+    "absmax_quantize",
+    "fold_smoothing",
+    "gobo_bits_per_weight",
+    "gobo_dequantize",
+    "gobo_quantize",
+    "int8_matmul",
+    "llm_int8_linear",
+    "outlier_columns",
+    "peg_fake_quantize",
+    "peg_permutation",
+    "smooth_activation",
+    "smooth_scales",
+    "smooth_weight",
+    "smoothquant_linear",
+    "vectorwise_linear",
+    "w8a8_linear",
+    "zeroquant_linear",
+]

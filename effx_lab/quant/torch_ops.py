@@ -220,3 +220,47 @@ def quant_error(x: torch.Tensor, x_hat: torch.Tensor) -> dict:
     err = x64 - x_hat.to(device=x.device, dtype=torch.float64)
     sums = torch.stack([(x64 * x64).sum(), (err * err).sum(), err.abs().max()]).tolist()
     return _error_stats(math.prod(x.shape), sums[0], sums[1], sums[2])
+
+# --------------------------------------------------------------------------- the later sections' methods
+# Each topic lives in its own module; this file stays the one public face of the PyTorch version.
+from ._torch_outliers import (  # noqa: E402
+    GoboWeight,
+    absmax_quantize,
+    fold_smoothing,
+    gobo_bits_per_weight,
+    gobo_dequantize,
+    gobo_quantize,
+    int8_matmul,
+    llm_int8_linear,
+    outlier_columns,
+    peg_fake_quantize,
+    peg_permutation,
+    smooth_activation,
+    smooth_scales,
+    smooth_weight,
+    smoothquant_linear,
+    vectorwise_linear,
+    w8a8_linear,
+    zeroquant_linear,
+)
+
+__all__ += [
+    "GoboWeight",
+    "absmax_quantize",
+    "fold_smoothing",
+    "gobo_bits_per_weight",
+    "gobo_dequantize",
+    "gobo_quantize",
+    "int8_matmul",
+    "llm_int8_linear",
+    "outlier_columns",
+    "peg_fake_quantize",
+    "peg_permutation",
+    "smooth_activation",
+    "smooth_scales",
+    "smooth_weight",
+    "smoothquant_linear",
+    "vectorwise_linear",
+    "w8a8_linear",
+    "zeroquant_linear",
+]
