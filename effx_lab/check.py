@@ -1179,6 +1179,8 @@ class _Diagnosis:
         return problem
 
     def _close(self, a: Any, b: Any) -> bool:
+        if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)):  # e.g. (q, scale): element by element
+            return len(a) == len(b) and all(self._close(x, y) for x, y in zip(a, b))
         try:
             x = np.asarray(a, dtype=np.float64)
             y = np.asarray(b, dtype=np.float64)

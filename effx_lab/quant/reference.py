@@ -408,7 +408,7 @@ def quant_error(x: np.ndarray, x_hat: np.ndarray) -> dict:
 
 # --------------------------------------------------------------------------- the later sections' methods
 # Each topic lives in its own module; this file stays the one public face of the NumPy reference.
-from ._np_outliers import (  # noqa: E402
+from ._np_outliers import (
     GoboWeight,
     absmax_quantize,
     fold_smoothing,
