@@ -19,7 +19,7 @@ help:
 	@echo "make test   package tests + notebooks under nbval + strict book build + headless-browser check"
 	@echo "make lab    JupyterLab on the notebooks"
 	@echo "make student  student versions of the notebooks into _build/student"
-	@echo "make bench  chapter 1 benchmarks (JSON into bench_results/)"
+	@echo "make bench  chapter 1, 2 and 7 benchmarks (JSON into bench_results/)"
 
 setup: $(STAMP)
 
@@ -73,6 +73,7 @@ student: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m effx_lab.bench ch01
+	$(BIN)/python -m effx_lab.bench quant
 	$(BIN)/python -m effx_lab.bench flash
 
 clean:

@@ -21,8 +21,10 @@ __all__ = ["REGISTRY", "build_parser", "format_results", "main"]
 REGISTRY: dict[str, str] = {
     "ch01": "effx_lab.costs.bench",
     "costs": "effx_lab.costs.bench",
+    "ch02": "effx_lab.quant.bench",
     "ch07": "effx_lab.flash.bench",
     "flash": "effx_lab.flash.bench",
+    "quant": "effx_lab.quant.bench",
 }
 
 
