@@ -214,11 +214,16 @@ def _int_mm_applies(a: torch.Tensor, b: torch.Tensor) -> bool:
     return a.shape[0] > 16 and a.shape[1] > 0 and a.shape[1] % 8 == 0 and b.shape[0] > 0 and b.shape[0] % 8 == 0
 
 
+_EXACT_F32_CHUNK = 1024  # K per float32 GEMM chunk: partial sums stay <= 2**24 (exact in float32)
+
+
 def int8_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """``a @ b.T`` of int8 ``a [M, K]`` and ``b [N, K]``, exactly, as int32 ``[M, N]`` (``K <= 131071``).
 
-    ``torch._int_mm(a, b.t())`` on CUDA where it applies; otherwise (or if it raises) a float64 GEMM rounded
-    to int32, exact because every partial sum is an integer of magnitude ``< 2**31`` (module docstring)."""
+    ``torch._int_mm(a, b.t())`` on CUDA where it applies; on CPU exact float32 GEMMs over chunks of 1024 input
+    features summed in int32 (``torch._int_mm`` measured about 10x slower than float64 on an AVX2 CPU without
+    VNNI); otherwise (or if ``_int_mm`` raises) a float64 GEMM rounded to int32, exact because every partial sum
+    is an integer of magnitude ``< 2**31`` (module docstring)."""
     _require_tensor("a", a)
     _require_tensor("b", b)
     _check_int8_pair(a, b, allow_torch=True)
@@ -229,6 +234,15 @@ def int8_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
             return torch._int_mm(a, b.t())
         except RuntimeError:  # an unsupported layout on this build: use the exact fallback
             pass
+    if a.device.type == "cpu":
+        # float32 GEMMs over K-chunks of 1024, summed in int32: every partial sum is an integer of magnitude
+        # <= 1024 * 128 * 128 = 2**24, which float32 holds exactly, and float32 GEMM is about 2x float64's speed.
+        a32, b32 = a.to(torch.float32), b.to(torch.float32)
+        out = torch.zeros(a.shape[0], b.shape[0], dtype=torch.int32)
+        for k0 in range(0, a.shape[1], _EXACT_F32_CHUNK):
+            k1 = k0 + _EXACT_F32_CHUNK
+            out += (a32[:, k0:k1] @ b32[:, k0:k1].t()).to(torch.int32)
+        return out
     return torch.round(a.to(torch.float64) @ b.to(torch.float64).t()).to(torch.int32)
 
 
