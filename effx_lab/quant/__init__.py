@@ -8,13 +8,13 @@
   dequantize) and the error metrics of :func:`quant_error` (MSE, max error, SQNR in dB, relative Frobenius).
 
 Later sections add outlier-aware and data-aware methods (GOBO, LLM.int8, SmoothQuant, GPTQ), quantization-aware
-training and Triton kernels. ``torch_ops`` is imported on demand (``from effx_lab.quant import torch_ops``)
-so that importing this package stays light.
+training and Triton kernels. Both public faces are imported here (``import effx_lab`` has already imported
+torch), so any topic module (``_np_*``/``_torch_*``) may be imported first without a circular-import error.
 """
 
 from __future__ import annotations
 
-from . import reference
+from . import reference, torch_ops
 from .reference import (
     GRANULARITIES,
     QParams,
@@ -40,4 +40,5 @@ __all__ = [
     "quant_error",
     "quantize",
     "reference",
+    "torch_ops",
 ]

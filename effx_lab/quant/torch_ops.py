@@ -265,3 +265,31 @@ __all__ += [
     "w8a8_linear",
     "zeroquant_linear",
 ]
+
+from ._torch_gptq import (
+    GPTQResult,
+    gptq_hessian,
+    gptq_quantize,
+    layer_output_error,
+    pack_int4,
+    quantize_weight_int4,
+    quantize_weight_int8,
+    rtn_quantize_weight,
+    unpack_int4,
+    w4a16_linear,
+    w8a16_linear,
+)
+
+__all__ += [
+    "GPTQResult",
+    "gptq_hessian",
+    "gptq_quantize",
+    "layer_output_error",
+    "pack_int4",
+    "quantize_weight_int4",
+    "quantize_weight_int8",
+    "rtn_quantize_weight",
+    "unpack_int4",
+    "w4a16_linear",
+    "w8a16_linear",
+]
