@@ -477,3 +477,19 @@ __all__ += [
     "w4a16_linear",
     "w8a16_linear",
 ]
+
+from ._np_hawq import (
+    allocate_bits,
+    hawq_sensitivity,
+    hutchinson_trace,
+    linear_layer_hessian,
+    ste_grad,
+)
+
+__all__ += [
+    "allocate_bits",
+    "hawq_sensitivity",
+    "hutchinson_trace",
+    "linear_layer_hessian",
+    "ste_grad",
+]

@@ -293,3 +293,26 @@ __all__ += [
     "w4a16_linear",
     "w8a16_linear",
 ]
+
+# torch only (autograd): hvp_fn, layer_traces, fake_quantize_ste
+from ._torch_hawq import (
+    allocate_bits,
+    fake_quantize_ste,
+    hawq_sensitivity,
+    hutchinson_trace,
+    hvp_fn,
+    layer_traces,
+    linear_layer_hessian,
+    ste_grad,
+)
+
+__all__ += [
+    "allocate_bits",
+    "fake_quantize_ste",
+    "hawq_sensitivity",
+    "hutchinson_trace",
+    "hvp_fn",
+    "layer_traces",
+    "linear_layer_hessian",
+    "ste_grad",
+]
