@@ -1,0 +1,453 @@
+"""Tests of effx_lab.quant.models: quantizing whole models (TinyLM, MiniLM), calibration data, evaluation."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from effx_lab.data import ByteTokenizer, load_corpus_splits
+from effx_lab.models import load_minilm, load_pretrained_tinylm
+from effx_lab.models.torch_ops import minilm_forward
+from effx_lab.quant import models as M
+
+TINY_LINEARS = [f"layers.{i}.{n}" for i in range(2) for n in ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")]
+
+
+# ---------------------------------------------------------------------------------------------------- fixtures
+@pytest.fixture(scope="module")
+def tiny():
+    return load_pretrained_tinylm("torch")
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    return load_minilm()
+
+
+@pytest.fixture(scope="module")
+def sentences():
+    """Small evaluation and calibration sets (short sentences keep MiniLM fast)."""
+    ids, mask = M.tokenize_sentences(M.eval_sentences(24), max_length=32)
+    cids, cmask = M.tokenize_sentences(M.calibration_sentences(12), max_length=32)
+    return ids, mask, cids, cmask
+
+
+@pytest.fixture(scope="module")
+def calib(minilm, sentences):
+    cfg, params = minilm
+    return M.record_minilm_linears(params, cfg, sentences[2], sentences[3])
+
+
+@pytest.fixture(scope="module")
+def ref_emb(minilm, sentences):
+    cfg, params = minilm
+    return M.minilm_embeddings(params, cfg, sentences[0], sentences[1])
+
+
+def _distinct_per_row(w: torch.Tensor) -> int:
+    return max(len(torch.unique(row)) for row in w)
+
+
+# ---------------------------------------------------------------------------------------------------- replace_linears
+def test_linear_names_and_replace_linears_copy(tiny):
+    assert M.linear_names(tiny) == TINY_LINEARS
+    before = {k: v.clone() for k, v in tiny.state_dict().items()}
+    seen = []
+
+    def make(name, lin):
+        seen.append(name)
+        lin.weight.data.zero_()  # mutating the layer handed over must not reach the original model
+        return M.QuantizedLinear(lin.weight, lin.bias, name=name, scheme="zero")
+
+    q = M.replace_linears(tiny, make)
+    assert seen == TINY_LINEARS
+    assert M.linear_names(q) == []  # every nn.Linear replaced
+    assert all(isinstance(q.get_submodule(n), M.QuantizedLinear) for n in TINY_LINEARS)
+    assert M.linear_names(tiny) == TINY_LINEARS
+    for k, v in tiny.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    assert "scheme='zero'" in repr(q.get_submodule("layers.0.mlp.fc1"))
+
+    kept = M.replace_linears(tiny, lambda n, lin: M.QuantizedLinear(lin.weight, lin.bias), skip=["layers.1.mlp.fc2"])
+    assert M.linear_names(kept) == ["layers.1.mlp.fc2"]
+
+
+def test_quantized_linear_default_is_linear():
+    torch.manual_seed(0)
+    lin = nn.Linear(6, 4)
+    x = torch.randn(3, 5, 6)
+    q = M.QuantizedLinear(lin.weight, lin.bias)
+    torch.testing.assert_close(q(x), lin(x), rtol=0, atol=0)
+    assert (q.in_features, q.out_features) == (6, 4)
+    nob = M.QuantizedLinear(lin.weight, None, lambda x, w, b: 2 * F.linear(x, w))
+    torch.testing.assert_close(nob(x), 2 * F.linear(x, lin.weight))
+    assert {n for n, _ in q.named_buffers()} == {"weight", "bias"}
+
+
+def test_replace_linears_bad_inputs(tiny):
+    with pytest.raises(TypeError, match="model"):
+        M.replace_linears("not a model", lambda n, lin: lin)
+    with pytest.raises(TypeError, match="make"):
+        M.replace_linears(tiny, 3)
+    with pytest.raises(ValueError, match="skip"):
+        M.replace_linears(tiny, lambda n, lin: lin, skip=["layers.0.attn.qkvv"])
+    with pytest.raises(TypeError, match="skip"):
+        M.replace_linears(tiny, lambda n, lin: lin, skip="layers.0.attn.qkv")
+    with pytest.raises(TypeError, match="make"):
+        M.replace_linears(tiny, lambda n, lin: lin.weight)
+    with pytest.raises(TypeError, match="weight"):
+        M.QuantizedLinear(torch.ones(3))
+    with pytest.raises(ValueError, match="bias"):
+        M.QuantizedLinear(torch.ones(3, 2), torch.ones(2))
+    with pytest.raises(TypeError, match="matmul"):
+        M.QuantizedLinear(torch.ones(3, 2), None, matmul="F.linear")
+
+
+# ---------------------------------------------------------------------------------------------------- calibration stats
+def test_collect_linear_inputs_tinylm(tiny):
+    tokens = M.calibration_tokens(300)
+    xs = M.collect_linear_inputs(tiny, tokens, batch_size=2, seq_len=64)
+    assert list(xs) == TINY_LINEARS
+    n = (300 // 64) * 64  # the 44-token tail is dropped
+    for name, x in xs.items():
+        assert x.shape == (n, tiny.get_submodule(name).in_features)
+    # the first layer's input is ln1 of the embeddings, window by window
+    win = torch.from_numpy(tokens[:n].reshape(-1, 64))
+    with torch.no_grad():
+        h = tiny.layers[0].ln1(tiny.tok_emb(win) + tiny.pos_emb(torch.arange(64)))
+    torch.testing.assert_close(xs["layers.0.attn.qkv"], h.reshape(n, -1))
+    capped = M.collect_linear_inputs(tiny, tokens, max_tokens=100, names=["layers.1.mlp.fc2"])
+    assert list(capped) == ["layers.1.mlp.fc2"]
+    torch.testing.assert_close(capped["layers.1.mlp.fc2"], xs["layers.1.mlp.fc2"][:100])
+    amax = M.linear_input_absmax(tiny, tokens, batch_size=3)
+    for name in TINY_LINEARS:
+        torch.testing.assert_close(amax[name], xs[name].abs().amax(dim=0))
+    with pytest.raises(ValueError, match="tokens"):
+        M.collect_linear_inputs(tiny, tokens[:10], seq_len=64)
+    with pytest.raises(TypeError, match="tokens"):
+        M.collect_linear_inputs(tiny, tokens.astype(np.float32))
+    with pytest.raises(ValueError, match="names"):
+        M.collect_linear_inputs(tiny, tokens, names=["layers.9.mlp.fc1"])
+    with pytest.raises(ValueError, match="seq_len"):
+        M.collect_linear_inputs(tiny, tokens, seq_len=1000)
+
+
+# ---------------------------------------------------------------------------------------------------- TinyLM
+def test_quantize_tinylm_methods(tiny):
+    calib, ev = M.calibration_tokens(1024), M.eval_tokens(641)
+    base = M.tinylm_perplexity(tiny, ev, seq_len=64)
+    before = tiny.layers[0].mlp.fc1.weight.clone()
+    for method in M.TINYLM_METHODS:
+        q = M.quantize_tinylm(tiny, method, calib_tokens=calib, bits=8)
+        assert M.linear_names(q) == [], method
+        ppl = M.tinylm_perplexity(q, ev, seq_len=64)
+        assert base * 0.98 < ppl < base * 1.05, (method, ppl, base)
+    assert torch.equal(tiny.layers[0].mlp.fc1.weight, before)
+    # SmoothQuant smooths the LayerNorm-fed qkv and fc1; proj and fc2 are plain W8A8
+    sq = M.quantize_tinylm(tiny, "smoothquant", calib_tokens=calib)
+    assert sq.get_submodule("layers.0.mlp.fc1").scheme.startswith("smoothquant")
+    assert sq.get_submodule("layers.0.mlp.fc2").scheme.startswith("w8a8")
+    sq_all = M.quantize_tinylm(tiny, "smoothquant", calib_tokens=calib, smooth_layers="all")
+    assert M.linear_names(sq_all) == [] and sq_all.get_submodule("layers.0.mlp.fc2").scheme.startswith("smoothquant")
+    # threshold 0: every input column is an outlier, kept in float: the exact model
+    exact = M.quantize_tinylm(tiny, "llm_int8", threshold=0.0)
+    x = torch.from_numpy(ev[:128].reshape(2, 64))
+    with torch.no_grad():
+        torch.testing.assert_close(exact(x), tiny(x), rtol=1e-5, atol=1e-5)
+    # weight-only 4-bit per channel: at most 16 distinct values per output row
+    for method in ("rtn", "gptq"):
+        q = M.quantize_tinylm(tiny, method, calib_tokens=calib, bits=4)
+        assert _distinct_per_row(q.get_submodule("layers.1.mlp.fc1").weight) <= 16
+
+
+def test_gptq_beats_rtn_on_tinylm(tiny):
+    calib, ev = M.calibration_tokens(2048), M.eval_tokens(4096)
+    for kw in ({"bits": 4}, {"bits": 3, "group_size": 32}):
+        rtn = M.tinylm_perplexity(M.quantize_tinylm(tiny, "rtn", **kw), ev)
+        gptq = M.tinylm_perplexity(M.quantize_tinylm(tiny, "gptq", calib_tokens=calib, **kw), ev)
+        assert gptq < rtn, (kw, gptq, rtn)
+
+
+def test_quantize_tinylm_bad_inputs(tiny):
+    with pytest.raises(ValueError, match="method"):
+        M.quantize_tinylm(tiny, "awq")
+    with pytest.raises(TypeError, match="model"):
+        M.quantize_tinylm(nn.Linear(2, 2), "rtn")
+    with pytest.raises(ValueError, match="calib_tokens"):
+        M.quantize_tinylm(tiny, "gptq")
+    with pytest.raises(ValueError, match="calib_tokens"):
+        M.quantize_tinylm(tiny, "smoothquant")
+    with pytest.raises(ValueError, match="bits"):
+        M.quantize_tinylm(tiny, "rtn", bits=9)
+    with pytest.raises(ValueError, match="group_size"):
+        M.quantize_tinylm(tiny, "rtn", group_size=48)
+    with pytest.raises(ValueError, match="threshold"):
+        M.quantize_tinylm(tiny, "llm_int8", threshold=-1.0)
+    with pytest.raises(ValueError, match="alpha"):
+        M.quantize_tinylm(tiny, "smoothquant", calib_tokens=M.calibration_tokens(256), alpha=1.5)
+    with pytest.raises(ValueError, match="act_granularity"):
+        M.quantize_tinylm(tiny, "w8a8", act_granularity="channel")
+    with pytest.raises(TypeError, match="model"):
+        M.tinylm_perplexity("model", M.eval_tokens(300))
+
+
+# ---------------------------------------------------------------------------------------------------- MiniLM
+def test_minilm_linear_names(minilm):
+    cfg, params = minilm
+    names = M.minilm_linear_names(cfg)
+    assert len(names) == 36 and names[0] == "encoder.layer.0.attention.self.query"
+    assert names[-1] == "encoder.layer.5.output.dense"
+    assert all(n + ".weight" in params for n in names)
+
+
+def test_identity_hook_reproduces_minilm_forward(minilm, sentences):
+    cfg, params = minilm
+    ids, mask = torch.from_numpy(sentences[0][:6]), torch.from_numpy(sentences[1][:6])
+    called = []
+
+    def plain(name, x, w, b):
+        called.append(name)
+        return F.linear(x, w, b)
+
+    with torch.no_grad():
+        ref = minilm_forward(params, cfg, ids, mask)
+        assert torch.equal(minilm_forward(params, cfg, ids, mask, linear=plain), ref)
+        hook = M.minilm_quant_hook("float", params=params, config=cfg)
+        assert torch.equal(minilm_forward(params, cfg, ids, mask, linear=hook), ref)
+    assert called == M.minilm_linear_names(cfg)
+
+
+def test_record_minilm_linears(minilm, sentences, calib):
+    cfg, params = minilm
+    cids, cmask = sentences[2], sentences[3]
+    assert list(calib) == M.minilm_linear_names(cfg)
+    n_real = int(cmask.sum())
+    q = calib["encoder.layer.0.attention.self.query"]
+    assert q["inputs"].shape == (n_real, 384) and q["in_absmax"].shape == (384,) and q["out_absmax"].shape == (384,)
+    torch.testing.assert_close(q["in_absmax"], q["inputs"].abs().amax(dim=0))
+    out = calib["encoder.layer.0.output.dense"]
+    assert out["inputs"].shape == (n_real, 1536)
+    # the recorded inputs are the real tokens' rows: the query output rebuilt from them matches the forward
+    w = torch.from_numpy(params["encoder.layer.0.attention.self.query.weight"])
+    b = torch.from_numpy(params["encoder.layer.0.attention.self.query.bias"])
+    torch.testing.assert_close(F.linear(q["inputs"], w, b).abs().amax(dim=0), q["out_absmax"])
+    small = M.record_minilm_linears(params, cfg, cids, cmask, max_tokens=10, keep_inputs=True, batch_size=5)
+    assert small["encoder.layer.3.intermediate.dense"]["inputs"].shape == (10, 384)
+    torch.testing.assert_close(small["encoder.layer.0.attention.self.key"]["inputs"], q["inputs"][:10])
+    torch.testing.assert_close(
+        small["encoder.layer.4.output.dense"]["in_absmax"], calib["encoder.layer.4.output.dense"]["in_absmax"]
+    )
+    assert (
+        "inputs"
+        not in M.record_minilm_linears(params, cfg, cids[:2], cmask[:2], keep_inputs=False)[
+            "encoder.layer.0.output.dense"
+        ]
+    )
+
+
+def test_embedding_agreement():
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(40, 16))
+    same = M.embedding_agreement(a, a.copy(), k=5)
+    assert same == {
+        "cosine_mean": pytest.approx(1.0),
+        "cosine_min": pytest.approx(1.0),
+        "top1_agreement": 1.0,
+        "topk_overlap": 1.0,
+    }
+    # scale does not matter (cosine), a torch tensor works the same
+    assert M.embedding_agreement(torch.from_numpy(a), torch.from_numpy(3 * a))["top1_agreement"] == 1.0
+    prev = same
+    for sigma in (0.3, 1.0, 3.0):
+        got = M.embedding_agreement(a, a + sigma * rng.normal(size=a.shape), k=5)
+        assert got["cosine_mean"] < prev["cosine_mean"] and got["cosine_min"] <= got["cosine_mean"]
+        assert got["topk_overlap"] <= prev["topk_overlap"]
+        prev = got
+    assert prev["top1_agreement"] < 0.5
+    # a hand-made case: 4 points on a line of angles; swapping the neighbours of point 0 changes its top-1
+    ang = np.array([0.0, 0.1, 0.3, 1.4])
+    ref = np.stack([np.cos(ang), np.sin(ang)], axis=1)
+    test = ref.copy()
+    test[1] = [np.cos(-0.5), np.sin(-0.5)]  # point 1 moves away: 0's nearest becomes 2, 1's nearest stays 0
+    got = M.embedding_agreement(ref, test, k=1)
+    # top-1 ref: 0->1, 1->0, 2->1, 3->2 ; test: 0->2, 1->0, 2->0, 3->2
+    assert got["top1_agreement"] == pytest.approx(0.5)
+    assert got["cosine_min"] == pytest.approx(math.cos(0.6))
+
+
+def test_embedding_agreement_bad_inputs():
+    a = np.ones((4, 3))
+    with pytest.raises(ValueError, match="test"):
+        M.embedding_agreement(a, np.ones((5, 3)))
+    with pytest.raises(ValueError, match="k"):
+        M.embedding_agreement(a, a, k=4)
+    with pytest.raises(ValueError, match="ref"):
+        M.embedding_agreement(np.ones((1, 3)), np.ones((1, 3)), k=1)
+    with pytest.raises(TypeError, match="ref"):
+        M.embedding_agreement([[1.0, 2.0]], a)
+    with pytest.raises(ValueError, match="zero"):
+        M.embedding_agreement(np.zeros((4, 3)), a, k=1)
+
+
+METHODS_8BIT = [
+    ("w8a32", {}),
+    ("w32a8", {}),
+    ("w8a8", {}),
+    ("w8a8", {"act_granularity": "token"}),
+    ("llm_int8", {}),
+    ("smoothquant", {}),
+    ("zeroquant", {}),
+    ("rtn", {}),
+    ("gptq", {"group_size": 128}),
+]
+
+
+@pytest.mark.parametrize(
+    "method,kw", METHODS_8BIT, ids=[f"{m}-{'-'.join(map(str, kw.values()))}" for m, kw in METHODS_8BIT]
+)
+def test_minilm_methods_8bit(minilm, sentences, calib, ref_emb, method, kw):
+    cfg, params = minilm
+    hook = M.minilm_quant_hook(method, params=params, config=cfg, calib=calib, bits=8, **kw)
+    emb = M.minilm_embeddings(params, cfg, sentences[0], sentences[1], hook)
+    assert emb.shape == ref_emb.shape
+    torch.testing.assert_close(emb.norm(dim=1), torch.ones(emb.shape[0]))
+    got = M.embedding_agreement(ref_emb, emb)
+    assert 0.9 < got["cosine_min"] and got["cosine_mean"] < 1 - 1e-7, got
+
+
+def test_minilm_llm_int8_extremes(minilm, sentences, ref_emb):
+    cfg, params = minilm
+    ids, mask = sentences[0], sentences[1]
+    exact = M.minilm_quant_hook("llm_int8", params=params, config=cfg, threshold=0.0)
+    torch.testing.assert_close(M.minilm_embeddings(params, cfg, ids, mask, exact), ref_emb, rtol=1e-5, atol=1e-5)
+    # no outlier column: LLM.int8 is its vector-wise int8 part = W8A8 per token and per output channel
+    vw = M.minilm_embeddings(
+        params, cfg, ids, mask, M.minilm_quant_hook("llm_int8", params=params, config=cfg, threshold=math.inf)
+    )
+    w8a8 = M.minilm_embeddings(
+        params, cfg, ids, mask, M.minilm_quant_hook("w8a8", params=params, config=cfg, act_granularity="token")
+    )
+    torch.testing.assert_close(vw, w8a8, rtol=0, atol=2e-3)
+
+
+def test_minilm_weight_only_grids(minilm, calib):
+    cfg, params = minilm
+    name = "encoder.layer.1.intermediate.dense"
+    w = torch.as_tensor(params[name + ".weight"])
+    for method in ("rtn", "gptq"):
+        hook = M.minilm_quant_hook(method, params=params, config=cfg, calib=calib, bits=3)
+        # the weight a weight-only hook uses, read back through the identity input: 3 bits per output row
+        w_hat = hook(name, torch.eye(384), w, torch.zeros(1536)).T
+        assert w_hat.shape == w.shape and _distinct_per_row(w_hat) <= 8, method
+        assert 0 < float((w_hat - w).norm() / w.norm()) < 0.3, method
+
+
+def test_minilm_smoothquant_smooths_layernorm_fed_layers(minilm, calib):
+    cfg, params = minilm
+    sq = M.minilm_quant_hook("smoothquant", params=params, config=cfg, calib=calib, alpha=0.5)
+    sq_all = M.minilm_quant_hook("smoothquant", params=params, config=cfg, calib=calib, alpha=0.5, smooth_layers="all")
+    w8a8 = M.minilm_quant_hook("w8a8", params=params, config=cfg)
+    gen = torch.Generator().manual_seed(0)
+    for name, ln_fed in (
+        ("encoder.layer.1.attention.self.query", True),
+        ("encoder.layer.1.attention.output.dense", False),
+    ):
+        w, b = torch.as_tensor(params[name + ".weight"]), torch.as_tensor(params[name + ".bias"])
+        x = torch.randn(2, 5, 384, generator=gen) * (1 + 10 * (torch.arange(384) == 7))  # one outlier channel
+        ref = F.linear(x, w, b)
+        y_sq, y_all, y_plain = sq(name, x, w, b), sq_all(name, x, w, b), w8a8(name, x, w, b)
+        assert torch.equal(y_sq, y_plain) is not ln_fed, name  # only LayerNorm-fed layers are smoothed
+        assert not torch.equal(y_all, y_plain), name
+        for y in (y_sq, y_all, y_plain):
+            assert float((y - ref).norm() / ref.norm()) < 0.05
+
+
+def test_gptq_minilm_sequential(minilm, sentences, ref_emb):
+    cfg, params = minilm
+    before = params["encoder.layer.0.attention.self.query.weight"].copy()
+    new = M.gptq_minilm(params, cfg, sentences[2][:6], sentences[3][:6], bits=4, group_size=128, max_tokens=256)
+    assert set(new) == set(params)
+    assert np.array_equal(params["encoder.layer.0.attention.self.query.weight"], before)
+    for n in M.minilm_linear_names(cfg):
+        w = torch.from_numpy(new[n + ".weight"])
+        assert w.dtype == torch.float32 and w.shape == params[n + ".weight"].shape
+        groups = w.reshape(w.shape[0], -1, 128)
+        assert max(len(torch.unique(g)) for g in groups[:8].reshape(-1, 128)) <= 16, n
+    assert np.array_equal(
+        new["encoder.layer.2.output.LayerNorm.weight"], params["encoder.layer.2.output.LayerNorm.weight"]
+    )
+    emb = M.minilm_embeddings(new, cfg, sentences[0], sentences[1])
+    assert M.embedding_agreement(ref_emb, emb)["cosine_mean"] > 0.9
+
+
+def test_minilm_hook_bad_inputs(minilm, sentences, calib):
+    cfg, params = minilm
+    with pytest.raises(ValueError, match="method"):
+        M.minilm_quant_hook("int4", params=params, config=cfg)
+    with pytest.raises(ValueError, match="calib"):
+        M.minilm_quant_hook("smoothquant", params=params, config=cfg)
+    with pytest.raises(ValueError, match="calib"):
+        M.minilm_quant_hook(
+            "gptq", params=params, config=cfg, calib={n: {"in_absmax": v["in_absmax"]} for n, v in calib.items()}
+        )
+    with pytest.raises(ValueError, match="group_size"):
+        M.minilm_quant_hook("rtn", params=params, config=cfg, group_size=100)
+    with pytest.raises(ValueError, match="smooth_layers"):
+        M.minilm_quant_hook("smoothquant", params=params, config=cfg, calib=calib, smooth_layers="fc")
+    with pytest.raises(ValueError, match="weight_bits"):
+        M.minilm_quant_hook("w8a32", params=params, config=cfg, weight_bits=1)
+    with pytest.raises(TypeError, match="config"):
+        M.minilm_quant_hook("w8a8", params=params, config=None)
+    with pytest.raises(TypeError, match="params"):
+        M.minilm_quant_hook("w8a8", params=[1], config=cfg)
+    hook = M.minilm_quant_hook("w8a32", params=params, config=cfg)
+    other = {k: v * 2 if k.endswith("query.weight") else v for k, v in params.items()}
+    with pytest.raises(ValueError, match="other weights"):
+        minilm_forward(other, cfg, torch.from_numpy(sentences[0][:2]), torch.from_numpy(sentences[1][:2]), linear=hook)
+    with pytest.raises(ValueError, match="unknown layer"):
+        hook("encoder.layer.9.output.dense", torch.ones(1, 384), torch.ones(384, 384), None)
+    with pytest.raises(ValueError, match="mask"):
+        M.minilm_embeddings(params, cfg, sentences[0], sentences[1][:3])
+    with pytest.raises(TypeError, match="hook"):
+        M.minilm_embeddings(params, cfg, sentences[0], sentences[1], hook=3)
+
+
+# ---------------------------------------------------------------------------------------------------- data
+def test_sentences_disjoint_and_deterministic():
+    cal, ev = M.calibration_sentences(64), M.eval_sentences(256)
+    assert len(cal) == 64 and len(ev) == 256 and len(set(ev)) == 256
+    assert cal == M.calibration_sentences(64) and ev == M.eval_sentences(256)
+    assert not set(M.calibration_sentences(150, seed=3)) & set(M.eval_sentences(300, seed=0))
+    assert M.calibration_sentences(64, seed=1) != cal
+    assert all(isinstance(s, str) and 8 <= len(s.split()) <= 40 and "\n" not in s for s in cal + ev)
+    ids, mask = M.tokenize_sentences(ev[:50], max_length=64)
+    assert ids.shape == mask.shape and ids.shape[1] <= 64 and ids.dtype == np.int64
+    with pytest.raises(ValueError, match="n"):
+        M.calibration_sentences(10_000)
+    with pytest.raises(TypeError, match="seed"):
+        M.eval_sentences(4, seed=0.5)
+
+
+def test_tokens_disjoint_and_deterministic():
+    train, val = load_corpus_splits()
+    tok = ByteTokenizer()
+    cal = M.calibration_tokens(4096, seed=0)
+    assert cal.dtype == np.int64 and cal.shape == (4096,)
+    assert np.array_equal(cal, M.calibration_tokens(4096, seed=0))
+    assert not np.array_equal(cal, M.calibration_tokens(4096, seed=1))
+    assert tok.decode(cal) in train
+    ev = M.eval_tokens(2000)
+    assert np.array_equal(ev, tok.encode(val)[:2000])
+    assert np.array_equal(M.eval_tokens(), tok.encode(val))
+    again = cal.copy()
+    cal[:] = 0  # a copy is returned: the cached stream is not touched
+    assert np.array_equal(M.calibration_tokens(4096, seed=0), again)
+    with pytest.raises(ValueError, match="n_tokens"):
+        M.eval_tokens(10**7)
+    with pytest.raises(ValueError, match="n_tokens"):
+        M.calibration_tokens(0)
