@@ -1,0 +1,280 @@
+"""Checkers for the exercises of notebook 02.6 (SmoothQuant).
+
+Each ``check_<name>(student_fn)`` runs the student's function against the course's NumPy reference
+(:mod:`effx_lab.quant.reference`) on fixed edge cases and seeded random draws, prints a plain-words verdict and
+returns the :class:`effx_lab.check.CheckResult`. When a wrong answer equals a classic mistake (the weight's
+maximum taken over the wrong axis, the two exponents swapped, the factor folded the wrong way round...) the
+verdict ends with a ``hint:`` line naming it. What the student writes:
+
+* ``smooth_scales(act_absmax, w, alpha=0.5) -> s``: SmoothQuant's per-input-channel smoothing factors
+  (Xiao et al. 2023, Eq. 4), ``s_j = max|X_j|^alpha / max|W_j|^(1 - alpha)``, where ``act_absmax [in]`` holds
+  ``max|X_j|`` from calibration and ``max|W_j|`` is the largest magnitude of column ``j`` of ``w [out, in]``
+  (over the output rows); both maxima clamped to ``>= 1e-5`` first. As
+  :func:`effx_lab.quant.reference.smooth_scales`.
+* ``fold_smoothing(ln_weight, ln_bias, s) -> (ln_weight / s, ln_bias / s)``: fold the division by ``s`` into
+  the LayerNorm that produces ``X``; ``ln_bias=None`` gives ``(ln_weight / s, None)``. As
+  :func:`effx_lab.quant.reference.fold_smoothing`.
+
+Inputs are float64 arrays except one float32 case per exercise; answers are compared with ``rtol=1e-5``
+(NumPy or torch answers, any float dtype).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from effx_lab.check import (
+    Case,
+    CheckResult,
+    Mistake,
+    _Diagnosis,  # the hint machinery of check_with_hints, made tuple-aware below
+    check_function,
+    report,
+)
+
+from .. import reference as R
+
+__all__ = ["check_fold_smoothing", "check_smooth_scales"]
+
+_RTOL = 1e-5
+_ATOL = 1e-12
+_EPS = 1e-5  # SmoothQuant clamps both maxima to >= 1e-5 (reference.smooth_scales)
+
+
+def _named(name: str) -> Callable[[Callable], Callable]:
+    """Give a reference wrapper the exercise's name (it appears in "it should accept ..." messages)."""
+
+    def rename(fn: Callable) -> Callable:
+        fn.__name__ = fn.__qualname__ = name
+        return fn
+
+    return rename
+
+
+class _TupleDiagnosis(_Diagnosis):
+    """:class:`effx_lab.check._Diagnosis` whose closeness test handles tuples such as ``(weight, None)``.
+
+    The base class turns a whole answer into one float array, which fails for a tuple holding ``None``, so
+    no hint could match; here tuples and lists are compared element by element and ``None`` only equals
+    ``None``.
+    """
+
+    def _close(self, a: Any, b: Any) -> bool:
+        if a is None or b is None:
+            return a is None and b is None
+        if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)):
+            return len(a) == len(b) and all(self._close(x, y) for x, y in zip(a, b))
+        if isinstance(a, (tuple, list)) or isinstance(b, (tuple, list)):
+            return False
+        return super()._close(a, b)
+
+
+def _check_with_hints(
+    student_fn: Any, reference_fn: Callable, cases: Any, mistakes: list[Mistake], *, name: str
+) -> CheckResult:
+    """:func:`effx_lab.check.check_with_hints` with the tuple-aware diagnosis."""
+    diag = _TupleDiagnosis(reference_fn, mistakes, rtol=_RTOL, atol=_ATOL, exact=False)
+    result = check_function(
+        student_fn, diag.reference, cases, name=name, rtol=_RTOL, atol=_ATOL, compare=diag.compare
+    )
+    return report(result)
+
+
+# =========================================================================== smooth_scales
+@_named("smooth_scales")
+def _smooth_scales_reference(act_absmax, w, alpha=0.5):
+    return R.smooth_scales(act_absmax, w, alpha)
+
+
+def _scales(
+    act_absmax,
+    w,
+    alpha=0.5,
+    *,
+    w_axis: int = 0,
+    absolute: bool = True,
+    clamp: bool = True,
+    form: str = "right",
+):
+    """``s`` with one knob per classic mistake (defaults: the right answer).
+
+    ``w_axis=1``: the max over the input features of each output row (shape ``[out]``); ``absolute=False``:
+    ``w.max`` instead of ``|w|.max``; ``clamp=False``: no ``1e-5`` floor; ``form``: ``"swapped"`` (the
+    exponents exchanged), ``"inverse"`` (``1 / s``), ``"product"`` (``a^alpha * w^(1 - alpha)``).
+    """
+    a = np.asarray(act_absmax, dtype=np.float64)
+    wm = np.abs(np.asarray(w, dtype=np.float64)) if absolute else np.asarray(w, dtype=np.float64)
+    wm = wm.max(axis=w_axis)
+    if clamp:
+        a, wm = np.maximum(a, _EPS), np.maximum(wm, _EPS)
+    if form == "swapped":
+        return a ** (1.0 - alpha) / wm**alpha
+    if form == "inverse":
+        return wm ** (1.0 - alpha) / a**alpha
+    if form == "product":
+        return a**alpha * wm ** (1.0 - alpha)
+    return a**alpha / wm ** (1.0 - alpha)
+
+
+_SCALES_MISTAKES = [
+    Mistake(
+        lambda a, w, alpha=0.5: _scales(a, w, alpha, w_axis=1),
+        "max|W_j| belongs to input feature j: it is the largest magnitude in COLUMN j of w [out, in], "
+        "np.abs(w).max(axis=0), one value per input feature. axis=1 gives one value per output row.",
+    ),
+    Mistake(
+        lambda a, w, alpha=0.5: None if alpha == 0.5 else _scales(a, w, alpha, form="swapped"),
+        "the exponents are swapped: s_j = max|X_j|^alpha / max|W_j|^(1 - alpha). alpha is the migration "
+        "strength: alpha = 1 divides the activations by their own max (all difficulty moves to the weights).",
+    ),
+    Mistake(
+        lambda a, w, alpha=0.5: _scales(a, w, alpha, form="inverse"),
+        "that is 1 / s: s_j = max|X_j|^alpha / max|W_j|^(1 - alpha) has the ACTIVATION max in the numerator, "
+        "so that dividing X by s shrinks its outlier channels.",
+    ),
+    Mistake(
+        lambda a, w, alpha=0.5: _scales(a, w, alpha, form="product"),
+        "s is a ratio, not a product: s_j = max|X_j|^alpha / max|W_j|^(1 - alpha).",
+    ),
+    Mistake(
+        lambda a, w, alpha=0.5: _scales(a, w, alpha, absolute=False),
+        "take the largest MAGNITUDE of each weight column, np.abs(w).max(axis=0), not w.max(axis=0): a large "
+        "negative weight counts too.",
+    ),
+    Mistake(
+        lambda a, w, alpha=0.5: _scales(a, w, alpha, clamp=False),
+        "clamp both maxima to at least 1e-5 before the powers (np.maximum(m, 1e-5)): an activation channel "
+        "that is always 0 would give s_j = 0 (and X / s a division by zero), a zero weight column s_j = inf.",
+    ),
+]
+
+
+def _scales_cases(rng: np.random.Generator) -> list[Case]:
+    def acts(n: int, outliers: int = 1, big: float = 60.0) -> np.ndarray:
+        a = rng.uniform(0.3, 3.0, size=n)  # max |X_j| of ordinary channels
+        a[rng.choice(n, size=outliers, replace=False)] = big * rng.uniform(0.8, 1.2, size=outliers)
+        return a
+
+    def weight(out: int, n_in: int, scale: float = 0.05) -> np.ndarray:
+        return rng.normal(0.0, scale, size=(out, n_in))
+
+    neg = weight(6, 5)
+    neg[2, 3] = -1.5  # column 3's largest magnitude is negative
+    zero_act = acts(8)
+    zero_act[5] = 0.0  # a channel that is always 0 in calibration
+    zero_col = weight(4, 6)
+    zero_col[:, 1] = 0.0  # an input feature no output uses
+    cases = [
+        Case("default alpha = 0.5: w [8, 8], one outlier channel", (acts(8), weight(8, 8))),
+        Case("alpha = 0.5: w [5, 8] (out != in)", (acts(8), weight(5, 8)), {"alpha": 0.5}),
+        Case("alpha = 0.75: the setting the paper uses for some models", (acts(12), weight(7, 12)), {"alpha": 0.75}),
+        Case("alpha = 0.25: most of the difficulty stays on the activations", (acts(10, 2), weight(6, 10)),
+             {"alpha": 0.25}),
+        Case("alpha = 1: s = max|X_j| (weights ignored)", (acts(6), weight(3, 6)), {"alpha": 1.0}),
+        Case("alpha = 0: s = 1 / max|W_j| (activations ignored)", (acts(6), weight(4, 6)), {"alpha": 0.0}),
+        Case("square weight [6, 6], alpha = 0.6", (acts(6), weight(6, 6)), {"alpha": 0.6}),
+        Case("negative peak: a column's largest magnitude is a negative weight", (acts(5), neg), {"alpha": 0.5}),
+        Case("zero activation channel: max|X_j| = 0 is clamped to 1e-5", (zero_act, weight(3, 8)), {"alpha": 0.5}),
+        Case("zero weight column: max|W_j| = 0 is clamped to 1e-5", (acts(6), zero_col), {"alpha": 0.4}),
+        Case("one input feature: w [5, 1]", (np.array([7.0]), weight(5, 1)), {"alpha": 0.3}),
+        Case("float32: inputs", (acts(16).astype(np.float32), weight(8, 16).astype(np.float32)), {"alpha": 0.5}),
+    ]
+    for i in range(3):
+        n_in, out = int(rng.integers(3, 40)), int(rng.integers(2, 30))
+        alpha = float(rng.choice([0.2, 0.35, 0.5, 0.65, 0.8, 0.9]))
+        cases.append(
+            Case(
+                f"random draw {i + 1}: w [{out}, {n_in}], alpha = {alpha}",
+                (acts(n_in, int(rng.integers(1, 3)), float(rng.uniform(10, 200))),
+                 weight(out, n_in, float(rng.uniform(0.01, 0.5)))),
+                {"alpha": alpha},
+            )
+        )
+    return cases
+
+
+def check_smooth_scales(student_fn: Any) -> CheckResult:
+    """Check ``smooth_scales(act_absmax, w, alpha=0.5) -> s [in]`` (SmoothQuant's smoothing factors)."""
+    return _check_with_hints(student_fn, _smooth_scales_reference, _scales_cases, _SCALES_MISTAKES,
+                             name="smooth_scales")
+
+
+# =========================================================================== fold_smoothing
+@_named("fold_smoothing")
+def _fold_smoothing_reference(ln_weight, ln_bias, s):
+    return R.fold_smoothing(ln_weight, ln_bias, s)
+
+
+def _fold(ln_weight, ln_bias, s, *, weight: str = "divide", bias: str = "divide"):
+    """The fold with one knob per classic mistake: ``"divide"`` (right), ``"multiply"`` or ``"keep"``."""
+    def apply(p, how):
+        if p is None:
+            return None
+        p = np.asarray(p, dtype=np.float64)
+        s64 = np.asarray(s, dtype=np.float64)
+        return {"divide": p / s64, "multiply": p * s64, "keep": p}[how]
+
+    return apply(ln_weight, weight), apply(ln_bias, bias)
+
+
+_FOLD_MISTAKES = [
+    Mistake(
+        lambda g, b, s: _fold(g, b, s, weight="multiply", bias="multiply"),
+        "the LayerNorm must output X / s, so divide its parameters by s. Multiplying by s is what the WEIGHT "
+        "of the next linear layer gets (W * s), so that the product is unchanged.",
+    ),
+    Mistake(
+        lambda g, b, s: None if b is None else _fold(g, b, s, bias="keep"),
+        "fold s into the bias too: LayerNorm(x) = norm(x) * ln_weight + ln_bias, so LayerNorm(x) / s = "
+        "norm(x) * (ln_weight / s) + ln_bias / s.",
+    ),
+    Mistake(
+        lambda g, b, s: None if b is None else _fold(g, b, s, weight="keep"),
+        "fold s into the weight too: LayerNorm(x) / s = norm(x) * (ln_weight / s) + ln_bias / s.",
+    ),
+    Mistake(
+        lambda g, b, s: None if b is None else _fold(g, b, s, bias="multiply"),
+        "divide the bias by s as well (not multiply): LayerNorm(x) / s = norm(x) * (ln_weight / s) + "
+        "ln_bias / s.",
+    ),
+]
+
+
+def _fold_cases(rng: np.random.Generator) -> list[Case]:
+    def factors(n: int) -> np.ndarray:
+        return np.exp(rng.normal(0.0, 1.0, size=n))  # positive, spread over a few orders of magnitude
+
+    cases = [
+        Case("LayerNorm with bias: d = 8", (rng.normal(1.0, 0.2, size=8), rng.normal(0.0, 0.1, size=8),
+                                             factors(8))),
+        Case("no bias: ln_bias = None returns None", (rng.normal(1.0, 0.2, size=6), None, factors(6))),
+        Case("s = 1: nothing changes", (rng.normal(1.0, 0.2, size=5), rng.normal(0.0, 0.1, size=5), np.ones(5))),
+        Case("negative LayerNorm weights", (-np.abs(rng.normal(1.0, 0.5, size=7)), rng.normal(0.0, 1.0, size=7),
+                                            factors(7))),
+        Case("one channel: d = 1", (np.array([0.9]), np.array([-0.2]), np.array([4.0]))),
+        Case("float32: parameters and factors",
+             (rng.normal(1.0, 0.2, size=10).astype(np.float32), rng.normal(0.0, 0.1, size=10).astype(np.float32),
+              factors(10).astype(np.float32))),
+    ]
+    for i in range(3):
+        d = int(rng.integers(2, 64))
+        bias = None if i == 1 else rng.normal(0.0, 0.3, size=d)
+        cases.append(Case(f"random draw {i + 1}: d = {d}" + (", no bias" if bias is None else ""),
+                          (rng.normal(1.0, 0.3, size=d), bias, factors(d))))
+    return cases
+
+
+def check_fold_smoothing(student_fn: Any) -> CheckResult:
+    """Check ``fold_smoothing(ln_weight, ln_bias, s) -> (ln_weight / s, ln_bias / s)`` (``None`` bias kept)."""
+    return _check_with_hints(student_fn, _fold_smoothing_reference, _fold_cases, _FOLD_MISTAKES,
+                             name="fold_smoothing")
+
+
+def _cases_for_tests() -> dict[str, tuple[Callable, Callable, list[Mistake]]]:
+    """The references, case generators and mistakes of each exercise (for the tests)."""
+    return {
+        "smooth_scales": (_smooth_scales_reference, _scales_cases, _SCALES_MISTAKES),
+        "fold_smoothing": (_fold_smoothing_reference, _fold_cases, _FOLD_MISTAKES),
+    }

@@ -1,0 +1,218 @@
+"""The checkers of notebook 02.6 (SmoothQuant): right answers pass, each classic mistake gets its hint."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from effx_lab.quant import reference as R
+from effx_lab.quant.exercises import smoothquant as E
+
+
+def _fails(result, *needles):
+    assert result.passed is False and result.attempted is True
+    for needle in needles:
+        assert needle in result.message, (needle, result.message)
+
+
+# ---------------------------------------------------------------------------------- right answers
+def smooth_scales_plain(act_absmax, w, alpha=0.5):
+    a = np.maximum(act_absmax, 1e-5)
+    m = np.maximum(np.abs(w).max(axis=0), 1e-5)
+    return a**alpha / m ** (1 - alpha)
+
+
+def smooth_scales_loops(act_absmax, w, alpha=0.5):
+    """One input feature at a time, in float64, via exp/log."""
+    out = []
+    for j in range(w.shape[1]):
+        a = max(float(act_absmax[j]), 1e-5)
+        m = max(max(abs(float(v)) for v in w[:, j]), 1e-5)
+        out.append(np.exp(alpha * np.log(a) - (1 - alpha) * np.log(m)))
+    return np.array(out)
+
+
+def smooth_scales_torch(act_absmax, w, alpha=0.5):
+    a = torch.from_numpy(np.array(act_absmax)).clamp(min=1e-5)
+    m = torch.from_numpy(np.array(w)).abs().amax(dim=0).clamp(min=1e-5)
+    return a.pow(alpha) / m.pow(1 - alpha)
+
+
+def fold_smoothing_plain(ln_weight, ln_bias, s):
+    return ln_weight / s, None if ln_bias is None else ln_bias / s
+
+
+def fold_smoothing_torch_list(ln_weight, ln_bias, s):
+    """A list instead of a tuple, torch tensors, multiplication by 1 / s."""
+    inv = 1.0 / torch.from_numpy(np.array(s))
+    g = torch.from_numpy(np.array(ln_weight)) * inv
+    return [g, None if ln_bias is None else torch.from_numpy(np.array(ln_bias)) * inv]
+
+
+RIGHT = [
+    (E.check_smooth_scales, smooth_scales_plain),
+    (E.check_smooth_scales, smooth_scales_loops),
+    (E.check_smooth_scales, smooth_scales_torch),
+    (E.check_smooth_scales, R.smooth_scales),
+    (E.check_fold_smoothing, fold_smoothing_plain),
+    (E.check_fold_smoothing, fold_smoothing_torch_list),
+    (E.check_fold_smoothing, R.fold_smoothing),
+]
+
+
+@pytest.mark.parametrize("checker, fn", RIGHT, ids=lambda v: getattr(v, "__name__", ""))
+def test_right_answers_pass(checker, fn, capsys):
+    result = checker(fn)
+    assert result.passed is True, result.message
+    assert result.n_passed == result.n_cases >= 9
+    assert "passed all" in capsys.readouterr().out
+
+
+def test_references_are_the_package_functions():
+    refs = E._cases_for_tests()
+    rng = np.random.default_rng(0)
+    a, w = rng.uniform(0.1, 50.0, size=6), rng.normal(size=(4, 6))
+    np.testing.assert_array_equal(refs["smooth_scales"][0](a, w, 0.3), R.smooth_scales(a, w, 0.3))
+    g, b, s = rng.normal(size=5), rng.normal(size=5), rng.uniform(0.5, 2.0, size=5)
+    got = refs["fold_smoothing"][0](g, b, s)
+    np.testing.assert_array_equal(got[0], g / s)
+    np.testing.assert_array_equal(got[1], b / s)
+
+
+def test_cases_cover_the_edges():
+    _, make, _ = E._cases_for_tests()["smooth_scales"]
+    cases = make(np.random.default_rng(3))
+    alphas = {c.kwargs.get("alpha", 0.5) for c in cases}
+    assert {0.0, 0.5, 1.0} <= alphas and any(a not in (0.0, 0.5, 1.0) for a in alphas)
+    assert any(c.args[1].shape[0] == c.args[1].shape[1] for c in cases)  # the axis mistake is reachable
+    assert any(c.args[1].shape[0] != c.args[1].shape[1] for c in cases)
+    assert any(np.any(c.args[0] == 0) for c in cases) and any(np.any(np.all(c.args[1] == 0, axis=0)) for c in cases)
+    assert any(c.args[0].dtype == np.float32 for c in cases)
+    fold_cases = E._cases_for_tests()["fold_smoothing"][1](np.random.default_rng(3))
+    assert any(c.args[1] is None for c in fold_cases) and any(c.args[1] is not None for c in fold_cases)
+
+
+def test_every_hint_is_reachable():
+    """Each listed mistake differs from the right answer on at least one case (else its hint is dead)."""
+    for name, (ref, make, mistakes) in E._cases_for_tests().items():
+        cases = make(np.random.default_rng(7))
+        diag = E._TupleDiagnosis(ref, mistakes, rtol=1e-5, atol=1e-12, exact=False)
+        for m in mistakes:
+            reachable = False
+            for c in cases:
+                try:
+                    with np.errstate(all="ignore"):
+                        wrong = m.wrong(*c.args, **c.kwargs)
+                except ValueError:  # e.g. the axis mistake cannot broadcast on a non-square weight
+                    continue
+                if wrong is not None and not diag._close(wrong, ref(*c.args, **c.kwargs)):
+                    reachable = True
+                    break
+            assert reachable, (name, m.hint)
+
+
+# ---------------------------------------------------------------------------------- smooth_scales mistakes
+def _s(a, w, alpha=0.5, *, axis=0, absolute=True, clamp=True, form="right"):
+    wm = (np.abs(w) if absolute else w).max(axis=axis)
+    if clamp:
+        a, wm = np.maximum(a, 1e-5), np.maximum(wm, 1e-5)
+    with np.errstate(all="ignore"):
+        if form == "swapped":
+            return a ** (1 - alpha) / wm**alpha
+        if form == "inverse":
+            return wm ** (1 - alpha) / a**alpha
+        if form == "product":
+            return a**alpha * wm ** (1 - alpha)
+        return a**alpha / wm ** (1 - alpha)
+
+
+@pytest.mark.parametrize(
+    "fn, hint",
+    [
+        (lambda a, w, alpha=0.5: _s(a, w, alpha, axis=1), "COLUMN j"),
+        (lambda a, w, alpha=0.5: _s(a, w, alpha, form="swapped"), "exponents are swapped"),
+        (lambda a, w, alpha=0.5: _s(a, w, alpha, form="inverse"), "that is 1 / s"),
+        (lambda a, w, alpha=0.5: _s(a, w, alpha, form="product"), "not a product"),
+        (lambda a, w, alpha=0.5: _s(a, w, alpha, absolute=False), "largest MAGNITUDE"),
+        (lambda a, w, alpha=0.5: _s(a, w, alpha, clamp=False), "clamp both maxima"),
+    ],
+)
+def test_smooth_scales_mistakes_get_their_hint(fn, hint):
+    _fails(E.check_smooth_scales(fn), "hint:", hint)
+
+
+def test_smooth_scales_clamp_on_s_instead_of_the_maxima_fails():
+    def clamp_after(a, w, alpha=0.5):
+        with np.errstate(all="ignore"):
+            s = a**alpha / np.abs(w).max(axis=0) ** (1 - alpha)
+        return np.nan_to_num(np.maximum(s, 1e-5), posinf=1e5)
+
+    _fails(E.check_smooth_scales(clamp_after), "zero")
+
+
+def test_smooth_scales_ignoring_alpha_fails():
+    _fails(E.check_smooth_scales(lambda a, w, alpha=0.5: smooth_scales_plain(a, w)), "alpha = 0.75")
+
+
+# ---------------------------------------------------------------------------------- fold_smoothing mistakes
+@pytest.mark.parametrize(
+    "fn, hint",
+    [
+        (lambda g, b, s: (g * s, None if b is None else b * s), "Multiplying by s"),
+        (lambda g, b, s: (g / s, b), "fold s into the bias too"),
+        (lambda g, b, s: (g, None if b is None else b / s), "fold s into the weight too"),
+        (lambda g, b, s: (g / s, None if b is None else b * s), "not multiply"),
+    ],
+)
+def test_fold_smoothing_mistakes_get_their_hint(fn, hint):
+    _fails(E.check_fold_smoothing(fn), "hint:", hint)
+
+
+def test_fold_smoothing_must_keep_a_missing_bias_missing():
+    _fails(E.check_fold_smoothing(lambda g, b, s: (g / s, np.zeros_like(g) if b is None else b / s)), "None")
+
+
+def test_fold_smoothing_in_place_is_reported():
+    def in_place(g, b, s):
+        g /= s
+        if b is not None:
+            b /= s
+        return g, b
+
+    _fails(E.check_fold_smoothing(in_place), "modif")
+
+
+# ---------------------------------------------------------------------------------- never crash
+@pytest.mark.parametrize("checker", [E.check_smooth_scales, E.check_fold_smoothing])
+def test_not_attempted_and_non_functions(checker):
+    def todo(*args, **kwargs):
+        raise NotImplementedError
+
+    res = checker(todo)
+    assert res.passed is False and res.attempted is False
+    assert "not attempted" in res.message
+    res = checker(42)
+    assert res.passed is False and "expected a function" in res.message
+
+
+def test_a_crash_is_reported_not_raised():
+    def crashes(a, w, alpha=0.5):
+        return a.reshape(7, 7)
+
+    _fails(E.check_smooth_scales(crashes), "raised")
+
+
+def test_diagnosis_compares_tuples_element_by_element():
+    diag = E._TupleDiagnosis(lambda: None, [], rtol=1e-5, atol=0.0, exact=False)
+    assert diag._close((np.arange(3.0), None), (np.arange(3.0), None))
+    assert not diag._close((np.arange(3.0), None), (np.arange(3.0), np.zeros(3)))
+    assert not diag._close((np.arange(3.0), 1.0), np.arange(3.0))
+    assert diag._close(np.arange(1.0, 4.0), np.arange(1.0, 4.0) * (1 + 1e-7))
+
+
+def test_all_names_exported():
+    assert sorted(E.__all__) == ["check_fold_smoothing", "check_smooth_scales"]
+    from effx_lab.quant import exercises
+
+    for name in E.__all__:
+        assert getattr(exercises, name) is getattr(E, name)
