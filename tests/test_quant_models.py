@@ -32,8 +32,8 @@ def minilm():
 @pytest.fixture(scope="module")
 def sentences():
     """Small evaluation and calibration sets (short sentences keep MiniLM fast)."""
-    ids, mask = M.tokenize_sentences(M.eval_sentences(24), max_length=32)
-    cids, cmask = M.tokenize_sentences(M.calibration_sentences(12), max_length=32)
+    ids, mask = M.tokenize_sentences(M.eval_sentences(8), max_length=24)
+    cids, cmask = M.tokenize_sentences(M.calibration_sentences(8), max_length=24)
     return ids, mask, cids, cmask
 
 
@@ -159,17 +159,17 @@ def test_quantize_tinylm_methods(tiny):
     x = torch.from_numpy(ev[:128].reshape(2, 64))
     with torch.no_grad():
         torch.testing.assert_close(exact(x), tiny(x), rtol=1e-5, atol=1e-5)
-    # weight-only 4-bit per channel: at most 16 distinct values per output row
-    for method in ("rtn", "gptq"):
-        q = M.quantize_tinylm(tiny, method, calib_tokens=calib, bits=4)
-        assert _distinct_per_row(q.get_submodule("layers.1.mlp.fc1").weight) <= 16
 
 
 def test_gptq_beats_rtn_on_tinylm(tiny):
-    calib, ev = M.calibration_tokens(2048), M.eval_tokens(4096)
+    calib, ev = M.calibration_tokens(1024), M.eval_tokens(2048)
     for kw in ({"bits": 4}, {"bits": 3, "group_size": 32}):
-        rtn = M.tinylm_perplexity(M.quantize_tinylm(tiny, "rtn", **kw), ev)
-        gptq = M.tinylm_perplexity(M.quantize_tinylm(tiny, "gptq", calib_tokens=calib, **kw), ev)
+        q_rtn = M.quantize_tinylm(tiny, "rtn", **kw)
+        q_gptq = M.quantize_tinylm(tiny, "gptq", calib_tokens=calib, **kw)
+        for q in (q_rtn, q_gptq):  # at most 2**bits distinct values per output row (per group of 32)
+            w = q.get_submodule("layers.1.mlp.fc2").weight
+            assert _distinct_per_row(w.reshape(-1, kw.get("group_size", w.shape[1]))) <= 2 ** kw["bits"]
+        rtn, gptq = M.tinylm_perplexity(q_rtn, ev), M.tinylm_perplexity(q_gptq, ev)
         assert gptq < rtn, (kw, gptq, rtn)
 
 
@@ -303,8 +303,7 @@ METHODS_8BIT = [
     ("smoothquant", {}),
     ("zeroquant", {}),
     ("rtn", {}),
-    ("gptq", {"group_size": 128}),
-]
+]  # "gptq" runs 36 GPTQs (~9 s here): covered by test_minilm_weight_only_grids and test_gptq_minilm_sequential
 
 
 @pytest.mark.parametrize(
@@ -320,31 +319,36 @@ def test_minilm_methods_8bit(minilm, sentences, calib, ref_emb, method, kw):
     assert 0.9 < got["cosine_min"] and got["cosine_mean"] < 1 - 1e-7, got
 
 
-def test_minilm_llm_int8_extremes(minilm, sentences, ref_emb):
+def test_minilm_llm_int8_extremes(minilm, sentences, calib, ref_emb):
     cfg, params = minilm
     ids, mask = sentences[0], sentences[1]
     exact = M.minilm_quant_hook("llm_int8", params=params, config=cfg, threshold=0.0)
     torch.testing.assert_close(M.minilm_embeddings(params, cfg, ids, mask, exact), ref_emb, rtol=1e-5, atol=1e-5)
     # no outlier column: LLM.int8 is its vector-wise int8 part = W8A8 per token and per output channel
-    vw = M.minilm_embeddings(
-        params, cfg, ids, mask, M.minilm_quant_hook("llm_int8", params=params, config=cfg, threshold=math.inf)
-    )
-    w8a8 = M.minilm_embeddings(
-        params, cfg, ids, mask, M.minilm_quant_hook("w8a8", params=params, config=cfg, act_granularity="token")
-    )
-    torch.testing.assert_close(vw, w8a8, rtol=0, atol=2e-3)
+    no_outliers = M.minilm_quant_hook("llm_int8", params=params, config=cfg, threshold=math.inf)
+    per_token = M.minilm_quant_hook("w8a8", params=params, config=cfg, act_granularity="token")
+    for name in ("encoder.layer.0.attention.self.query", "encoder.layer.3.output.dense"):
+        x = calib[name]["inputs"]
+        w, b = torch.as_tensor(params[name + ".weight"]), torch.as_tensor(params[name + ".bias"])
+        torch.testing.assert_close(no_outliers(name, x, w, b), per_token(name, x, w, b), rtol=1e-4, atol=1e-4)
 
 
 def test_minilm_weight_only_grids(minilm, calib):
+    from effx_lab.quant.torch_ops import layer_output_error
+
     cfg, params = minilm
     name = "encoder.layer.1.intermediate.dense"
     w = torch.as_tensor(params[name + ".weight"])
+    x = calib[name]["inputs"]
+    err = {}
     for method in ("rtn", "gptq"):
         hook = M.minilm_quant_hook(method, params=params, config=cfg, calib=calib, bits=3)
         # the weight a weight-only hook uses, read back through the identity input: 3 bits per output row
         w_hat = hook(name, torch.eye(384), w, torch.zeros(1536)).T
         assert w_hat.shape == w.shape and _distinct_per_row(w_hat) <= 8, method
-        assert 0 < float((w_hat - w).norm() / w.norm()) < 0.3, method
+        err[method] = layer_output_error(w, w_hat, x)
+    # GPTQ minimises the output error on its calibration inputs, which RTN ignores
+    assert 0 < err["gptq"] < 0.8 * err["rtn"], err
 
 
 def test_minilm_smoothquant_smooths_layernorm_fed_layers(minilm, calib):
@@ -370,7 +374,7 @@ def test_minilm_smoothquant_smooths_layernorm_fed_layers(minilm, calib):
 def test_gptq_minilm_sequential(minilm, sentences, ref_emb):
     cfg, params = minilm
     before = params["encoder.layer.0.attention.self.query.weight"].copy()
-    new = M.gptq_minilm(params, cfg, sentences[2][:6], sentences[3][:6], bits=4, group_size=128, max_tokens=256)
+    new = M.gptq_minilm(params, cfg, sentences[2][:3], sentences[3][:3], bits=4, group_size=128, max_tokens=64)
     assert set(new) == set(params)
     assert np.array_equal(params["encoder.layer.0.attention.self.query.weight"], before)
     for n in M.minilm_linear_names(cfg):

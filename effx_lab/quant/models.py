@@ -1,7 +1,7 @@
 """Quantizing whole models: TinyLM (an ``nn.Module``) and MiniLM (a functional encoder), chapter 2.
 
-The layer-level methods live in :mod:`effx_lab.quant.torch_ops` (uniform fake quantization),
-``_torch_outliers`` (LLM.int8, SmoothQuant, ZeroQuant, W8A8) and ``_torch_gptq`` (RTN, GPTQ). This module
+The layer-level methods live in :mod:`effx_lab.quant.torch_ops` (uniform fake quantization; LLM.int8,
+SmoothQuant and ZeroQuant from ``_torch_outliers``; RTN and GPTQ from ``_torch_gptq``). This module
 applies them to every linear layer of a model and measures what the model as a whole loses. PyTorch only.
 
 Two ways of swapping a model's linear layers, one per model:
@@ -18,10 +18,12 @@ Two ways of swapping a model's linear layers, one per model:
   :func:`minilm_embeddings` and :func:`embedding_agreement` measure the damage on sentence embeddings.
 
 Activation quantization is *dynamic* and *simulated* everywhere: a per-tensor scale is the absmax of the
-tensor the layer receives in this call (for MiniLM, the whole padded batch; so results depend on how the
-sentences are batched, and the evaluation functions batch deterministically), a per-token scale the absmax
+tensor the layer receives in this call (for MiniLM, one batch of sentences, padding included: results depend
+a little on the batching, which :func:`minilm_embeddings` keeps deterministic), a per-token scale the absmax
 of each row; values are quantized, dequantized and multiplied in float. SmoothQuant's per-channel smoothing
-factors, by contrast, come from calibration data (``act_absmax``). Calibration and evaluation data are
+factors, by contrast, come from calibration data (``act_absmax``), and by default only the layers fed by a
+LayerNorm are smoothed, as in the paper's code (the others cannot fold ``1/s`` anywhere offline and get
+plain W8A8). Model weights never change in place: every function returns a copy. Calibration and evaluation data are
 disjoint and deterministic: :func:`calibration_sentences` / :func:`eval_sentences` (paragraphs of CPython's
 help text, split once into two pools) and :func:`calibration_tokens` / :func:`eval_tokens` (the training and
 validation splits of :func:`effx_lab.data.load_corpus_splits`).
@@ -82,20 +84,6 @@ _TINYLM_LN_FED = ("attn.qkv", "mlp.fc1")  # inputs: ln1(x), ln2(x) (pre-LN block
 _MINILM_LN_FED = ("attention.self.query", "attention.self.key", "attention.self.value", "intermediate.dense")
 _ACT_GRANULARITIES = ("tensor", "token")
 _WEIGHT_GRANULARITIES = ("tensor", "channel")
-
-
-def _outliers() -> Any:
-    """``effx_lab.quant._torch_outliers`` (LLM.int8, SmoothQuant, ZeroQuant), imported on first use."""
-    from . import _torch_outliers
-
-    return _torch_outliers
-
-
-def _gptq() -> Any:
-    """``effx_lab.quant._torch_gptq`` (RTN, GPTQ), imported on first use."""
-    from . import _torch_gptq
-
-    return _torch_gptq
 
 
 # ==========================================================================================================
@@ -496,7 +484,7 @@ def quantize_tinylm(
     def make(name: str, lin: nn.Linear) -> QuantizedLinear:
         w, b = lin.weight.detach(), None if lin.bias is None else lin.bias.detach()
         if method == "rtn":
-            w_hat = _gptq().rtn_quantize_weight(w, bits=bits, group_size=group_size, symmetric=symmetric)
+            w_hat = T.rtn_quantize_weight(w, bits=bits, group_size=group_size, symmetric=symmetric)
             return QuantizedLinear(w_hat, b, name=name, scheme=_scheme_name("rtn", bits, group_size))
         plain = method == "smoothquant" and smooth_layers == "ln" and not name.endswith(_TINYLM_LN_FED)
         if method == "w8a8" or plain:
@@ -513,8 +501,9 @@ def quantize_tinylm(
                 _smoothquant, alpha=alpha, act_absmax=absmax[name], act_granularity=act_granularity, bits=bits
             )
             return QuantizedLinear(w, b, mm, name=name, scheme=f"smoothquant (alpha {alpha}, W{bits}A{bits})")
-        mm = functools.partial(_zeroquant, w_bits=bits, group_size=group_size, a_bits=8 if a_bits is None else a_bits)
-        return QuantizedLinear(w, b, mm, name=name, scheme=f"zeroquant (W{bits} g{group_size}, A{a_bits} per token)")
+        a = 8 if a_bits is None else a_bits
+        mm = functools.partial(_zeroquant, w_bits=bits, group_size=group_size, a_bits=a)
+        return QuantizedLinear(w, b, mm, name=name, scheme=f"zeroquant (W{bits} g{group_size}, A{a} per token)")
 
     return replace_linears(model, make, skip=skip)
 
@@ -524,17 +513,27 @@ def _scheme_name(method: str, bits: int, group_size: int | None) -> str:
 
 
 def _llm_int8(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, *, threshold: float, bits: int):
-    return _outliers().llm_int8_linear(x, weight, bias, threshold=threshold, bits=bits)
+    return T.llm_int8_linear(x, weight, bias, threshold=threshold, bits=bits)
 
 
 def _smoothquant(x, weight, bias, *, alpha, act_absmax, act_granularity, bits):
-    return _outliers().smoothquant_linear(
+    return T.smoothquant_linear(
         x, weight, bias, alpha=alpha, act_absmax=act_absmax.to(x.device), act_granularity=act_granularity, bits=bits
     )
 
 
+def _rtn(w: torch.Tensor, *, bits: int, group_size: int | None, symmetric: bool) -> torch.Tensor:
+    return T.rtn_quantize_weight(w, bits=bits, group_size=group_size, symmetric=symmetric)
+
+
+def _gptq_weight(w: torch.Tensor, *, x: torch.Tensor, bits: int, group_size: int | None, symmetric: bool):
+    """GPTQ-quantized ``w`` with the Hessian of the calibration inputs ``x``."""
+    h = T.gptq_hessian(x.to(w.device, torch.float32))
+    return T.gptq_quantize(w, h, bits=bits, group_size=group_size, symmetric=symmetric).weight
+
+
 def _zeroquant(x, weight, bias, *, w_bits, group_size, a_bits):
-    return _outliers().zeroquant_linear(x, weight, bias, w_bits=w_bits, group_size=group_size, a_bits=a_bits)
+    return T.zeroquant_linear(x, weight, bias, w_bits=w_bits, group_size=group_size, a_bits=a_bits)
 
 
 def _gptq_tinylm(model, calib_tokens, bits, group_size, symmetric, skip, record) -> nn.Module:
@@ -549,7 +548,7 @@ def _gptq_tinylm(model, calib_tokens, bits, group_size, symmetric, skip, record)
         x = _record(qmodel, calib_tokens, batch_size=16, names=[name], absmax=False, stop_early=True, **record)[name]
         lin = qmodel.get_submodule(name)
         w = lin.weight.detach()
-        res = _gptq().gptq_quantize(w, _gptq().gptq_hessian(x), bits=bits, group_size=group_size, symmetric=symmetric)
+        res = T.gptq_quantize(w, T.gptq_hessian(x), bits=bits, group_size=group_size, symmetric=symmetric)
         bias = None if lin.bias is None else lin.bias.detach()
         _set_submodule(
             qmodel, name, QuantizedLinear(res.weight, bias, name=name, scheme=_scheme_name("gptq", bits, group_size))
@@ -747,9 +746,10 @@ def minilm_quant_hook(
       inputs in ``calib`` (required, with ``"inputs"``). This is the *one-shot, independent* variant:
       :func:`gptq_minilm` is the sequential one (each layer calibrated on the already-quantized model).
 
-    ``calib`` is the dict of :func:`record_minilm_linears` on calibration sentences. Weights are quantized
-    once, here, from ``params``; the hook checks it is called with those same weights. It runs on the
-    device of ``x``.
+    ``calib`` is the dict of :func:`record_minilm_linears` on calibration sentences. A layer's weight is
+    quantized once, from ``params``, on the layer's first call (so the first forward pass of a GPTQ hook
+    includes its 36 GPTQ runs), then cached; the hook checks it is called with those same weights. It runs
+    on the device of ``x``.
     """
     method = check_choice("method", method, MINILM_METHODS)
     _check_config(config)
@@ -771,22 +771,25 @@ def minilm_quant_hook(
         group_size = _check_group_size(group_size, in_features)
 
     sources = {n: _weight_of(params, n) for n in names}
-    weights: dict[str, torch.Tensor] = {}  # replacement weights (quantized-dequantized), when the method has them
+    # replacement weights (quantized-dequantized), for the methods that have them: made on a layer's first call
+    quantizers: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {}
+    weights: dict[str, torch.Tensor] = {}
     matmuls: dict[str, Callable] = {}
     if method in ("w8a32", "w8a8"):
-        weights = {n: _weight_fake_quantize(w.float(), w_bits, weight_granularity) for n, w in sources.items()}
-    elif method == "rtn":
-        weights = {
-            n: _gptq().rtn_quantize_weight(w.float(), bits=bits, group_size=group_size, symmetric=symmetric)
-            for n, w in sources.items()
+        quantizers = {
+            n: functools.partial(_weight_fake_quantize, bits=w_bits, granularity=weight_granularity) for n in names
         }
+    elif method == "rtn":
+        rtn = functools.partial(_rtn, bits=bits, group_size=group_size, symmetric=symmetric)
+        quantizers = {n: rtn for n in names}
     elif method == "gptq":
         calib = _check_calib(calib, names, "inputs", method)
-        for n, w in sources.items():
-            h = _gptq().gptq_hessian(calib[n]["inputs"].to(w.device, torch.float32))
-            weights[n] = (
-                _gptq().gptq_quantize(w.float(), h, bits=bits, group_size=group_size, symmetric=symmetric).weight
+        quantizers = {
+            n: functools.partial(
+                _gptq_weight, x=calib[n]["inputs"], bits=bits, group_size=group_size, symmetric=symmetric
             )
+            for n in names
+        }
     if method in ("w32a8", "w8a8"):
         matmuls = {n: _act_quant_matmul(a_bits, act_granularity) for n in names}
     elif method == "llm_int8":
@@ -804,7 +807,7 @@ def minilm_quant_hook(
                     bits=bits,
                 )
             else:  # plain W8A8 (per-channel weights) at `bits`
-                weights[n] = _weight_fake_quantize(sources[n].float(), bits, "channel")
+                quantizers[n] = functools.partial(_weight_fake_quantize, bits=bits, granularity="channel")
                 matmuls[n] = _act_quant_matmul(bits, act_granularity)
     elif method == "zeroquant":
         matmuls = {n: functools.partial(_zeroquant, w_bits=w_bits, group_size=group_size, a_bits=a_bits) for n in names}
@@ -820,7 +823,11 @@ def minilm_quant_hook(
                 f"the hook for layer {name!r} was built from other weights than the ones minilm_forward passes: "
                 "build it with the same params"
             )
-        w = weights[name].to(device=x.device, dtype=x.dtype) if name in weights else weight
+        w = weight
+        if name in quantizers:
+            if name not in weights:
+                weights[name] = quantizers[name](src.float())
+            w = weights[name].to(device=x.device, dtype=x.dtype)
         return matmuls.get(name, F.linear)(x, w, bias)
 
     hook.method = method  # type: ignore[attr-defined]
@@ -904,10 +911,10 @@ def gptq_minilm(
             groups.append([n])
     for group in groups:
         x = _minilm_layer_input(new, config, ids_t, mask_t, group[0], max_tokens, batch_size)
-        h = _gptq().gptq_hessian(x)
+        h = T.gptq_hessian(x)
         for n in group:
             w = torch.from_numpy(new[n + ".weight"])
-            res = _gptq().gptq_quantize(w, h, bits=bits, group_size=group_size, symmetric=symmetric)
+            res = T.gptq_quantize(w, h, bits=bits, group_size=group_size, symmetric=symmetric)
             new[n + ".weight"] = res.weight.detach().cpu().numpy().astype(np.float32, copy=True)
     return new
 
