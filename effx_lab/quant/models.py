@@ -34,7 +34,6 @@ from __future__ import annotations
 import copy
 import functools
 import math
-import numbers
 import re
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -48,6 +47,7 @@ from effx_lab._validate import check_array, check_bool, check_choice, check_floa
 from effx_lab.models.config import MiniLMConfig
 
 from . import torch_ops as T
+from ._np_outliers import _check_bits, _check_threshold  # the same validation as the layer-level functions
 
 __all__ = [
     "MINILM_METHODS",
@@ -383,23 +383,11 @@ def _check_group_size(group_size: Any, in_features: dict[str, int]) -> int | Non
     return group_size
 
 
-def _check_threshold(threshold: Any) -> float:
-    """LLM.int8's outlier threshold: a real number >= 0, or ``math.inf`` (no outlier columns)."""
-    if isinstance(threshold, (bool, np.bool_)) or not isinstance(threshold, numbers.Real):
-        raise TypeError(f"threshold must be a real number >= 0 (inf allowed), got {describe(threshold)}")
-    threshold = float(threshold)
-    if math.isnan(threshold) or threshold < 0:
-        raise ValueError(f"threshold must be a real number >= 0 (inf allowed), got {threshold}")
-    return threshold
-
-
-def _check_bits(name: str, bits: Any) -> int:
-    return check_int(name, bits, min_value=2, max_value=8)
-
-
 # ==========================================================================================================
 # TinyLM
 # ==========================================================================================================
+
+
 def _check_tinylm(model: Any) -> nn.Module:
     from effx_lab.models.torch_ops import TinyLM
 

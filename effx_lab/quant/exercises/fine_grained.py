@@ -49,6 +49,7 @@ from effx_lab.check import (
 )
 
 from .. import reference as R
+from ._common import _named
 
 __all__ = [
     "check_head_quantize",
@@ -60,14 +61,6 @@ _RTOL = 1e-5  # scales; integers are always compared exactly
 _ATOL = 1e-12
 
 
-def _named(name: str) -> Callable[[Callable], Callable]:
-    """Give a reference wrapper the exercise's name (it appears in "it should accept ..." messages)."""
-
-    def rename(fn: Callable) -> Callable:
-        fn.__name__ = fn.__qualname__ = name
-        return fn
-
-    return rename
 
 
 def _qmax(bits: int) -> int:

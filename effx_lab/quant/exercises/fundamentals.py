@@ -44,6 +44,7 @@ from effx_lab.check import (
 )
 
 from .. import reference as R
+from ._common import _named
 
 __all__ = [
     "check_affine_qparams",
@@ -55,14 +56,6 @@ _RTOL = 1e-5  # scales; integers are always compared exactly
 _ATOL = 1e-12
 
 
-def _named(name: str) -> Callable[[Callable], Callable]:
-    """Give a reference wrapper the exercise's name (it appears in "it should accept ..." messages)."""
-
-    def rename(fn: Callable) -> Callable:
-        fn.__name__ = fn.__qualname__ = name
-        return fn
-
-    return rename
 
 
 def _check_with_hints(

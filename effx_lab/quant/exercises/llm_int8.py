@@ -35,6 +35,7 @@ import numpy as np
 from effx_lab.check import Case, CheckResult, Mistake, _Diagnosis, check_function, report
 
 from .. import reference as R
+from ._common import _named
 
 __all__ = [
     "check_llm_int8_matmul",
@@ -48,14 +49,6 @@ _RTOL = 1e-4  # the two matmul exercises (one case is float32)
 _ATOL = 1e-5
 
 
-def _named(name: str) -> Callable[[Callable], Callable]:
-    """Give a reference wrapper the exercise's name (it appears in "it should accept ..." messages)."""
-
-    def rename(fn: Callable) -> Callable:
-        fn.__name__ = fn.__qualname__ = name
-        return fn
-
-    return rename
 
 
 class _TupleDiagnosis(_Diagnosis):

@@ -35,6 +35,7 @@ from effx_lab.check import Case, CheckResult, Mistake, check_with_hints
 
 from .. import _np_outliers
 from .. import reference as R
+from ._common import _named
 
 __all__ = [
     "check_gobo_split",
@@ -46,14 +47,6 @@ _RTOL = 1e-5
 _ATOL = 1e-12
 
 
-def _named(name: str) -> Callable[[Callable], Callable]:
-    """Give a reference wrapper the exercise's name (it appears in "it should accept ..." messages)."""
-
-    def rename(fn: Callable) -> Callable:
-        fn.__name__ = fn.__qualname__ = name
-        return fn
-
-    return rename
 
 
 def _check(student_fn: Any, reference_fn: Callable, cases: Any, mistakes: list[Mistake], *, name: str) -> CheckResult:

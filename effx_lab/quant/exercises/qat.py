@@ -33,6 +33,7 @@ import numpy as np
 from effx_lab.check import Case, CheckResult, Mistake, check_with_hints
 
 from .. import reference as R
+from ._common import _named
 
 __all__ = ["check_distillation_loss", "check_ste_grad"]
 
@@ -41,14 +42,6 @@ _KD_RTOL = 1e-4
 _KD_ATOL = 1e-6
 
 
-def _named(name: str) -> Callable[[Callable], Callable]:
-    """Give a reference wrapper the exercise's name (it appears in "it should accept ..." messages)."""
-
-    def rename(fn: Callable) -> Callable:
-        fn.__name__ = fn.__qualname__ = name
-        return fn
-
-    return rename
 
 
 # =========================================================================== ste_grad

@@ -46,6 +46,7 @@ from effx_lab.check import (
 )
 
 from .. import reference as R
+from ._common import _named
 
 __all__ = [
     "check_allocate_bits",
@@ -57,14 +58,6 @@ _TRACE_RTOL, _TRACE_ATOL = 1e-8, 1e-10
 _GPTQ_RTOL, _GPTQ_ATOL = 1e-6, 1e-9
 
 
-def _named(name: str) -> Callable[[Callable], Callable]:
-    """Give a reference wrapper the exercise's name (it appears in "it should accept ..." messages)."""
-
-    def rename(fn: Callable) -> Callable:
-        fn.__name__ = fn.__qualname__ = name
-        return fn
-
-    return rename
 
 
 class _MatrixHVP:

@@ -35,6 +35,7 @@ from effx_lab.check import (
 )
 
 from .. import reference as R
+from ._common import _named
 
 __all__ = ["check_fold_smoothing", "check_smooth_scales"]
 
@@ -43,14 +44,6 @@ _ATOL = 1e-12
 _EPS = 1e-5  # SmoothQuant clamps both maxima to >= 1e-5 (reference.smooth_scales)
 
 
-def _named(name: str) -> Callable[[Callable], Callable]:
-    """Give a reference wrapper the exercise's name (it appears in "it should accept ..." messages)."""
-
-    def rename(fn: Callable) -> Callable:
-        fn.__name__ = fn.__qualname__ = name
-        return fn
-
-    return rename
 
 
 class _TupleDiagnosis(_Diagnosis):
