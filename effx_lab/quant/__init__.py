@@ -7,9 +7,15 @@
   :func:`quantize` (round half to even, clip), :func:`dequantize`, :func:`fake_quantize` (quantize then
   dequantize) and the error metrics of :func:`quant_error` (MSE, max error, SQNR in dB, relative Frobenius).
 
-Later sections add outlier-aware and data-aware methods (GOBO, LLM.int8, SmoothQuant, GPTQ), quantization-aware
-training and Triton kernels. Both public faces are imported here (``import effx_lab`` has already imported
-torch), so any topic module (``_np_*``/``_torch_*``) may be imported first without a circular-import error.
+The later sections' methods live in topic modules and are re-exported by both faces: ``_np_outliers`` /
+``_torch_outliers`` (GOBO, LLM.int8's vector-wise product and decomposition, W8A8, PEG, ZeroQuant, SmoothQuant;
+02.2-02.4, 02.6), ``_np_gptq`` / ``_torch_gptq`` (round-to-nearest, GPTQ, int4/int8 weight-only storage; 02.5),
+``_np_hawq`` / ``_torch_hawq`` (Hutchinson traces, bit allocation, the straight-through gradient; 02.5, 02.7).
+Beside them: :mod:`.kernels` (Triton), :mod:`.qat` (quantization-aware training), :mod:`.models` (whole
+TinyLM and MiniLM, calibration and evaluation data), :mod:`.exercises` and :mod:`.bench`.
+
+Both public faces are imported here (``import effx_lab`` has already imported torch), so any topic module
+(``_np_*``/``_torch_*``) may be imported first without a circular-import error.
 """
 
 from __future__ import annotations
