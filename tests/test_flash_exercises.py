@@ -6,19 +6,13 @@ import math
 
 import numpy as np
 import pytest
+from _checks import fails as _fails
 
 from effx_lab.attention.reference import linear_attention
 from effx_lab.flash import analysis as A
 from effx_lab.flash import costs as C
 from effx_lab.flash import exercises as E
 from effx_lab.flash import reference as R
-
-
-def _fails(result, *facts: str) -> None:
-    assert result.passed is False, result.message
-    assert result.attempted is True
-    for fact in facts:
-        assert fact in result.message, (fact, result.message)
 
 
 def _swish(x):

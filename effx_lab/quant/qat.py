@@ -26,7 +26,6 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -115,10 +114,6 @@ class FakeQuantLinear(nn.Module):
         )
 
 
-def _linear_names(model: nn.Module) -> list[str]:
-    return [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
-
-
 def prepare_qat(
     model: nn.Module,
     bits: int = 4,
@@ -137,7 +132,7 @@ def prepare_qat(
     Raises ``ValueError`` when no layer would be quantized or when ``group_size`` does not divide a layer's
     ``in_features`` (the message names the layer).
     """
-    from .models import replace_linears
+    from .models import linear_names, replace_linears
 
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {describe(model)}")
@@ -148,10 +143,7 @@ def prepare_qat(
     symmetric = check_bool("symmetric", symmetric)
     if isinstance(skip, str) or not isinstance(skip, (tuple, list, set, frozenset)):
         raise TypeError(f"skip must be a tuple of layer names, got {describe(skip)}")
-    names = _linear_names(model)
-    unknown = sorted(set(skip) - set(names))
-    if unknown:
-        raise ValueError(f"skip names {unknown} are not nn.Linear layers of model; its linear layers are {names}")
+    names = linear_names(model)
     if not set(names) - set(skip):
         raise ValueError(f"model has no nn.Linear layer to quantize (linear layers: {names}, skip: {tuple(skip)})")
     for name, m in model.named_modules():
@@ -165,16 +157,6 @@ def prepare_qat(
         return FakeQuantLinear(linear, bits=bits, group_size=group_size, symmetric=symmetric, a_bits=a_bits)
 
     return replace_linears(model, make, skip=tuple(skip))
-
-
-def _swap_modules(model: nn.Module, pick: Callable[[nn.Module], bool], make: Callable[[nn.Module], nn.Module]) -> int:
-    """Replace in place every submodule ``m`` of ``model`` with ``pick(m)`` by ``make(m)``; returns the count."""
-    targets = [name for name, m in model.named_modules() if name and pick(m)]
-    for name in targets:
-        parent_name, _, attr = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, attr, make(getattr(parent, attr)))
-    return len(targets)
 
 
 def freeze_qat(model: nn.Module) -> nn.Module:
@@ -202,8 +184,11 @@ def freeze_qat(model: nn.Module) -> nn.Module:
                 linear.bias.copy_(fq.bias)
         return linear
 
+    from .models import _set_submodule
+
     frozen = copy.deepcopy(model)
-    _swap_modules(frozen, lambda m: isinstance(m, FakeQuantLinear), make)
+    for name in [n for n, m in frozen.named_modules() if n and isinstance(m, FakeQuantLinear)]:
+        _set_submodule(frozen, name, make(frozen.get_submodule(name)))
     return frozen
 
 
