@@ -27,6 +27,15 @@ the dots in their own dtype (tensor cores); the float32 intermediates that meet 
 matrix and ``S / c``) are rounded to that dtype first, the standard trade in FlashAttention-style kernels.
 The output has the input dtype.
 
+**NaN.** The kernel never turns a NaN into a finite number: the relu keeps NaN
+(``propagate_nan=tl.PropagateNan.ALL``; Triton's default ``tl.maximum`` would return 0), so a NaN in a query,
+key, value or bias weight reaches the output rows that depend on it, the same rows as the NumPy reference and
+:mod:`.torch_ops` (causal masking *replaces* future scores by 0 in all three, so a NaN key never reaches an
+earlier row). One difference is inherent to tiling: the dense versions multiply a value row ``v_j`` by the
+masked zeros of every row of its chunk (``0 * NaN = NaN``), while the kernel skips the key tiles right of the
+diagonal, so with several tiles per chunk (``c > 32``) a NaN value does not mark the rows of earlier tiles,
+which do not depend on it. See docs/ARCHITECTURE.md, "Non-finite values".
+
 On a machine without a CUDA GPU ``import effx_lab`` switches on Triton's CPU interpreter (correct, slow);
 this module imports ``effx_lab`` before ``triton`` for that reason. It is not imported by
 ``effx_lab.flash`` itself: ``from effx_lab.flash import kernels`` when you want it.
@@ -36,31 +45,23 @@ from __future__ import annotations
 from typing import Any
 
 import effx_lab  # noqa: F401  (first: sets TRITON_INTERPRET=1 when there is no GPU)
+from effx_lab import _triton
 from effx_lab import device as _device
 from effx_lab._validate import check_array, check_bool, check_choice, check_int, describe
 from effx_lab.flash.reference import _check_mixed_inputs
 
-try:
-    import triton
-    import triton.language as tl
-
-    _IMPORT_ERROR: str | None = None
-except ImportError as exc:  # pragma: no cover - triton is installed wherever the course runs
-    triton = None
-    tl = None
-    _IMPORT_ERROR = f"Triton is not installed ({exc}); `pip install triton` (Linux only)"
+from effx_lab._triton import IMPORT_ERROR as _IMPORT_ERROR
+from effx_lab._triton import jit as _jit
+from effx_lab._triton import kernel_source
+from effx_lab._triton import tl, triton
 
 import torch
 
-__all__ = ["available", "why_unavailable", "mixed_chunk_attention_triton", "MODES", "DTYPES"]
+__all__ = ["kernel_source", "available", "why_unavailable", "mixed_chunk_attention_triton", "MODES", "DTYPES"]
 
 MODES = ("mixed", "local", "global")
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
-
-def _jit(fn):
-    """``triton.jit`` when Triton is installed; otherwise leave the function alone (it is never launched)."""
-    return triton.jit(fn) if triton is not None else fn
 
 
 @_jit
@@ -142,10 +143,13 @@ def _mixed_chunk_kernel(
                         # + B[i, j] = w[clip(j - i, -R, R) + R] (rel_pos_bias; i, j in the same chunk)
                         rel = rows_k[None, :] - rows_q[:, None]
                         logits += tl.load(w_ptr + tl.minimum(tl.maximum(rel, -R), R) + R)
-                    a = tl.maximum(logits, 0.0)
-                    a = a * a  # relu^2
+                    # relu^2. tl.maximum's default (propagate_nan=NONE, fmaxf) returns the non-NaN operand,
+                    # i.e. relu(NaN) = 0: a NaN query/key/bias would vanish. ALL keeps it, as NumPy and torch do.
+                    a = tl.maximum(logits, 0.0, propagate_nan=tl.PropagateNan.ALL)
+                    a = a * a
                     if CAUSAL:
-                        a = tl.where(rows_k[None, :] <= rows_q[:, None], a, 0.0)  # mask: j <= i
+                        # mask: j <= i. Replaced, not multiplied: a NaN score of a future key stays out of row i
+                        a = tl.where(rows_k[None, :] <= rows_q[:, None], a, 0.0)
                     acc += tl.dot(a.to(DOT_DTYPE), v, input_precision="ieee")
 
             if USE_LIN:
@@ -170,7 +174,7 @@ def _mixed_chunk_kernel(
 # availability
 # ----------------------------------------------------------------------------------------------------------
 def _kernel_is_interpreted() -> bool:
-    return type(_mixed_chunk_kernel).__name__ == "InterpretedFunction"
+    return _triton.is_interpreted(_mixed_chunk_kernel)
 
 
 def why_unavailable() -> str | None:
@@ -179,15 +183,7 @@ def why_unavailable() -> str | None:
     It can run with a CUDA GPU (compiled) or, without one, in Triton's CPU interpreter, which must have been
     switched on (``TRITON_INTERPRET=1``) before this module defined its kernel.
     """
-    if _IMPORT_ERROR is not None:
-        return _IMPORT_ERROR
-    if _kernel_is_interpreted() or _device.has_cuda():
-        return None
-    return (
-        "no CUDA GPU here and Triton's CPU interpreter is off: TRITON_INTERPRET was not '1' when "
-        "effx_lab.flash.kernels was imported. Restart Python and import effx_lab before triton "
-        "(or set TRITON_INTERPRET=1 in the environment)"
-    )
+    return _triton.why_unavailable(_mixed_chunk_kernel, "effx_lab.flash.kernels")
 
 
 def available() -> bool:

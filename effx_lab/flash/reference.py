@@ -65,6 +65,9 @@ MODES = ("mixed", "local", "global")
 # parameter shapes (shared with torch_ops and params.py)
 # ----------------------------------------------------------------------------------------------------------
 def glu_param_shapes(d_model: int, e: int) -> dict[str, tuple[int, ...]]:
+    """Shapes of a GLU layer's parameters: width ``d_model`` in and out, expanded width ``e`` inside."""
+    d_model = check_int("d_model", d_model, min_value=1)
+    e = check_int("e", e, min_value=1)
     return {"w_u": (d_model, e), "b_u": (e,), "w_v": (d_model, e), "b_v": (e,), "w_o": (e, d_model), "b_o": (d_model,)}
 
 
@@ -74,6 +77,13 @@ def gau_param_shapes(d_model: int, e: int, s: int, n_qk: int, n_rel: int) -> dic
     ``w_uvz`` is the fused ``[W_u | W_v | W_z]`` projection (``d -> 2e + s``), as in the paper's code.
     ``rel_bias`` holds ``n_rel = 2 R + 1`` learned scalars, one per relative offset in ``[-R, R]``.
     """
+    d_model = check_int("d_model", d_model, min_value=1)
+    e = check_int("e", e, min_value=1)
+    s = check_int("s", s, min_value=1)
+    n_qk = check_int("n_qk", n_qk, min_value=1)
+    n_rel = check_int("n_rel", n_rel, min_value=1)
+    if n_rel % 2 == 0:
+        raise ValueError(f"n_rel must be odd (2 R + 1 offsets, -R..R), got {n_rel}")
     return {
         "ln_g": (d_model,), "ln_b": (d_model,),
         "w_uvz": (d_model, 2 * e + s), "b_uvz": (2 * e + s,),
@@ -185,8 +195,8 @@ def relu2_attention(q: np.ndarray, k: np.ndarray, bias: np.ndarray | None = None
             raise ValueError(f"bias must have shape ({n}, {m}), got {tuple(bias.shape)}")
         logits = logits + bias
     a = np.maximum(logits, 0.0) ** 2
-    if causal:
-        a = a * np.tril(np.ones((n, m), dtype=a.dtype))
+    if causal:  # replace, not multiply: 0 * NaN is NaN, and a NaN future key must not reach row i
+        a = np.where(np.tril(np.ones((n, m), dtype=bool)), a, 0.0)
     return a
 
 
@@ -298,7 +308,9 @@ def mixed_chunk_attention(
     part (the paper's LocalOnly / GlobalOnly ablations). When ``chunk_size`` does not divide ``n`` the
     sequence is padded at the end with zero values (a padded token then contributes nothing to anyone)
     and the output cropped back to ``n``. ``rel_bias`` (length ``2R+1``) adds :func:`rel_pos_bias` inside
-    each chunk.
+    each chunk. The output dtype is that of the main inputs (``np.result_type`` of the five): ``rel_bias`` is a
+    parameter and is cast to it, as :mod:`.torch_ops` does, so a float64 bias does not turn a float32 call
+    into a float64 one.
     """
     _check_mixed_inputs(quad_q, quad_k, lin_q, lin_k, v)
     n = quad_q.shape[-2]
@@ -306,6 +318,9 @@ def mixed_chunk_attention(
     causal = check_bool("causal", causal)
     check_choice("mode", mode, MODES)
     _check_rel_bias(rel_bias)
+    dtype = np.result_type(quad_q, quad_k, lin_q, lin_k, v)
+    if rel_bias is not None:
+        rel_bias = rel_bias.astype(dtype, copy=False)
     pad = (-n) % c
     if pad:
         widths = [(0, 0)] * (quad_q.ndim - 2) + [(0, pad), (0, 0)]
@@ -316,7 +331,7 @@ def mixed_chunk_attention(
     def chunks(a: np.ndarray) -> np.ndarray:  # (..., N, w) -> (..., G, c, w)
         return a.reshape(*a.shape[:-2], g, c, a.shape[-1])
 
-    out = np.zeros(v.shape, dtype=np.result_type(quad_q, v))
+    out = np.zeros(v.shape, dtype=dtype)
     out = chunks(out)
     vc = chunks(v)
     if mode in ("mixed", "local"):

@@ -20,8 +20,9 @@ What differs from the NumPy reference, and why:
   not divide ``n``: padded queries/keys are then ``beta`` instead of zero, but a padded token's value is
   zero, so it still contributes exactly nothing to a real token (``A[i, j] * 0`` locally, ``k_j^T 0``
   globally), and padded outputs are cropped. The math is the reference's.
-* the causal mask multiplies nothing: ``masked_fill_(~tril, 0)`` zeroes the entries in place (same numbers
-  for finite inputs, and no gradient flows into the masked entries).
+* the causal mask multiplies nothing: ``masked_fill_(~tril, 0)`` zeroes the entries in place (the reference
+  replaces them with ``np.where``: the same numbers, NaN included, since a NaN score of a future key must not
+  reach an earlier row; and no gradient flows into the masked entries).
 
 Validation: the reference's shape checks are reused (``allow_torch=True``), but every array argument must be
 a ``torch.Tensor`` (NumPy arrays raise ``TypeError``) and the activations given to one call must share one

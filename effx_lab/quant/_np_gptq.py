@@ -137,12 +137,18 @@ def _check_kind(name: str, value: Any, torch_mode: bool) -> None:
         raise TypeError(f"{name} must be a NumPy array, got {describe(value)}")
 
 
-def _check_float_array(name: str, value: Any, torch_mode: bool, ndim: Any = None) -> Any:
-    """A non-empty, finite float array (tensor in torch mode) of the allowed ranks."""
+def _check_float_array(name: str, value: Any, torch_mode: bool, ndim: Any = None, finite: bool = True) -> Any:
+    """A non-empty float array (tensor in torch mode) of the allowed ranks; finite unless ``finite=False``.
+
+    ``finite=False`` is for the operands of the weight-only matmuls (activations, scales, bias): they are not
+    checked per call (in torch that check reads a value back from the device: a sync on every decode step),
+    and a NaN among them propagates to the output (docs/ARCHITECTURE.md, "Non-finite values")."""
     _check_kind(name, value, torch_mode)
     check_array(name, value, ndim=ndim, dtype_kind="f", allow_torch=torch_mode)
     if any(n == 0 for n in value.shape):
         raise ValueError(f"{name} must not be empty, got shape {tuple(value.shape)}")
+    if not finite:
+        return value
     if torch_mode:  # one aminmax pass (NaN propagates, inf shows): far cheaper than isfinite().all() on CPU
         ends = value.reshape(-1).aminmax()
         if not all(bool(e.isfinite()) for e in ends):
@@ -157,9 +163,10 @@ def _check_weight(name: str, w: Any, torch_mode: bool) -> Any:
     return _check_float_array(name, w, torch_mode, ndim=2)
 
 
-def _check_x_for(name: str, x: Any, in_features: int, torch_mode: bool) -> Any:
-    """Inputs ``[..., in]`` (any leading dims) whose last dimension matches the weight."""
-    _check_float_array(name, x, torch_mode, ndim=tuple(range(1, 9)))
+def _check_x_for(name: str, x: Any, in_features: int, torch_mode: bool, finite: bool = True) -> Any:
+    """Inputs ``[..., in]`` (any leading dims) whose last dimension matches the weight; finite unless
+    ``finite=False`` (activations of a weight-only matmul: a NaN propagates to its output row)."""
+    _check_float_array(name, x, torch_mode, ndim=tuple(range(1, 9)), finite=finite)
     if x.shape[-1] != in_features:
         raise ValueError(
             f"{name} must have last dimension {in_features} (the weight's in_features), got shape {tuple(x.shape)}"
@@ -168,9 +175,10 @@ def _check_x_for(name: str, x: Any, in_features: int, torch_mode: bool) -> Any:
 
 
 def _check_bias(b: Any, out_features: int, torch_mode: bool) -> Any:
+    """The bias of a weight-only matmul: shape and dtype only (a NaN propagates to its output column)."""
     if b is None:
         return None
-    _check_float_array("b", b, torch_mode, ndim=1)
+    _check_float_array("b", b, torch_mode, ndim=1, finite=False)
     if b.shape[0] != out_features:
         raise ValueError(f"b must have shape ({out_features},) (the weight's out_features), got {tuple(b.shape)}")
     return b
@@ -228,9 +236,44 @@ def _compute_dtype(dtype: np.dtype) -> type:
 
 
 NOT_PD = (
-    "h is not positive definite after damping (damp={damp}): the Cholesky factorisation failed; "
-    "increase damp or use more calibration tokens"
+    "h is not positive definite after damping (damp={damp}): {detail}. This happens when an input feature of "
+    "the calibration data is (numerically) a linear combination of others, e.g. two identical input columns, "
+    "which makes X^T X singular; pass damp > 0 (the default 0.01 adds 1% of the mean diagonal of h to it) or "
+    "use more, and more varied, calibration tokens"
 )
+
+
+def _pd_failure(failed: bool, min_ratio: float, n: int, eps: float) -> str | None:
+    """The positive-definiteness rule shared by both backends, or ``None`` when ``H`` passes.
+
+    Both factor the damped ``H = R R^T`` with ``R`` upper triangular (a Cholesky factorisation run from the
+    last row up, :mod:`._torch_gptq`'s factor) and look at its pivots: ``R_jj^2 / H_jj`` is the fraction of
+    input ``j`` not explained by the inputs after it. Exactly dependent inputs make it 0 in exact arithmetic;
+    in floating point the factorisation then either fails (``failed``) or leaves a pivot at rounding level,
+    a few ``eps`` (whether it fails is rounding luck, and differs between LAPACK builds). So both count as
+    "not positive definite": ``failed``, or ``min_j R_jj^2 / H_jj <= max(100, n) * eps`` of the compute dtype.
+    """
+    if failed:
+        return "its Cholesky factorisation failed"
+    tol = max(100, n) * eps
+    if not min_ratio > tol:  # NaN included
+        return (
+            f"a Cholesky pivot is at rounding level (min_j R_jj^2 / H_jj = {min_ratio:.3g} <= {tol:.3g} = "
+            f"max(100, n) * eps)"
+        )
+    return None
+
+
+def _check_positive_definite(h: np.ndarray, damp: float) -> None:
+    """Raise ``ValueError`` when the damped ``h`` fails :func:`_pd_failure`'s rule (the same rule as torch)."""
+    try:
+        r_flipped = np.linalg.cholesky(h[::-1, ::-1])  # = J R J: its diagonal is R's, reversed
+        failed, ratio = False, float(np.min(np.diag(r_flipped)[::-1] ** 2 / np.diag(h)))
+    except np.linalg.LinAlgError:
+        failed, ratio = True, float("nan")
+    reason = _pd_failure(failed, ratio, h.shape[0], float(np.finfo(h.dtype).eps))
+    if reason is not None:
+        raise ValueError(NOT_PD.format(damp=damp, detail=reason))
 
 
 # --------------------------------------------------------------------------- baseline and Hessian
@@ -266,8 +309,8 @@ def _upper_cholesky_of_inverse(h: np.ndarray, damp: float) -> np.ndarray:
         lower_inv = np.linalg.inv(lower)
         h_inv = lower_inv.T @ lower_inv
         return np.linalg.cholesky(h_inv).T
-    except np.linalg.LinAlgError:
-        raise ValueError(NOT_PD.format(damp=damp)) from None
+    except np.linalg.LinAlgError:  # h passed _check_positive_definite: only a (very) ill-conditioned h gets here
+        raise ValueError(NOT_PD.format(damp=damp, detail="factorising its inverse failed")) from None
 
 
 # --------------------------------------------------------------------------- GPTQ
@@ -314,7 +357,9 @@ def gptq_quantize(
     # Dampening: H += lambda I with lambda = damp * mean(diag H).
     H[np.diag_indices(n_cols)] += damp * np.mean(np.diag(H))
 
-    # Algorithm 1, line 3: H^-1 <- Cholesky(H^-1)^T, upper triangular.
+    # Algorithm 1, line 3: H^-1 <- Cholesky(H^-1)^T, upper triangular. First the check that H is positive
+    # definite (the rule both backends share, so that they accept and refuse the same matrices).
+    _check_positive_definite(H, damp)
     Hinv = _upper_cholesky_of_inverse(H, damp)
 
     # One grid per row and group; without groups a single group spans all the columns.
@@ -446,7 +491,10 @@ def quantize_weight_int4(w: np.ndarray, group_size: int = 128) -> tuple[np.ndarr
 
 
 def _check_scales(scales: Any, shape: tuple[int, ...], torch_mode: bool) -> Any:
-    _check_float_array("scales", scales, torch_mode, ndim=len(shape))
+    """Scales given to a weight-only matmul: shape and dtype only. They were validated where they were made
+    (:func:`quantize_weight_int4` / :func:`quantize_weight_int8` reject non-finite weights); a NaN put in
+    later propagates to its output column."""
+    _check_float_array("scales", scales, torch_mode, ndim=len(shape), finite=False)
     if tuple(scales.shape) != shape:
         raise ValueError(f"scales must have shape {shape}, got {tuple(scales.shape)}")
     return scales
@@ -457,7 +505,7 @@ def _check_w4a16_args(x: Any, packed: Any, scales: Any, group_size: Any, b: Any,
     n, k = packed.shape[0], 2 * packed.shape[1]
     group_size = _check_group_size(group_size, k, allow_none=False)
     _check_scales(scales, (n, k // group_size), torch_mode)
-    _check_x_for("x", x, k, torch_mode)
+    _check_x_for("x", x, k, torch_mode, finite=False)
     _check_bias(b, n, torch_mode)
     return group_size
 
@@ -467,7 +515,8 @@ def w4a16_linear(
 ) -> np.ndarray:
     """``y = x @ W^T + b`` with ``W`` stored as packed int4 (:func:`quantize_weight_int4`): unpack, multiply
     each group by its scale, matmul. ``x`` ``[..., K]``; returns ``[..., N]`` in x's dtype (float16 input is
-    computed in float32)."""
+    computed in float32). Values are not checked (a decode step calls this per layer): a NaN in a row of
+    ``x`` gives a NaN output row, a NaN scale or bias a NaN output column."""
     group_size = _check_w4a16_args(x, packed, scales, group_size, b, torch_mode=False)
     dtype = _compute_dtype(x.dtype)
     n, k = packed.shape[0], 2 * packed.shape[1]
@@ -490,11 +539,11 @@ def quantize_weight_int8(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def w8a16_linear(x: np.ndarray, q: np.ndarray, scales: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:
     """``y = (x @ q^T) * scales + b``: int8 weights (:func:`quantize_weight_int8`), the per-channel scale
     applied *after* the matmul (it factors out of every dot product). Returns x's dtype (float16 input is
-    computed in float32)."""
+    computed in float32). Values are not checked, as in :func:`w4a16_linear`: NaN propagates."""
     _check_int8_weight(q, torch_mode=False)
     n, k = q.shape
     _check_scales(scales, (n,), torch_mode=False)
-    _check_x_for("x", x, k, torch_mode=False)
+    _check_x_for("x", x, k, torch_mode=False, finite=False)
     _check_bias(b, n, torch_mode=False)
     dtype = _compute_dtype(x.dtype)
     y = (x.reshape(-1, k).astype(dtype) @ q.T.astype(dtype)) * scales.astype(dtype)

@@ -63,6 +63,7 @@ import torch.nn.functional as F
 from ._np_gptq import (
     NOT_PD,
     GPTQResult,
+    _pd_failure,
     _check_bias,
     _check_codes,
     _check_float_array,
@@ -122,11 +123,19 @@ def gptq_hessian(x: torch.Tensor) -> torch.Tensor:
 
 def _reverse_cholesky(h: torch.Tensor, damp: float) -> torch.Tensor:
     """The upper triangular ``R`` with ``H = R R^T`` (a Cholesky factorisation run from the last row up):
-    ``R = J chol(J H J) J`` with ``J`` the flip. ``R^-1`` is the paper's ``Cholesky(H^-1)^T``."""
-    try:
-        return torch.linalg.cholesky(h.flip((0, 1))).flip((0, 1))
-    except torch.linalg.LinAlgError:
-        raise ValueError(NOT_PD.format(damp=damp)) from None
+    ``R = J chol(J H J) J`` with ``J`` the flip. ``R^-1`` is the paper's ``Cholesky(H^-1)^T``.
+
+    ``ValueError`` when ``h`` is not positive definite by the rule of :func:`._np_gptq._pd_failure`, shared
+    with the NumPy reference: the factorisation fails (``cholesky_ex``'s ``info``), or a pivot
+    ``R_jj^2 / H_jj`` is at rounding level. One read-back of two numbers, once per call."""
+    lower, info = torch.linalg.cholesky_ex(h.flip((0, 1)))
+    r = lower.flip((0, 1))
+    min_ratio = (r.diagonal().square() / h.diagonal()).amin()
+    failed, ratio = torch.stack((info.to(h.dtype), min_ratio)).tolist()
+    reason = _pd_failure(failed != 0, ratio, h.shape[0], torch.finfo(h.dtype).eps)
+    if reason is not None:
+        raise ValueError(NOT_PD.format(damp=damp, detail=reason))
+    return r
 
 
 def _row_grid(
@@ -134,7 +143,9 @@ def _row_grid(
 ) -> torch.Tensor:
     """Min/max grid of every column of ``group`` ``[k, out]`` (one per output row of W), written into ``out =
     (scale, zero_point)``: the formula of :func:`~.torch_ops.compute_qparams` (``granularity="channel"``), op
-    for op, without its validation pass (these weights are finite by construction). Returns the scale."""
+    for op, without its validation pass (these weights are finite by construction) and without its handling of
+    ranges within a step of the dtype's largest value (``_fit_grid``; GPTQ's products with ``H`` would overflow
+    long before). Returns the scale."""
     scale, zero_point = out
     lo, hi = torch.aminmax(group, dim=0)
     lo, hi = lo.clamp_(max=0), hi.clamp_(min=0)
@@ -338,7 +349,9 @@ def w4a16_linear(
 ) -> torch.Tensor:
     """``x @ W^T + b`` with packed int4 ``W``, dequantized in x's dtype (on x's device) then one GEMM;
     same contract as :func:`._np_gptq.w4a16_linear`. The dequantized weight is materialised: this is the
-    readable torch path, not a fused kernel (see :mod:`effx_lab.quant.kernels` for that)."""
+    readable torch path, not a fused kernel (see :mod:`effx_lab.quant.kernels` for that). Shapes, dtypes and
+    devices are checked, values are not (that would read back from the GPU on every decode step): NaN in
+    ``x``, ``scales`` or ``b`` propagates to the output rows / columns, as in the reference."""
     group_size = _check_w4a16_args(x, packed, scales, group_size, b, torch_mode=True)
     n, half = packed.shape
     dtype = x.dtype
@@ -358,11 +371,12 @@ def quantize_weight_int8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def w8a16_linear(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
-    """``(x @ q^T) * scales + b`` in x's dtype; same contract as :func:`._np_gptq.w8a16_linear`."""
+    """``(x @ q^T) * scales + b`` in x's dtype; same contract as :func:`._np_gptq.w8a16_linear` (no value
+    checks, no read-back from the device: NaN propagates)."""
     _check_int8_weight(q, torch_mode=True)
     n, k = q.shape
     _check_scales(scales, (n,), torch_mode=True)
-    _check_x_for("x", x, k, torch_mode=True)
+    _check_x_for("x", x, k, torch_mode=True, finite=False)
     _check_bias(b, n, torch_mode=True)
     dtype = x.dtype
     y = F.linear(x, q.to(dtype)) * scales.to(dtype)

@@ -38,6 +38,14 @@ fails), so on a CUDA GPU with compute capability < 8.0 :func:`int8_gemm` silentl
 a call takes. :func:`compile_report` compiles every kernel for sm_80/sm_90 without a GPU (it needs only the
 ``ptxas`` shipped with Triton) and reports registers, spills and shared memory per kernel.
 
+**Non-finite values** (docs/ARCHITECTURE.md). :func:`quantize_rows` / :func:`quantize_groups` make integers
+and reject NaN/inf in ``x`` (``ValueError`` naming it; a NaN has no integer code). The other entry points
+(:func:`dequantize_rows`, :func:`dequantize_groups`, :func:`int8_gemm`, :func:`w4a16_matmul`,
+:func:`w8a16_matmul`) check shapes, dtypes and devices only, never values: a value check would read back from
+the GPU on every call of a decode loop. Their float operands propagate NaN instead: a NaN activation row, row
+scale or token scale gives a NaN output row, a NaN weight scale or bias a NaN output column; no kernel turns
+a NaN into a finite number.
+
 Block sizes are reasonable defaults (:func:`_quant_config`, :func:`_gemm_config`, :func:`_weight_only_config`),
 not tuned on a GPU. On a machine without a CUDA GPU ``import effx_lab`` switches on Triton's CPU interpreter
 (correct, slow); this module imports ``effx_lab`` before ``triton`` for that reason. It is not imported by
@@ -52,25 +60,24 @@ import sys
 import tempfile
 from typing import Any
 
+import numpy as np
+
 import effx_lab  # noqa: F401  (first: sets TRITON_INTERPRET=1 when there is no GPU)
+from effx_lab import _triton
 from effx_lab import device as _device
 from effx_lab._validate import check_int, describe
 
-try:
-    import triton
-    import triton.language as tl
-
-    _IMPORT_ERROR: str | None = None
-except ImportError as exc:  # pragma: no cover - triton is installed wherever the course runs
-    triton = None
-    tl = None
-    _IMPORT_ERROR = f"Triton is not installed ({exc}); `pip install triton` (Linux only)"
+from effx_lab._triton import IMPORT_ERROR as _IMPORT_ERROR
+from effx_lab._triton import jit as _jit
+from effx_lab._triton import kernel_source
+from effx_lab._triton import tl, triton
 
 import torch
 
 __all__ = [
     "FLOAT_DTYPES",
     "available",
+    "kernel_source",
     "compile_report",
     "dequantize_groups",
     "dequantize_rows",
@@ -86,10 +93,6 @@ __all__ = [
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _GEMM_OUT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.int32)
 
-
-def _jit(fn):
-    """``triton.jit`` when Triton is installed; otherwise leave the function alone (it is never launched)."""
-    return triton.jit(fn) if triton is not None else fn
 
 
 # ==========================================================================================================
@@ -112,6 +115,7 @@ def _quantize_rows_kernel(
     q_ptr,  # (R, L) int8
     scale_ptr,  # (R,) float32
     R, L,  # rows, row length
+    scale_cap,  # largest scale whose grid end QMAX * scale fits x's dtype (reference._fit_grid)
     QMAX: tl.constexpr,  # 2^(bits-1) - 1
     BLOCK_R: tl.constexpr,  # rows per program
     BLOCK_L: tl.constexpr,  # columns per tile
@@ -139,6 +143,9 @@ def _quantize_rows_kernel(
     # scale = absmax / qmax; an all-zero row gets scale 1 (its values quantize to 0 anyway)
     scale = tl.math.div_rn(absmax, qmax)
     scale = tl.where(scale > 0.0, scale, 1.0)
+    # a row whose absmax is x's dtype's largest value: absmax / qmax may round up so that qmax * scale
+    # overflows; the reference then lowers the scale to the cap (only such rows: the cap is >= max / 127)
+    scale = tl.minimum(scale, scale_cap)
     tl.store(scale_ptr + rows, scale, mask=row_mask)
 
     # pass 2: q = clip(round(x / scale), -qmax, qmax), round half to even
@@ -304,7 +311,7 @@ def _weight_only_kernel(
 # availability
 # ==========================================================================================================
 def _kernel_is_interpreted() -> bool:
-    return type(_quantize_rows_kernel).__name__ == "InterpretedFunction"
+    return _triton.is_interpreted(_quantize_rows_kernel)
 
 
 def why_unavailable() -> str | None:
@@ -313,15 +320,7 @@ def why_unavailable() -> str | None:
     They run with a CUDA GPU (compiled) or, without one, in Triton's CPU interpreter, which must have been
     switched on (``TRITON_INTERPRET=1``) before this module defined its kernels.
     """
-    if _IMPORT_ERROR is not None:
-        return _IMPORT_ERROR
-    if _kernel_is_interpreted() or _device.has_cuda():
-        return None
-    return (
-        "no CUDA GPU here and Triton's CPU interpreter is off: TRITON_INTERPRET was not '1' when "
-        "effx_lab.quant.kernels was imported. Restart Python and import effx_lab before triton "
-        "(or set TRITON_INTERPRET=1 in the environment)"
-    )
+    return _triton.why_unavailable(_quantize_rows_kernel, "effx_lab.quant.kernels")
 
 
 def available() -> bool:
@@ -506,6 +505,17 @@ def _weight_only_config(
 # ==========================================================================================================
 # quantize / dequantize
 # ==========================================================================================================
+def _scale_cap(qmax: int, dtype: torch.dtype) -> float:
+    """The largest float32 scale ``s`` with ``qmax * s`` within ``dtype``'s largest value: the cap that
+    :func:`effx_lab.quant.reference.compute_qparams` applies (its ``_fit_grid``, zero point 0), so that a row
+    reaching the dtype's limit gets the reference's scale and dequantizes to finite values."""
+    from effx_lab.quant.reference import _fit_grid  # NumPy, only here
+
+    cap = _fit_grid(np.full(1, np.inf, dtype=np.float32), np.zeros(1, dtype=np.int32), -qmax, qmax,
+                    float(torch.finfo(dtype).max))
+    return float(cap[0])
+
+
 def _quantize_2d(x2: torch.Tensor, qmax: int) -> tuple[torch.Tensor, torch.Tensor]:
     r, length = x2.shape
     q = torch.empty((r, length), dtype=torch.int8, device=x2.device)
@@ -513,7 +523,7 @@ def _quantize_2d(x2: torch.Tensor, qmax: int) -> tuple[torch.Tensor, torch.Tenso
     if r:
         block_r, block_l, one_tile = _quant_config(length)
         _quantize_rows_kernel[(triton.cdiv(r, block_r),)](
-            x2, q, scale, r, length, QMAX=qmax, BLOCK_R=block_r, BLOCK_L=block_l, ONE_TILE=one_tile,
+            x2, q, scale, r, length, _scale_cap(qmax, x2.dtype), QMAX=qmax, BLOCK_R=block_r, BLOCK_L=block_l, ONE_TILE=one_tile,
             num_warps=4, enable_fp_fusion=False,
         )
     return q, scale
@@ -840,20 +850,23 @@ def _report_cases() -> list[dict]:
         br, bl, one = _quant_config(4096)
         cases.append({
             "name": f"quantize_rows {_DT[dt]} K=4096", "kernel": "_quantize_rows_kernel",
-            "signature": {"x_ptr": f"*{_DT[dt]}", "q_ptr": "*i8", "scale_ptr": "*fp32", "R": "i32", "L": "i32"},
+            "signature": {"x_ptr": f"*{_DT[dt]}", "q_ptr": "*i8", "scale_ptr": "*fp32", "R": "i32", "L": "i32",
+                          "scale_cap": "fp32"},
             "constexprs": {"QMAX": 127, "BLOCK_R": br, "BLOCK_L": bl, "ONE_TILE": one},
             "num_warps": 4, "fp_fusion": False,
         })  # fmt: skip
     br, bl, one = _quant_config(128)
     cases.append({
         "name": "quantize_groups fp16 g=128", "kernel": "_quantize_rows_kernel",
-        "signature": {"x_ptr": "*fp16", "q_ptr": "*i8", "scale_ptr": "*fp32", "R": "i32", "L": "i32"},
+        "signature": {"x_ptr": "*fp16", "q_ptr": "*i8", "scale_ptr": "*fp32", "R": "i32", "L": "i32",
+                      "scale_cap": "fp32"},
         "constexprs": {"QMAX": 127, "BLOCK_R": br, "BLOCK_L": bl, "ONE_TILE": one}, "num_warps": 4, "fp_fusion": False,
     })  # fmt: skip
     br, bl, one = _quant_config(16384)
     cases.append({
         "name": "quantize_rows fp16 K=16384 (two passes)", "kernel": "_quantize_rows_kernel",
-        "signature": {"x_ptr": "*fp16", "q_ptr": "*i8", "scale_ptr": "*fp32", "R": "i32", "L": "i32"},
+        "signature": {"x_ptr": "*fp16", "q_ptr": "*i8", "scale_ptr": "*fp32", "R": "i32", "L": "i32",
+                      "scale_cap": "fp32"},
         "constexprs": {"QMAX": 127, "BLOCK_R": br, "BLOCK_L": bl, "ONE_TILE": one}, "num_warps": 4, "fp_fusion": False,
     })  # fmt: skip
     br, bl = _dequant_config(4096)

@@ -261,6 +261,10 @@ def compute_qparams(
     ``zero_point = clip(round(qmin - lo / scale), qmin, qmax)``. A slice with ``hi == lo`` (all zeros) gets
     ``scale = 1``. ``x`` is a finite float array of 1 to 8 dimensions; ``granularity``, ``axis`` and
     ``group_size`` are described in the module docstring (``group_size`` must divide ``x.shape[axis]``).
+
+    Values up to the largest of x's dtype work: a range wider than that (``hi - lo`` overflows) gets its scale
+    from ``hi / n - lo / n`` in float64, and a scale whose grid would reach past the largest value is lowered
+    just enough (:func:`_fit_grid`), so dequantized values stay finite; ordinary scales are unchanged.
     """
     x = _check_x(x)
     bits, symmetric, granularity, axis, group_size = _check_config(
@@ -273,13 +277,40 @@ def compute_qparams(
     if symmetric:
         scale = np.maximum(-lo, hi) / qmax
     else:
-        scale = (hi - lo) / (qmax - qmin)
+        with np.errstate(over="ignore"):  # hi - lo overflows for ranges wider than the dtype's max
+            scale = (hi - lo) / (qmax - qmin)
+        # there, hi / n - lo / n in float64 instead: the scale itself is at most 2 max / 3, it fits
+        wide = ~np.isfinite(scale)
+        if wide.any():
+            n = float(qmax - qmin)
+            scale = np.where(wide, (hi.astype(np.float64) / n - lo.astype(np.float64) / n).astype(scale.dtype), scale)
     scale = np.where(scale > 0, scale, np.ones_like(scale))  # all-zero slice: any scale works, take 1
     if symmetric:
         zero_point = np.zeros(scale.shape, dtype=np.int32)
     else:
         zero_point = np.clip(np.round(qmin - lo / scale), qmin, qmax).astype(np.int32)
+    scale = _fit_grid(scale, zero_point, qmin, qmax, float(np.finfo(x.dtype).max))
+    if not np.isfinite(scale).all():  # not reachable for finite x (see _fit_grid); named for the caller
+        raise ValueError(f"x cannot be quantized: its range gives a non-finite scale in {scale.dtype}")
     return QParams(scale, zero_point, bits, symmetric, granularity, axis, group_size)
+
+
+def _fit_grid(scale: np.ndarray, zero_point: np.ndarray, qmin: int, qmax: int, limit: float) -> np.ndarray:
+    """``scale``, lowered where needed so that the grid's end points ``(qmin - z) * s`` and ``(qmax - z) * s``
+    do not exceed ``limit``, the largest value of x's dtype (so that dequantizing never overflows).
+
+    Only ranges within a grid step of the dtype's limit are affected: ``max |x| / qmax * qmax`` may round
+    above float32's max, and an affine range like ``[-max, max]`` needs the non-integer zero point 127.5 (8
+    bits): with ``z = 128`` the grid ``[-128 s, 127 s]`` with ``s = 2 max / 255`` overflows at ``-128 s``. The
+    cap ``s = max / 128`` keeps every grid point representable; the value ``max`` then saturates at ``127 s``,
+    one step below it. Every other scale is unchanged.
+    """
+    span = np.maximum(zero_point - qmin, qmax - zero_point).astype(np.float64)  # >= (qmax - qmin) / 2 > 0
+    cap = (limit / span).astype(scale.dtype)
+    with np.errstate(over="ignore"):
+        over = cap * span.astype(scale.dtype) > limit  # the rounded cap may still overshoot by an ulp
+    cap = np.where(over, np.nextafter(cap, scale.dtype.type(0)), cap)
+    return np.minimum(scale, cap)
 
 
 def expand_qparams(qparams: QParams, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:

@@ -121,13 +121,33 @@ def compute_qparams(
     xc = x.to(_compute_dtype(x.dtype))
     lo, hi = _slice_min_max(xc, granularity, axis, group_size)
     lo, hi = lo.clamp(max=0), hi.clamp(min=0)
-    scale = torch.maximum(-lo, hi) / qmax if symmetric else (hi - lo) / (qmax - qmin)
+    if symmetric:
+        scale = torch.maximum(-lo, hi) / qmax
+    else:
+        n = float(qmax - qmin)
+        scale = (hi - lo) / n
+        # hi - lo overflows (inf) for ranges wider than the dtype's max: there hi / n - lo / n in float64
+        wide = (hi.to(torch.float64) / n - lo.to(torch.float64) / n).to(scale.dtype)
+        scale = torch.where(torch.isfinite(scale), scale, wide)
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))
     if symmetric:
         zero_point = torch.zeros(scale.shape, dtype=torch.int32, device=x.device)
     else:
         zero_point = torch.round(qmin - lo / scale).clamp(qmin, qmax).to(torch.int32)
+    scale = _fit_grid(scale, zero_point, qmin, qmax, torch.finfo(x.dtype).max)
+    if not bool(torch.isfinite(scale).all()):  # not reachable for finite x (see _fit_grid); named for the caller
+        raise ValueError(f"x cannot be quantized: its range gives a non-finite scale in {scale.dtype}")
     return QParams(scale, zero_point, bits, symmetric, granularity, axis, group_size)
+
+
+def _fit_grid(scale: torch.Tensor, zero_point: torch.Tensor, qmin: int, qmax: int, limit: float) -> torch.Tensor:
+    """``scale`` lowered where the grid's end points would pass ``limit`` (x's dtype's largest value); the
+    same rule as :func:`effx_lab.quant.reference._fit_grid`, which explains it. Ordinary scales are unchanged."""
+    span = torch.maximum(zero_point - qmin, qmax - zero_point).to(torch.float64)
+    cap = (limit / span).to(scale.dtype)
+    over = cap * span.to(scale.dtype) > limit  # the rounded cap may still overshoot by an ulp
+    cap = torch.where(over, torch.nextafter(cap, torch.zeros_like(cap)), cap)
+    return torch.minimum(scale, cap)
 
 
 def _broadcast_view(qparams: QParams, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
