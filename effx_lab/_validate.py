@@ -6,6 +6,8 @@ reading the traceback knows what to fix without opening the source.
 from __future__ import annotations
 
 import numbers
+import os
+import sys
 from typing import Any, Iterable
 
 import numpy as np
@@ -17,6 +19,10 @@ __all__ = [
     "check_choice",
     "check_array",
     "check_bool",
+    "check_instance",
+    "available_memory_bytes",
+    "check_alloc",
+    "FALLBACK_MEMORY_LIMIT_BYTES",
 ]
 
 
@@ -131,3 +137,101 @@ def check_array(
         if not ok:
             raise ValueError(f"{name} must contain only finite values (no NaN/inf)")
     return value
+
+
+def check_instance(name: str, value: Any, cls: type, expected: str | None = None) -> Any:
+    """Return ``value`` if it is an instance of ``cls``, else raise a ``TypeError`` naming ``name``.
+
+    The message names the expected class with its module (``a TinyLMConfig
+    (effx_lab.models.config.TinyLMConfig)``) so a student who passed a dict, ``None`` or the config of
+    another model knows what to build instead. ``expected`` replaces the ``a <ClassName>`` part.
+    """
+    if not isinstance(value, cls):
+        want = expected or f"a {cls.__name__}"
+        raise TypeError(f"{name} must be {want} ({cls.__module__}.{cls.__qualname__}), got {describe(value)}")
+    return value
+
+
+# ---------------------------------------------------------------------------------------------- memory
+#: Limit used by :func:`check_alloc` when the available memory cannot be read (no /proc/meminfo, no psutil,
+#: no ``os.sysconf`` page counts, e.g. on Windows without psutil): 8 GiB, more than any array of the course
+#: needs and less than a machine of today has, so a wrong size fails fast instead of swapping.
+FALLBACK_MEMORY_LIMIT_BYTES = 8 * 1024**3
+
+
+def _meminfo_available(text: str) -> int | None:
+    """``MemAvailable`` (bytes) from the text of Linux's ``/proc/meminfo``, or None if it is not there."""
+    for line in text.splitlines():
+        if line.startswith("MemAvailable:"):
+            parts = line.split()
+            try:
+                value = int(parts[1])
+            except (IndexError, ValueError):
+                return None
+            unit = parts[2].lower() if len(parts) > 2 else "b"
+            return value * {"kb": 1024, "mb": 1024**2, "gb": 1024**3}.get(unit, 1)
+    return None
+
+
+def available_memory_bytes() -> int | None:
+    """Bytes of memory a new allocation may take now, or ``None`` when it cannot be read.
+
+    Linux: ``MemAvailable`` of ``/proc/meminfo`` (free memory plus the page cache the kernel can drop);
+    elsewhere ``psutil.virtual_memory().available`` when psutil is installed, else
+    ``os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")`` where the platform has them.
+    (A container's cgroup limit is not read: the limit here is the machine's.)
+    """
+    if sys.platform.startswith("linux"):
+        try:
+            with open("/proc/meminfo", encoding="ascii", errors="replace") as fh:
+                found = _meminfo_available(fh.read())
+            if found is not None:
+                return found
+        except OSError:
+            pass
+    try:
+        import psutil  # type: ignore[import-not-found]
+
+        return int(psutil.virtual_memory().available)
+    except Exception:
+        pass
+    try:
+        pages, page_size = os.sysconf("SC_AVPHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
+        if pages > 0 and page_size > 0:
+            return int(pages) * int(page_size)
+    except (AttributeError, ValueError, OSError):
+        pass
+    return None
+
+
+def _fmt_bytes(n: int) -> str:
+    for unit, size in (("TiB", 1024**4), ("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
+        if n >= size:
+            return f"{n / size:.3g} {unit}"
+    return f"{n} bytes"
+
+
+def check_alloc(what: str, n_bytes: Any) -> int:
+    """Raise ``ValueError`` *before* allocating when ``what`` would need more than the available memory.
+
+    ``what`` describes the request for the message (e.g. ``"causal_mask(n=1000000000, m=1000000000)"``),
+    ``n_bytes`` is its size (a non-negative int; Python ints do not overflow, so pass the exact product).
+    The limit is :func:`available_memory_bytes`, or :data:`FALLBACK_MEMORY_LIMIT_BYTES` when the platform
+    does not tell. Returns ``n_bytes`` as an int.
+    """
+    if not isinstance(what, str) or not what:
+        raise TypeError(f"what must be a non-empty str describing the allocation, got {describe(what)}")
+    n_bytes = check_int("n_bytes", n_bytes, min_value=0)
+    available = available_memory_bytes()
+    limit = FALLBACK_MEMORY_LIMIT_BYTES if available is None else available
+    if n_bytes > limit:
+        source = (
+            "the memory available now"
+            if available is not None
+            else "effx_lab's fixed limit (the available memory could not be read)"
+        )
+        raise ValueError(
+            f"{what} would allocate {_fmt_bytes(n_bytes)} ({n_bytes:,} bytes), more than {source}, "
+            f"{_fmt_bytes(limit)}: check the sizes you passed"
+        )
+    return n_bytes

@@ -28,7 +28,18 @@ most common complaint about puzzle courses; one that crashes the notebook is the
 * An exception in the student's code is caught and reported with the line of the student's code where
   it happened; a placeholder that still raises ``NotImplementedError`` is reported as "not attempted".
   A student's function that runs longer than ``time_limit_s`` is stopped (``SIGALRM`` in the main
-  thread on Unix; elsewhere it is judged after it returns).
+  thread on Unix, repeated until the code stops, with the student's frames traced so that an ``except:``
+  that swallows the time-out raises it again on its next line; elsewhere it is judged after it returns);
+  a function that returns, or raises something else, after the limit is reported as too slow all the same.
+  (No in-process mechanism can stop every program: a loop that swallows the time-out in several nested
+  ``try`` blocks of one function is stopped only when a repeated alarm lands outside the inner ones,
+  usually within seconds.)
+* A ``KeyboardInterrupt`` raised by the student's code is an error of that code, reported like any other;
+  a real interrupt (Ctrl-C, Jupyter's stop button: a SIGINT, noticed by a handler installed for the call
+  in the main thread) stops the checker, even when the student's code swallowed it.
+* What the student's function prints (``sys.stdout``/``sys.stderr``) is captured: the report shows the
+  first few lines and how many more were hidden, so a function printing millions of lines cannot flood
+  the notebook. (Output written straight to the file descriptors, e.g. by C code, is not captured.)
 * :func:`check_function` never raises because of anything the student does; it raises ``TypeError`` /
   ``ValueError`` only when the *checker* is called wrongly (a bug in the course).
 
@@ -42,6 +53,7 @@ import copy
 import dataclasses
 import functools
 import inspect
+import io
 import numbers
 import os
 import signal
@@ -731,39 +743,218 @@ class _TimeLimitExceeded(BaseException):
     """Raised inside the student's code by the SIGALRM handler (BaseException: `except Exception` misses it)."""
 
 
-def _can_use_alarm() -> bool:
-    return hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread()
+#: After the time limit, the alarm fires again every this many seconds until the student's code has stopped.
+_RETRY_S = 0.02
+#: Attribute set on a KeyboardInterrupt that came from the user (Ctrl-C, Jupyter's stop button).
+_USER_INTERRUPT = "_effx_user_interrupt"
 
 
-def _call_with_limit(fn: Callable, args: tuple, kwargs: dict, limit: float) -> tuple[Any, float]:
-    """Call ``fn``; in the main thread on Unix interrupt it with SIGALRM after ``limit`` seconds."""
-    if not _can_use_alarm():
-        start = time.perf_counter()
-        out = fn(*args, **kwargs)
-        return out, time.perf_counter() - start
+class _Output:
+    """A bounded stand-in for ``sys.stdout``/``sys.stderr`` while the student's code runs.
 
-    armed = [True]
+    Keeps the first ``max_lines`` lines (each cut to ``max_chars`` characters) and counts the rest, so a
+    function that prints millions of lines neither floods the notebook nor fills the memory.
+    """
+
+    encoding = "utf-8"
+    errors = "replace"
+
+    def __init__(self, max_lines: int = 6, max_chars: int = 200) -> None:
+        self.max_lines, self.max_chars = max_lines, max_chars
+        self.kept: list[str] = []
+        self.n_finished = 0  # lines ended by a newline
+        self._current = ""  # start of the line being written (cut to max_chars)
+        self._current_len = 0  # its full length
+        self._pending = False  # text written since the last newline
+
+    def _add(self, text: str) -> None:
+        if text:
+            self._pending = True
+            self._current_len += len(text)
+            room = self.max_chars - len(self._current)
+            if room > 0:
+                self._current += text[:room]
+
+    def _newline(self) -> None:
+        self.n_finished += 1
+        if len(self.kept) < self.max_lines:
+            self.kept.append(self._current + (" …" if self._current_len > self.max_chars else ""))
+        self._current, self._current_len, self._pending = "", 0, False
+
+    def write(self, text: Any) -> int:
+        if not isinstance(text, str):
+            raise TypeError(f"write() argument must be str, not {type(text).__name__}")
+        at = 0
+        while len(self.kept) < self.max_lines:
+            j = text.find("\n", at)
+            if j < 0:
+                self._add(text[at:])
+                return len(text)
+            self._add(text[at:j])
+            self._newline()
+            at = j + 1
+        rest = text[at:]  # nothing more is kept: only count the lines
+        newlines = rest.count("\n")
+        if newlines:
+            self.n_finished += newlines
+            self._pending = not rest.endswith("\n")
+        elif rest:
+            self._pending = True
+        return len(text)
+
+    def writelines(self, lines: Iterable[str]) -> None:
+        for line in lines:
+            self.write(line)
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        return False
+
+    def fileno(self) -> int:
+        raise io.UnsupportedOperation("the checker captures your function's output: it has no file descriptor")
+
+    def writable(self) -> bool:
+        return True
+
+    def readable(self) -> bool:
+        return False
+
+    @property
+    def n_lines(self) -> int:
+        return self.n_finished + (1 if self._pending else 0)
+
+    def excerpt(self) -> list[str]:
+        """Lines for a report: how much was printed, the first lines, and how many more were hidden."""
+        total = self.n_lines
+        if total == 0:
+            return []
+        shown = list(self.kept)
+        if self._pending and len(shown) < self.max_lines:
+            shown.append(self._current + (" …" if self._current_len > self.max_chars else ""))
+        hidden = total - len(shown)
+        head = f"   your function printed {total:,} {'line' if total == 1 else 'lines'} while it was checked"
+        lines = [head + (f"; the first {len(shown)}:" if hidden else ":")]
+        lines += [f"   | {line}" for line in shown]
+        if hidden:
+            lines.append(f"   | ({hidden:,} more {'line' if hidden == 1 else 'lines'} hidden)")
+        return lines
+
+
+@dataclass
+class _CallState:
+    armed: bool = True
+    fired: int = 0  # alarms delivered after the time limit
+    user_interrupt: bool = False  # a SIGINT (Ctrl-C, Jupyter's stop button) arrived during the call
+    home: Any = None  # the frame of _call_with_limit: the student's frames are the ones above it
+
+
+def _stop_student_code(frame: Any, state: _CallState) -> None:
+    """Trace the student's frames so that the next line they run raises the time-out again: the body of an
+    ``except:`` that swallowed it is such a line, so the time-out leaves that ``try``. CPython removes a trace
+    function that raises, so every repeated alarm installs it again. The checker's own frames are never traced.
+    """
+
+    def tracer(fr: Any, event: str, arg: Any) -> Any:
+        if os.path.abspath(fr.f_code.co_filename) == _THIS_FILE:
+            return None
+        if event in ("call", "line") and state.armed:
+            raise _TimeLimitExceeded()
+        return tracer
+
+    f = frame
+    while f is not None and f is not state.home:
+        if os.path.abspath(f.f_code.co_filename) != _THIS_FILE:
+            f.f_trace = tracer
+        f = f.f_back
+    sys.settrace(tracer)
+
+
+def _call_with_limit(
+    fn: Callable, args: tuple, kwargs: dict, limit: float, output: _Output | None = None
+) -> tuple[Any, float]:
+    """Call the student's ``fn`` and stay in control of the notebook whatever it does.
+
+    * Time limit (main thread on Unix): SIGALRM raises :class:`_TimeLimitExceeded` in the student's code
+      after ``limit`` seconds, then again every :data:`_RETRY_S` seconds, each time also tracing the student's
+      frames so that the next line they run raises it again: an ``except:`` that swallows it does not keep
+      the code running. If the code still returns, or raises something else, after the limit it is reported
+      as too slow all the same. Elsewhere the call is timed and judged after it returns.
+    * Interrupts: a ``KeyboardInterrupt`` that the student's code raises itself is an error of that code; one
+      that follows a real SIGINT (Ctrl-C, Jupyter's stop button: they are told apart by a SIGINT handler
+      installed for the call, main thread only) stops the checker, even when the student's code swallowed
+      it. Outside the main thread no SIGINT can arrive, so every KeyboardInterrupt is the code's.
+    * ``sys.stdout`` and ``sys.stderr`` go to ``output`` (bounded) during the call.
+    """
+    in_main = threading.current_thread() is threading.main_thread()
+    use_alarm = in_main and hasattr(signal, "setitimer")
+    state = _CallState(home=sys._getframe())
+    previous_trace = sys.gettrace()
+    previous_int: Any = None
+    previous_alarm: Any = None
+    previous_delay = previous_interval = 0.0
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        state.user_interrupt = True
+        if not state.armed:  # the checker is cleaning up: it raises KeyboardInterrupt once it is done
+            return None
+        if callable(previous_int) and previous_int is not on_sigint:
+            return previous_int(signum, frame)
+        if previous_int == signal.SIG_IGN:
+            return None
+        raise KeyboardInterrupt
 
     def on_alarm(signum: int, frame: Any) -> None:
-        if armed[0]:
-            armed[0] = False
-            raise _TimeLimitExceeded()
+        if not state.armed:
+            return
+        state.fired += 1
+        _stop_student_code(frame, state)
+        raise _TimeLimitExceeded()
 
-    previous_handler = signal.signal(signal.SIGALRM, on_alarm)
-    previous_delay, previous_interval = signal.setitimer(signal.ITIMER_REAL, limit)
+    if in_main:
+        previous_int = signal.signal(signal.SIGINT, on_sigint)
+    if use_alarm:
+        previous_alarm = signal.signal(signal.SIGALRM, on_alarm)
+        previous_delay, previous_interval = signal.setitimer(signal.ITIMER_REAL, limit, _RETRY_S)
+    saved_streams = sys.stdout, sys.stderr
+    if output is not None:
+        sys.stdout = sys.stderr = output
     start = time.perf_counter()
+    error: BaseException | None = None
     try:
-        try:
-            out = fn(*args, **kwargs)
-        finally:
-            armed[0] = False
-            signal.setitimer(signal.ITIMER_REAL, 0)
-        return out, time.perf_counter() - start
+        out = fn(*args, **kwargs)
+    except BaseException as exc:  # noqa: B036 - sorted out below, once the handlers are restored
+        error = exc
     finally:
-        signal.signal(signal.SIGALRM, previous_handler if previous_handler is not None else signal.SIG_DFL)
-        if previous_delay > 0:  # someone else's timer was running: give it back what is left of it
-            remaining = max(previous_delay - (time.perf_counter() - start), 1e-3)
-            signal.setitimer(signal.ITIMER_REAL, remaining, previous_interval)
+        # no calls before `armed` is False: a signal is handled only at a call or a backward jump
+        sys.stdout, sys.stderr = saved_streams
+        state.armed = False
+        elapsed = time.perf_counter() - start
+        if use_alarm:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+        if state.fired:
+            sys.settrace(previous_trace)
+        if use_alarm:
+            signal.signal(signal.SIGALRM, previous_alarm if previous_alarm is not None else signal.SIG_DFL)
+            if previous_delay > 0:  # someone else's timer was running: give it back what is left of it
+                remaining = max(previous_delay - elapsed, 1e-3)
+                signal.setitimer(signal.ITIMER_REAL, remaining, previous_interval)
+        if in_main:
+            signal.signal(signal.SIGINT, previous_int if previous_int is not None else signal.default_int_handler)
+    if state.user_interrupt:  # the user asked to stop: stop, whatever the student's code made of it
+        interrupt = error if isinstance(error, KeyboardInterrupt) else KeyboardInterrupt()
+        setattr(interrupt, _USER_INTERRUPT, True)
+        raise interrupt
+    if state.fired:
+        raise _TimeLimitExceeded() from (None if isinstance(error, _TimeLimitExceeded) else error)
+    if error is not None:
+        raise error
+    return out, elapsed
+
+
+def _is_user_interrupt(exc: BaseException) -> bool:
+    return isinstance(exc, KeyboardInterrupt) and getattr(exc, _USER_INTERRUPT, False)
 
 
 def _library_dirs() -> tuple[str, ...]:
@@ -922,9 +1113,12 @@ def check_function(
     case_list = _resolve_cases(cases, name)
     n = len(case_list)
 
+    output = _Output()
+
     def result(
         passed: bool, message: str, *, attempted: bool = True, n_passed: int = 0, failed: str | None = None
     ) -> CheckResult:
+        message = "\n".join([message, *output.excerpt()])
         return CheckResult(name, passed, attempted, n, n_passed, message, failed)
 
     if not callable(student_fn):
@@ -955,10 +1149,12 @@ def check_function(
             )
 
         try:
-            got, elapsed = _call_with_limit(student_fn, stu_args, stu_kwargs, time_limit_s)
+            got, elapsed = _call_with_limit(student_fn, stu_args, stu_kwargs, time_limit_s, output)
         except _TimeLimitExceeded:
             return fail(_too_slow(time_limit_s, where))
-        except (Exception, SystemExit) as exc:
+        except BaseException as exc:  # noqa: B036 - anything the student's code raises is reported, except:
+            if _is_user_interrupt(exc):
+                raise  # Ctrl-C / the stop button: the user wants the notebook to stop
             tb_frames = traceback.extract_tb(exc.__traceback__)
             own_frames = [f for f in tb_frames if os.path.abspath(f.filename) != _THIS_FILE]
             # The placeholder raises NotImplementedError from the student's own cell; one raised inside a
@@ -978,6 +1174,8 @@ def check_function(
             extra = [f"   {loc}"] if (loc := _where_in_student_code(exc)) else []
             if isinstance(exc, NotImplementedError) and i > 0:
                 extra.append("   (the earlier cases passed: this case needs something your code does not handle yet)")
+            if isinstance(exc, KeyboardInterrupt):
+                extra.append("   (your code raised KeyboardInterrupt itself: nobody pressed stop)")
             return fail(f"your function raised {_exception_text(exc)} — {where}", *extra)
         if elapsed > time_limit_s:
             return fail(_too_slow(time_limit_s, where))

@@ -4,6 +4,9 @@ from __future__ import annotations
 import asyncio
 import math
 import signal
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 from dataclasses import dataclass
@@ -285,6 +288,206 @@ def test_time_limit_outside_the_main_thread_judges_after_the_call():
     thread.start()
     thread.join()
     assert not out["r"].passed and "took longer than 0.1 s" in out["r"].message
+
+
+# A program that swallows every exception forever would hang the test session if the checker lost control:
+# it runs in a child process with a generous wall-clock limit instead.
+_STUBBORN_PROGRAM = textwrap.dedent(
+    """
+    import time
+    import numpy as np
+    from effx_lab.check import Case, check_function
+
+    def ref(x):
+        return x * 2
+
+    def busy_forever(x):  # the time-out lands in the inner loop; the bare except swallows it
+        while True:
+            try:
+                while True:
+                    pass
+            except:
+                pass
+
+    def sleeps_forever(x):
+        while True:
+            try:
+                time.sleep(1)
+            except:
+                pass
+
+    for fn in (busy_forever, sleeps_forever):
+        r = check_function(fn, ref, [Case("one: x", (np.arange(3.0),))], name="double", time_limit_s=0.2)
+        print(fn.__name__, r.passed, "took longer than 0.2 s" in r.message, flush=True)
+    """
+)
+
+
+def test_time_limit_is_not_swallowed_by_a_bare_except_in_a_loop():
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", _STUBBORN_PROGRAM], capture_output=True, text=True, timeout=240
+        )
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"the checker never stopped a function that swallows the time-out: {exc.stdout!r}")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[:2] == ["busy_forever False True", "sleeps_forever False True"], done.stdout
+
+
+def test_swallowed_time_limit_is_reported_as_too_slow_whatever_the_code_does_next():
+    def swallows_then_answers(x):
+        try:
+            time.sleep(3)
+        except:  # noqa: E722 - the point of the test
+            pass
+        return quantize_ref(x)
+
+    def swallows_then_raises(x):
+        try:
+            time.sleep(3)
+        except BaseException:
+            raise ValueError("not the real problem") from None
+
+    before = sys.gettrace()
+    for fn in (swallows_then_answers, swallows_then_raises):
+        r = run_quantize(fn, time_limit_s=0.2)
+        assert not r.passed and "took longer than 0.2 s on case 'small square: 4x4'" in r.message, r.message
+        assert "ValueError" not in r.message
+    assert sys.gettrace() is before
+
+
+def test_time_limit_gives_back_a_debuggers_trace_function():
+    def debugger(frame, event, arg):
+        return None
+
+    def swallows(x):  # gives up by itself after 5 s, so that a regression cannot hang the test session
+        deadline = time.perf_counter() + 5
+        while time.perf_counter() < deadline:
+            try:
+                time.sleep(0.05)
+            except:  # noqa: E722
+                pass
+
+    before = sys.gettrace()
+    sys.settrace(debugger)
+    try:
+        r = run_quantize(swallows, time_limit_s=0.2)
+        now = sys.gettrace()
+    finally:
+        sys.settrace(before)
+    assert not r.passed and "took longer than 0.2 s" in r.message
+    assert now is debugger
+
+
+def test_keyboard_interrupt_raised_by_the_students_code_is_a_failure():
+    def interrupts(x):
+        raise KeyboardInterrupt
+
+    before = signal.getsignal(signal.SIGINT)
+    try:
+        r = run_quantize(interrupts)
+    except KeyboardInterrupt:
+        pytest.fail("a KeyboardInterrupt raised by the student's code escaped the checker")
+    assert not r.passed and r.attempted and r.failed_case == "small square: 4x4"
+    assert "your function raised KeyboardInterrupt" in r.message
+    assert "in interrupts: raise KeyboardInterrupt" in r.message and "nobody pressed stop" in r.message
+    assert signal.getsignal(signal.SIGINT) is before
+
+
+def test_keyboard_interrupt_of_the_students_code_in_a_thread_is_a_failure():
+    out = {}
+
+    def interrupts(x):
+        raise KeyboardInterrupt("from the code")
+
+    def run():
+        try:
+            out["r"] = run_quantize(interrupts)
+        except BaseException as exc:  # reported below instead of being lost in the thread
+            out["escaped"] = exc
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join()
+    assert "escaped" not in out, out.get("escaped")
+    assert not out["r"].passed and "KeyboardInterrupt: from the code" in out["r"].message
+
+
+def test_any_base_exception_of_the_students_code_is_reported():
+    class Unusual(BaseException):
+        pass
+
+    def raises_unusual(x):
+        raise Unusual("not an Exception")
+
+    r = run_quantize(raises_unusual)
+    assert not r.passed and "your function raised Unusual: not an Exception" in r.message
+
+
+def test_a_real_interrupt_stops_the_checker():
+    def pressed_stop(x):
+        signal.raise_signal(signal.SIGINT)  # what Ctrl-C or Jupyter's stop button delivers
+        time.sleep(5)
+        return quantize_ref(x)
+
+    before = signal.getsignal(signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt):
+        run_quantize(pressed_stop)
+    assert signal.getsignal(signal.SIGINT) is before
+
+
+def test_a_real_interrupt_stops_the_checker_even_when_the_code_swallows_it():
+    def swallows_stop(x):
+        try:
+            signal.raise_signal(signal.SIGINT)
+            time.sleep(5)
+        except BaseException:
+            pass
+        return quantize_ref(x)
+
+    with pytest.raises(KeyboardInterrupt):
+        run_quantize(swallows_stop)
+    assert RESULTS == []
+
+
+def test_what_the_student_prints_is_captured_and_shown_bounded(capsys):
+    def chatty(x):
+        for i in range(20_000):
+            print("debug line", i)
+        print("a warning", file=sys.stderr)
+        return quantize_ref(x)
+
+    r = report(run_quantize(chatty))
+    assert r.passed
+    captured = capsys.readouterr()
+    assert "debug line 19999" not in captured.out and captured.err == ""
+    assert len(captured.out.splitlines()) < 15, captured.out[:2000]
+    total = 5 * 20_001  # five cases
+    assert f"your function printed {total:,} lines while it was checked; the first 6:" in r.message
+    assert "   | debug line 0\n   | debug line 1\n" in r.message
+    assert f"({total - 6:,} more lines hidden)" in r.message
+
+
+def test_printed_output_appears_with_a_failure_too():
+    def prints_then_fails(x):
+        print("shape is", x.shape, end="")
+        print("!")
+        print("x" * 1000)
+        print("no newline at the end", end="")
+        return x
+
+    r = run_quantize(prints_then_fails)
+    assert not r.passed and "wrong answer" in r.message
+    lines = r.message.splitlines()
+    at = lines.index("   your function printed 3 lines while it was checked:")
+    assert lines[at + 1] == "   | shape is (4, 4)!"
+    assert lines[at + 2] == "   | " + "x" * 200 + " …"
+    assert lines[at + 3] == "   | no newline at the end"
+    assert len(lines) == at + 4
+
+
+def test_nothing_printed_adds_nothing():
+    assert "printed" not in run_quantize(quantize_ref).message
 
 
 def test_placeholder_not_implemented_means_not_attempted():

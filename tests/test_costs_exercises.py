@@ -101,6 +101,38 @@ def test_kv_rejects_round_down_of_half_byte():
     _fails(E.check_kv_cache_bytes(wrong), "round up", "expected 5")
 
 
+def test_kv_rejects_round_half_up_instead_of_up():
+    # 2 * 3 * 0.375 = 2.25 bytes: a whole third byte is needed; int(x + 0.5) agrees with the ceiling on every
+    # x.5 and x.75 (the 0.25- and 0.5-byte cases) but gives 2 here
+    def wrong(n_layers, n_kv_heads, head_dim, seq_len, batch_size, bytes_per_elem):
+        return int(2 * n_layers * n_kv_heads * head_dim * seq_len * batch_size * bytes_per_elem + 0.5)
+
+    _fails(E.check_kv_cache_bytes(wrong), "2.25 bytes: round up", "expected 3")
+
+
+@pytest.mark.parametrize(
+    "rounding, case",
+    [(lambda v: int(v + 0.5), "1.25 bytes round up"), (round, "2.5 bytes round up")],
+    ids=["half_up", "round_half_even"],
+)
+def test_matmul_rejects_round_to_nearest_instead_of_up(rounding, case):
+    def wrong(m, n, k, bytes_per_elem):
+        return 2 * m * n * k, rounding((m * k + k * n + m * n) * bytes_per_elem)
+
+    _fails(E.check_matmul_flops_bytes(wrong), case, "output[1]")
+
+
+@pytest.mark.parametrize("rounding", [int, round], ids=["floor", "round_half_even"])
+def test_max_batch_rejects_rounding_fractional_weights_down(rounding):
+    # 1001 int4 weights take 500.5 bytes, stored in 501: one byte less frees room for a third sequence
+    def wrong(memory_bytes, shape, seq_len, weight_bytes_per_param, kv_bytes_per_elem):
+        weights = rounding(shape.params() * weight_bytes_per_param)
+        per_seq = 2 * shape.n_layers * shape.n_kv_heads * shape.head_dim * seq_len * kv_bytes_per_elem
+        return max(0, int((memory_bytes - weights) // per_seq))
+
+    _fails(E.check_max_batch_size(wrong), "odd parameter count", "expected 2")
+
+
 def test_max_batch_rejects_n_heads_instead_of_kv_heads():
     def wrong(memory_bytes, shape, seq_len, weight_bytes_per_param, kv_bytes_per_elem):
         weights = math.ceil(shape.params() * weight_bytes_per_param)

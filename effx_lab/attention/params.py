@@ -7,20 +7,29 @@ weights to the NumPy reference and to the PyTorch version.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Mapping
 
 import numpy as np
 
-from effx_lab._validate import check_float, check_int, describe
+from effx_lab._validate import check_alloc, check_float, check_int, describe
 
 from .reference import mha_param_shapes
 
 __all__ = ["init_mha_params", "init_transformer_layer_params", "to_torch", "count_params"]
 
 
-def _init(shapes: Mapping[str, tuple[int, ...]], seed: int, std: float) -> dict[str, np.ndarray]:
+def _init_bytes(shapes: Mapping[str, tuple[int, ...]]) -> int:
+    """Peak bytes drawing float32 parameters of these shapes takes: all of them, plus the float64 draw of the
+    largest (``rng.normal`` draws float64 before the cast)."""
+    sizes = [math.prod(shape) for shape in shapes.values()] or [0]
+    return 4 * sum(sizes) + 8 * max(sizes)
+
+
+def _init(shapes: Mapping[str, tuple[int, ...]], seed: int, std: float, what: str) -> dict[str, np.ndarray]:
     seed = check_int("seed", seed, min_value=0)
     std = check_float("std", std, min_value=0.0, min_inclusive=False)
+    check_alloc(what, _init_bytes(shapes))
     rng = np.random.default_rng(seed)
     params = {}
     for key, shape in shapes.items():
@@ -39,7 +48,7 @@ def init_mha_params(d_model: int, n_heads: int, seed: int = 0, std: float = 0.02
     n_heads = check_int("n_heads", n_heads, min_value=1)
     if d_model % n_heads:
         raise ValueError(f"n_heads must divide d_model = {d_model}, got n_heads = {n_heads}")
-    return _init(mha_param_shapes(d_model), seed, std)
+    return _init(mha_param_shapes(d_model), seed, std, f"init_mha_params(d_model={d_model})")
 
 
 def init_transformer_layer_params(
@@ -51,7 +60,8 @@ def init_transformer_layer_params(
     if d_model % n_heads:
         raise ValueError(f"n_heads must divide d_model = {d_model}, got n_heads = {n_heads}")
     d_ff = 4 * d_model if d_ff is None else check_int("d_ff", d_ff, min_value=1)
-    return _init(mha_param_shapes(d_model, d_ff), seed, std)
+    what = f"init_transformer_layer_params(d_model={d_model}, d_ff={d_ff})"
+    return _init(mha_param_shapes(d_model, d_ff), seed, std, what)
 
 
 def to_torch(params: Mapping[str, Any], device: Any = None, dtype: Any = None) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from effx_lab._validate import check_array, check_bool, check_choice, check_float, check_int, describe
+from effx_lab._validate import check_alloc, check_array, check_bool, check_choice, check_float, check_int, describe
 from effx_lab.models.reference import gelu_tanh, layer_norm, softmax
 
 __all__ = [
@@ -89,6 +89,9 @@ def _check_params(params: Any, shapes: Mapping[str, tuple[int, ...]], allow_torc
 
 def mha_param_shapes(d_model: int, d_ff: int | None = None) -> dict[str, tuple[int, ...]]:
     """Shapes of the multi-head attention (and, with ``d_ff``, Transformer layer) parameters."""
+    d_model = check_int("d_model", d_model, min_value=1)
+    if d_ff is not None:
+        d_ff = check_int("d_ff", d_ff, min_value=1)
     shapes = {
         "wq": (d_model, d_model), "bq": (d_model,),
         "wk": (d_model, d_model), "bk": (d_model,),
@@ -116,6 +119,7 @@ def causal_mask(n: int, m: int | None = None) -> np.ndarray:
     """Boolean ``(n, m)`` mask, True where query ``i`` may see key ``j`` (``j <= i``)."""
     n = check_int("n", n, min_value=1)
     m = n if m is None else check_int("m", m, min_value=1)
+    check_alloc(f"causal_mask(n={n}, m={m})", n * m)  # one byte per bool
     return np.tril(np.ones((n, m), dtype=bool))
 
 

@@ -38,7 +38,7 @@ from typing import Any, Callable, Mapping
 import torch
 import torch.nn.functional as F
 
-from effx_lab._validate import check_array, check_bool, check_choice, check_float, check_int, describe
+from effx_lab._validate import check_alloc, check_array, check_bool, check_choice, check_float, check_int, describe
 
 from .reference import (
     FEATURE_MAPS,
@@ -128,6 +128,7 @@ def causal_mask(n: int, m: int | None = None) -> torch.Tensor:
     """Boolean ``(n, m)`` mask (CPU), True where query ``i`` may see key ``j`` (``j <= i``)."""
     n = check_int("n", n, min_value=1)
     m = n if m is None else check_int("m", m, min_value=1)
+    check_alloc(f"causal_mask(n={n}, m={m})", n * m)  # one byte per bool
     return _tril(n, m, torch.device("cpu"))
 
 

@@ -54,6 +54,8 @@ def _kv_cases(rng: np.random.Generator) -> list[Case]:
         Case("int4: 0.5 byte per element", (32, 8, 128, 1000, 3, 0.5)),
         Case("2-bit cache (0.25 byte), 4.5 bytes: round up", (3, 1, 3, 1, 1, 0.25)),
         Case("3-bit cache (0.375 byte), 0.75 byte: round up", (1, 1, 1, 1, 1, 0.375)),
+        Case("3-bit cache (0.375 byte), 2.25 bytes: round up, not to the nearest", (1, 1, 1, 3, 1, 0.375)),
+        Case("1-bit cache (0.125 byte), 0.25 byte: still one whole byte", (1, 1, 1, 1, 1, 0.125)),
         Case("fp32: 4 bytes", (6, 12, 32, 128, 16, 4)),
         Case("empty cache: seq_len 0", (12, 12, 64, 0, 4, 2)),
     ]
@@ -95,6 +97,12 @@ def _toy_shape(rng: np.random.Generator, i: int) -> ModelShape:
     )
 
 
+#: A toy model with a published odd parameter count: its int4 weights take a fractional number of bytes.
+_ODD = ModelShape(
+    name="toy-odd", n_layers=2, d_model=8, n_heads=2, n_kv_heads=1, head_dim=4, d_ff=16, vocab_size=7, n_params=1001
+)
+
+
 def _exact_fit(shape: ModelShape, seq_len: int, w: float, kv: float, batches: float) -> int:
     """Memory holding the weights plus ``batches`` sequences' KV cache (rounded down to a byte)."""
     weights = param_bytes(shape.params(), w)
@@ -115,6 +123,10 @@ def _batch_cases(rng: np.random.Generator) -> list[Case]:
         Case("one byte short of 3 sequences", (_exact_fit(l7, 1024, 2, 2, 3) - 1, l7, 1024, 2, 2)),
         Case("2.75 sequences fit: floor, not round", (_exact_fit(l70, 512, 2, 2, 2.75), l70, 512, 2, 2)),
         Case("int32 overflow: PaLM-540B multi-head, 8 TB", (8 * 10**12, palm, 2048, 2, 2)),
+        Case(
+            "int4 weights, odd parameter count: 1001 x 0.5 = 500.5 bytes round up (1 byte short of 3 sequences)",
+            (_exact_fit(_ODD, 16, 0.5, 2, 3) - 1, _ODD, 16, 0.5, 2),
+        ),
     ]
     for i in range(6):
         shape = _toy_shape(rng, i)
@@ -138,6 +150,8 @@ def _matmul_cases(rng: np.random.Generator) -> list[Case]:
         Case("GEMV: n = 1 (decode), bf16", (4096, 1, 4096, 2)),
         Case("odd sizes", (3, 5, 7, 2)),
         Case("1 x 1 x 1, int4: round up the half byte", (1, 1, 1, 0.5)),
+        Case("1 x 1 x 2, int4: 2.5 bytes round up (not to the even 2)", (1, 1, 2, 0.5)),
+        Case("1 x 1 x 2, 2-bit (0.25 byte): 1.25 bytes round up, not to the nearest", (1, 1, 2, 0.25)),
         Case("int8 weights", (8, 11008, 4096, 1)),
         Case("int32 overflow: 65536^3", (65536, 65536, 65536, 2)),
     ]

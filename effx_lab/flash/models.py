@@ -23,6 +23,7 @@ the NumPy references, so ``{k: v.detach().numpy() for k, v in model.layers[i].it
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -31,11 +32,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from effx_lab._validate import check_bool, check_choice, check_float, check_int, describe
+from effx_lab._validate import check_alloc, check_bool, check_choice, check_float, check_instance, check_int, describe
 from effx_lab.attention import torch_ops as attn_ops
-from effx_lab.attention.params import init_transformer_layer_params, to_torch
+from effx_lab.attention.params import _init_bytes, init_transformer_layer_params, to_torch
+from effx_lab.attention.reference import mha_param_shapes
 from effx_lab.flash import torch_ops as flash_ops
 from effx_lab.flash.params import init_flash_params, init_gau_params
+from effx_lab.flash.reference import gau_param_shapes
 
 __all__ = ["KINDS", "MODES", "LMConfig", "LanguageModel", "build_lm"]
 
@@ -143,6 +146,23 @@ def _layer_seed(seed: int, index: int) -> int:
     return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
 
 
+def _check_config(config: Any) -> LMConfig:
+    return check_instance("config", config, LMConfig, "an LMConfig")
+
+
+def _model_bytes(config: LMConfig) -> int:
+    """Peak bytes of building the model's float32 weights (embeddings, every layer, the float64 draws)."""
+    d = config.d_model
+    if config.kind == "transformer":
+        layer = mha_param_shapes(d, config.ffn_dim)
+    else:
+        n_qk = 2 if config.kind == "flash_quad" else 4
+        layer = gau_param_shapes(d, config.expansion * d, config.s, n_qk, 2 * config.max_rel + 1)
+    embeddings = {"tok_emb": (config.vocab_size, d), "pos_emb": (config.max_len, d)}
+    n_layer = _init_bytes(layer) - 8 * max(math.prod(v) for v in layer.values())  # float32 part of one layer
+    return _init_bytes({**embeddings, **layer}) + (config.n_model_layers() - 1) * n_layer
+
+
 def _init_layer(config: LMConfig, seed: int) -> dict[str, np.ndarray]:
     if config.kind == "transformer":
         return init_transformer_layer_params(config.d_model, config.n_heads, config.ffn_dim, seed=seed)
@@ -162,9 +182,9 @@ class LanguageModel(nn.Module):
 
     def __init__(self, config: LMConfig, seed: int = 0) -> None:
         super().__init__()
-        if not isinstance(config, LMConfig):
-            raise TypeError(f"config must be an LMConfig, got {describe(config)}")
+        _check_config(config)
         seed = check_int("seed", seed, min_value=0)
+        check_alloc(f"LanguageModel({config})", _model_bytes(config))
         self.config = config
         self.seed = seed
         rng = np.random.default_rng(_layer_seed(seed, 0))
@@ -231,6 +251,5 @@ class LanguageModel(nn.Module):
 
 def build_lm(config: LMConfig, seed: int = 0) -> LanguageModel:
     """A :class:`LanguageModel` for ``config`` with weights drawn from ``seed`` (same seed, same weights)."""
-    if not isinstance(config, LMConfig):
-        raise TypeError(f"config must be an LMConfig, got {describe(config)}")
+    _check_config(config)
     return LanguageModel(config, seed=check_int("seed", seed, min_value=0))

@@ -8,17 +8,18 @@ from __future__ import annotations
 
 import numpy as np
 
-from effx_lab._validate import check_choice, check_float, check_int
-from effx_lab.attention.params import count_params, to_torch
+from effx_lab._validate import check_alloc, check_choice, check_float, check_int
+from effx_lab.attention.params import _init_bytes, count_params, to_torch
 
 from .reference import gau_param_shapes, glu_param_shapes
 
 __all__ = ["init_glu_params", "init_gau_params", "init_flash_params", "to_torch", "count_params"]
 
 
-def _draw(shapes: dict[str, tuple[int, ...]], seed: int, std: float) -> dict[str, np.ndarray]:
+def _draw(shapes: dict[str, tuple[int, ...]], seed: int, std: float, what: str) -> dict[str, np.ndarray]:
     seed = check_int("seed", seed, min_value=0)
     std = check_float("std", std, min_value=0.0, min_inclusive=False)
+    check_alloc(what, _init_bytes(shapes))
     rng = np.random.default_rng(seed)
     out = {}
     for key, shape in shapes.items():
@@ -35,7 +36,8 @@ def init_glu_params(d_model: int, expansion: int = 2, seed: int = 0, std: float 
     """GLU weights ``w_u, b_u, w_v, b_v`` (``d -> e``) and ``w_o, b_o`` (``e -> d``), ``e = expansion * d``."""
     d_model = check_int("d_model", d_model, min_value=1)
     expansion = check_int("expansion", expansion, min_value=1)
-    return _draw(glu_param_shapes(d_model, expansion * d_model), seed, std)
+    what = f"init_glu_params(d_model={d_model}, expansion={expansion})"
+    return _draw(glu_param_shapes(d_model, expansion * d_model), seed, std, what)
 
 
 def _init_layer(kind: str, d_model: int, expansion: int, s: int, max_rel: int, seed: int, std: float):
@@ -45,7 +47,8 @@ def _init_layer(kind: str, d_model: int, expansion: int, s: int, max_rel: int, s
     max_rel = check_int("max_rel", max_rel, min_value=0)
     check_choice("kind", kind, ("gau", "flash"))
     n_qk = 2 if kind == "gau" else 4
-    return _draw(gau_param_shapes(d_model, expansion * d_model, s, n_qk, 2 * max_rel + 1), seed, std)
+    what = f"init_{kind}_params(d_model={d_model}, expansion={expansion}, s={s}, max_rel={max_rel})"
+    return _draw(gau_param_shapes(d_model, expansion * d_model, s, n_qk, 2 * max_rel + 1), seed, std, what)
 
 
 def init_gau_params(

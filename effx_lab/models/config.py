@@ -31,20 +31,24 @@ The logits are ``LayerNorm(x) @ tok_emb.T`` (no separate output matrix, no outpu
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from effx_lab._validate import check_float, check_int, describe
+from effx_lab._validate import check_alloc, check_float, check_instance, check_int, describe
 
 __all__ = [
     "TinyLMConfig",
     "tinylm_param_shapes",
     "init_tinylm_params",
     "check_tinylm_params",
+    "check_tinylm_config",
+    "check_generate_args",
     "MiniLMConfig",
+    "check_minilm_config",
 ]
 
 
@@ -134,10 +138,19 @@ class TinyLMConfig:
         return cls(**data)
 
 
+def check_tinylm_config(config: Any, name: str = "config") -> TinyLMConfig:
+    """Return ``config`` if it is a :class:`TinyLMConfig`, else raise ``TypeError`` naming ``name``."""
+    return check_instance(name, config, TinyLMConfig)
+
+
+def check_minilm_config(config: Any, name: str = "config") -> "MiniLMConfig":
+    """Return ``config`` if it is a :class:`MiniLMConfig`, else raise ``TypeError`` naming ``name``."""
+    return check_instance(name, config, MiniLMConfig)
+
+
 def tinylm_param_shapes(config: TinyLMConfig) -> dict[str, tuple[int, ...]]:
     """Name -> shape of every TinyLM parameter, in a fixed order (see the module docstring)."""
-    if not isinstance(config, TinyLMConfig):
-        raise TypeError(f"config must be a TinyLMConfig, got {describe(config)}")
+    check_tinylm_config(config)
     d, f = config.d_model, config.ffn_dim
     q, kv = config.n_heads * config.head_dim, config.kv_heads * config.head_dim
     shapes: dict[str, tuple[int, ...]] = {
@@ -180,6 +193,8 @@ def init_tinylm_params(config: TinyLMConfig, seed: int = 0) -> dict[str, np.ndar
     """
     shapes = tinylm_param_shapes(config)
     seed = check_int("seed", seed, min_value=0)
+    # float32 weights, plus the float64 draw of the largest one before its cast
+    check_alloc(f"init_tinylm_params({config})", 4 * config.n_params() + 8 * max(math.prod(v) for v in shapes.values()))
     rng = np.random.default_rng(seed)
     residual_std = 0.02 / np.sqrt(2 * config.n_layers)
     params: dict[str, np.ndarray] = {}
@@ -202,6 +217,8 @@ def check_generate_args(
     config: TinyLMConfig, prompt_len: int, max_new_tokens: Any, temperature: Any, seed: Any
 ) -> tuple[int, float, int]:
     """Validate ``TinyLM.generate``'s arguments (shared by both backends); return them normalised."""
+    check_tinylm_config(config)
+    prompt_len = check_int("prompt_len", prompt_len, min_value=1)
     max_new_tokens = check_int("max_new_tokens", max_new_tokens, min_value=0)
     temperature = check_float("temperature", temperature, min_value=0.0)
     seed = check_int("seed", seed, min_value=0)

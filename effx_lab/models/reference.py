@@ -18,11 +18,13 @@ from typing import Any
 
 import numpy as np
 
-from effx_lab._validate import check_array, check_bool, check_float, check_int, describe
+from effx_lab._validate import check_alloc, check_array, check_bool, check_float, check_int, describe
 from effx_lab.models.config import (
     MiniLMConfig,
     TinyLMConfig,
     check_generate_args,
+    check_minilm_config,
+    check_tinylm_config,
     check_tinylm_params,
     init_tinylm_params,
 )
@@ -120,8 +122,7 @@ class KVCache:
         max_seq_len: int | None = None,
         dtype: Any = np.float32,
     ) -> None:
-        if not isinstance(config, TinyLMConfig):
-            raise TypeError(f"config must be a TinyLMConfig, got {describe(config)}")
+        check_tinylm_config(config)
         batch_size = check_int("batch_size", batch_size, min_value=1)
         if max_seq_len is None:
             max_seq_len = config.max_seq_len
@@ -134,6 +135,10 @@ class KVCache:
         self.max_seq_len = max_seq_len
         self.dtype = dtype
         shape = (batch_size, config.kv_heads, max_seq_len, config.head_dim)
+        check_alloc(
+            f"KVCache(batch_size={batch_size}, max_seq_len={max_seq_len}) for {config}",
+            2 * config.n_layers * batch_size * config.kv_heads * max_seq_len * config.head_dim * dtype.itemsize,
+        )
         self.k = [np.zeros(shape, dtype=dtype) for _ in range(config.n_layers)]
         self.v = [np.zeros(shape, dtype=dtype) for _ in range(config.n_layers)]
         self.length = 0
@@ -193,8 +198,7 @@ class TinyLM:
     """
 
     def __init__(self, params: dict[str, np.ndarray], config: TinyLMConfig) -> None:
-        if not isinstance(config, TinyLMConfig):
-            raise TypeError(f"config must be a TinyLMConfig, got {describe(config)}")
+        check_tinylm_config(config)
         self.config = config
         self.params = check_tinylm_params(params, config)
 
@@ -327,8 +331,7 @@ class TinyLM:
 
 
 def _check_minilm_inputs(input_ids: Any, attention_mask: Any, config: MiniLMConfig, allow_torch: bool) -> None:
-    if not isinstance(config, MiniLMConfig):
-        raise TypeError(f"config must be a MiniLMConfig, got {describe(config)}")
+    check_minilm_config(config)
     check_array("input_ids", input_ids, ndim=2, dtype_kind="iu", allow_torch=allow_torch)
     check_array("attention_mask", attention_mask, ndim=2, dtype_kind="iub", allow_torch=allow_torch)
     if tuple(input_ids.shape) != tuple(attention_mask.shape):
@@ -351,6 +354,7 @@ def _check_minilm_inputs(input_ids: Any, attention_mask: Any, config: MiniLMConf
 
 
 def _check_minilm_params(params: Any, config: MiniLMConfig) -> None:
+    check_minilm_config(config)
     if not isinstance(params, dict):
         raise TypeError(f"params must be a dict (from load_minilm), got {describe(params)}")
     needed = ["embeddings.word_embeddings.weight", "embeddings.LayerNorm.weight"]

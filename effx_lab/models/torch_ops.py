@@ -25,11 +25,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from effx_lab._validate import check_array, check_bool, check_float, check_int, describe
+from effx_lab._validate import check_alloc, check_array, check_bool, check_float, check_int, describe
 from effx_lab.models.config import (
     MiniLMConfig,
     TinyLMConfig,
     check_generate_args,
+    check_minilm_config,
+    check_tinylm_config,
     check_tinylm_params,
     init_tinylm_params,
 )
@@ -125,8 +127,7 @@ class KVCache:
         dtype: torch.dtype = torch.float32,
         device: str | torch.device | None = None,
     ) -> None:
-        if not isinstance(config, TinyLMConfig):
-            raise TypeError(f"config must be a TinyLMConfig, got {describe(config)}")
+        check_tinylm_config(config)
         batch_size = check_int("batch_size", batch_size, min_value=1)
         if max_seq_len is None:
             max_seq_len = config.max_seq_len
@@ -139,6 +140,12 @@ class KVCache:
         self.dtype = dtype
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         shape = (batch_size, config.kv_heads, max_seq_len, config.head_dim)
+        if self.device.type == "cpu":  # on an accelerator, its own allocator says when it is full
+            itemsize = torch.empty((), dtype=dtype).element_size()
+            check_alloc(
+                f"KVCache(batch_size={batch_size}, max_seq_len={max_seq_len}) for {config}",
+                2 * config.n_layers * batch_size * config.kv_heads * max_seq_len * config.head_dim * itemsize,
+            )
         self.k = [torch.zeros(shape, dtype=dtype, device=self.device) for _ in range(config.n_layers)]
         self.v = [torch.zeros(shape, dtype=dtype, device=self.device) for _ in range(config.n_layers)]
         self.length = 0
@@ -165,6 +172,9 @@ class CausalSelfAttention(nn.Module):
 
     def __init__(self, config: TinyLMConfig) -> None:
         super().__init__()
+        check_tinylm_config(config)
+        d, qkv = config.d_model, (config.n_heads + 2 * config.kv_heads) * config.head_dim
+        check_alloc(f"CausalSelfAttention({config})", 4 * ((d + 1) * qkv + (config.n_heads * config.head_dim + 1) * d))
         self.n_heads, self.kv_heads, self.head_dim = config.n_heads, config.kv_heads, config.head_dim
         self.qkv = nn.Linear(config.d_model, (config.n_heads + 2 * config.kv_heads) * config.head_dim)
         self.proj = nn.Linear(config.n_heads * config.head_dim, config.d_model)
@@ -201,6 +211,8 @@ class CausalSelfAttention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, config: TinyLMConfig) -> None:
         super().__init__()
+        check_tinylm_config(config)
+        check_alloc(f"MLP({config})", 4 * ((config.d_model + 1) * config.ffn_dim + (config.ffn_dim + 1) * config.d_model))
         self.fc1 = nn.Linear(config.d_model, config.ffn_dim)
         self.fc2 = nn.Linear(config.ffn_dim, config.d_model)
 
@@ -213,6 +225,7 @@ class Block(nn.Module):
 
     def __init__(self, config: TinyLMConfig) -> None:
         super().__init__()
+        check_tinylm_config(config)
         self.ln1 = nn.LayerNorm(config.d_model, eps=config.norm_eps)
         self.attn = CausalSelfAttention(config)
         self.ln2 = nn.LayerNorm(config.d_model, eps=config.norm_eps)
@@ -245,8 +258,7 @@ class TinyLM(nn.Module):
 
     def __init__(self, params: dict[str, np.ndarray], config: TinyLMConfig) -> None:
         super().__init__()
-        if not isinstance(config, TinyLMConfig):
-            raise TypeError(f"config must be a TinyLMConfig, got {describe(config)}")
+        check_tinylm_config(config)
         params = check_tinylm_params(params, config)
         self.config = config
         self.tok_emb = nn.Embedding(config.vocab_size, config.d_model)
@@ -423,6 +435,7 @@ def minilm_forward(
     boolean key mask. Runs on ``input_ids``'s device; call it under ``torch.no_grad()`` for inference.
     ``linear`` is the same per-layer hook as in the reference (``linear(name, x, weight, bias) -> y``).
     """
+    check_minilm_config(config)
     _check_tensor("input_ids", input_ids)
     _check_tensor("attention_mask", attention_mask)
     _check_minilm_inputs(input_ids, attention_mask, config, allow_torch=True)

@@ -2,8 +2,11 @@
 
 ``python -m effx_lab.models.train`` trains TinyLM (``TinyLMConfig()``: d_model 128, 2 layers, 4 heads,
 context 256) on the byte-level training split of CPython's help text (:mod:`effx_lab.data`) on 2 CPU
-threads, and writes ``effx_lab/models/weights/tinylm_pydoc.npz`` (float16 weights, the config, and
-the training settings and measured perplexities as metadata).
+threads, and writes ``tinylm_pydoc.npz`` in the current directory (float16 weights, the config, and
+the training settings and measured perplexities as metadata); ``--out PATH`` writes elsewhere.
+It never writes into the installed package unless asked: ``--overwrite-shipped`` rebuilds the shipped
+checkpoint ``effx_lab/models/weights/tinylm_pydoc.npz`` (what the course maintainers run), and
+``--dry-run`` prints what would be done without training.
 """
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ import argparse
 import json
 import math
 import platform
+import sys
 import time
 from importlib import resources
 from pathlib import Path
@@ -32,6 +36,7 @@ __all__ = [
     "load_tinylm",
     "pretrained_tinylm_path",
     "load_pretrained_tinylm",
+    "parse_args",
     "main",
 ]
 
@@ -315,25 +320,90 @@ def load_pretrained_tinylm(backend: str = "torch") -> reference.TinyLM | torch_o
 # ----------------------------------------------------------------------------------------------------------
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """Train TinyLM on the pydoc corpus with :data:`PRETRAIN_SETTINGS`, measure it, and save the checkpoint.
+def _package_dir() -> Path:
+    return Path(str(resources.files("effx_lab"))).resolve()
 
-    This is ``python -m effx_lab.models.train``; ``--scale 0.1`` runs a tenth of the steps (a smoke test).
-    The perplexities are measured on the model as stored (float16 weights), on windows of 128 and of 256
-    tokens, next to the unigram baseline.
+
+def _inside(path: Path, folder: Path) -> bool:
+    try:
+        path.resolve().relative_to(folder)
+    except ValueError:
+        return False
+    return True
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    """Parse and check the arguments of :func:`main` (``argv`` without the program name).
+
+    Returns the namespace with ``out`` resolved to the file that will be written: ``--out``, else
+    ``tinylm_pydoc.npz`` in the current directory, or the shipped checkpoint with ``--overwrite-shipped``.
+    An ``--out`` inside the installed package is refused (argparse error, exit status 2): rebuilding the
+    shipped checkpoint takes the explicit ``--overwrite-shipped``.
     """
-    from effx_lab.data import ByteTokenizer, load_corpus_splits
-
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    if isinstance(argv, (str, bytes)) or not isinstance(argv, Sequence):
+        raise TypeError(f"argv must be a list of str (e.g. sys.argv[1:]), got {describe(argv)}")
+    argv = list(argv)
+    for i, arg in enumerate(argv):
+        if not isinstance(arg, str):
+            raise TypeError(f"argv[{i}] must be a str, got {describe(arg)}")
+    parser = argparse.ArgumentParser(
+        prog="python -m effx_lab.models.train",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--scale", type=float, default=1.0, help="multiply the number of steps by this")
     parser.add_argument("--seed", type=int, default=PRETRAIN_SEED)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--out", type=Path, default=pretrained_tinylm_path())
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument(
+        "--out", type=Path, default=None, help=f"checkpoint to write (default: ./{_CHECKPOINT_NAME})"
+    )
+    where.add_argument(
+        "--overwrite-shipped",
+        action="store_true",
+        help="write the checkpoint shipped inside the installed package (replaces the course's weights)",
+    )
+    parser.add_argument("--dry-run", action="store_true", help="print what would be done, train nothing")
     args = parser.parse_args(argv)
-    scale = check_float("scale", args.scale, min_value=0.0, max_value=10.0, min_inclusive=False)
-    seed = check_int("seed", args.seed, min_value=0)
+    args.scale = check_float("scale", args.scale, min_value=0.0, max_value=10.0, min_inclusive=False)
+    args.seed = check_int("seed", args.seed, min_value=0)
+    args.threads = check_int("threads", args.threads, min_value=1)
+    if args.overwrite_shipped:
+        args.out = pretrained_tinylm_path()
+    else:
+        args.out = Path(_CHECKPOINT_NAME) if args.out is None else args.out
+        if _inside(args.out, _package_dir()):
+            parser.error(
+                f"--out {args.out} is inside the installed effx_lab package ({_package_dir()}); write the "
+                f"checkpoint elsewhere, or pass --overwrite-shipped to replace the shipped one on purpose"
+            )
+    return args
 
-    torch.set_num_threads(check_int("threads", args.threads, min_value=1))
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Train TinyLM on the pydoc corpus with :data:`PRETRAIN_SETTINGS`, measure it, and save the checkpoint.
+
+    This is ``python -m effx_lab.models.train`` (which passes ``sys.argv[1:]``); see :func:`parse_args` for
+    the options. ``argv=None`` means no arguments: called from Python, ``main()`` never reads the host
+    program's ``sys.argv`` (a notebook kernel's or pytest's). ``--scale 0.1`` runs a tenth of the steps (a
+    smoke test); ``--dry-run`` returns the plan (``out``, ``settings``, ``seed``, ``threads``) without
+    training. The perplexities are measured on the model as stored (float16 weights), on windows of 128
+    and of 256 tokens, next to the unigram baseline.
+    """
+    args = parse_args([] if argv is None else argv)
+    settings = dict(PRETRAIN_SETTINGS, steps=max(1, round(PRETRAIN_SETTINGS["steps"] * args.scale)))
+    if args.dry_run:
+        plan = {"out": str(args.out), "settings": settings, "seed": args.seed, "threads": args.threads}
+        print(f"dry run: would train with {settings}, seed {args.seed}, {args.threads} threads, write {args.out}")
+        return plan
+    return _train_and_save(args, settings)
+
+
+def _train_and_save(args: argparse.Namespace, settings: dict[str, Any]) -> dict[str, Any]:
+    from effx_lab.data import ByteTokenizer, load_corpus_splits
+
+    seed = args.seed
+    torch.set_num_threads(args.threads)
     torch.manual_seed(seed)
     tok = ByteTokenizer()
     train_text, val_text = load_corpus_splits()
@@ -341,7 +411,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     config = TinyLMConfig(vocab_size=256, d_model=128, n_layers=2, n_heads=4, max_seq_len=256)
     model = torch_ops.TinyLM.from_config(config, seed=seed)
     print(f"TinyLM {config.n_params():,} parameters; train {train_tokens.size:,} bytes, val {val_tokens.size:,} bytes")
-    settings = dict(PRETRAIN_SETTINGS, steps=max(1, round(PRETRAIN_SETTINGS["steps"] * scale)))
     print(f"training with {settings}, seed {seed}, {args.threads} threads")
     t0 = time.perf_counter()
     history = train_tinylm(model, train_tokens, seed=seed, log_every=50, verbose=True, **settings)
@@ -378,4 +447,4 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])
