@@ -16,7 +16,13 @@ __version__ = "0.1.0"
 #: Keep in sync with ``repository.url`` in _config.yml (tests/test_repo.py checks both).
 REPO_URL = "https://github.com/effx-lab/effx-lab"
 
-__all__ = ["REPO_URL", "__version__", "setup_notebook"]
+#: The git ref (branch or tag) the book is built from. The Colab launch button (``repository.branch`` in
+#: _config.yml) opens the notebooks at this ref, and every notebook's setup cell installs the package from it
+#: (``git+REPO_URL@COURSE_REF``), so a notebook opened from an older book keeps the package it was written for.
+#: A release sets it to its tag with ``effx-lab pin <tag>``, which rewrites all three places at once.
+COURSE_REF = "main"
+
+__all__ = ["COURSE_REF", "REPO_URL", "__version__", "setup_notebook"]
 
 
 def setup_notebook(seed: int = 0):

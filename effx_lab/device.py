@@ -11,13 +11,21 @@ Everything else here is read-only inspection:
 * :func:`info` / :func:`summary` describe the device in one line for the top of every notebook;
 * :func:`supports` / :func:`gate` answer "can this machine run feature X?" by compute capability, and
   :func:`gate` prints the reason when it cannot (notebooks then skip that cell instead of failing);
-* :func:`seed_everything` seeds Python, NumPy and PyTorch and hands back a NumPy ``Generator``.
+* :func:`seed_everything` seeds Python, NumPy and PyTorch and hands back a NumPy ``Generator``;
+* :func:`compile_or_eager` is ``torch.compile`` where compiling works here, and the plain function (with a
+  one-line reason) where it does not.
+
+Apple silicon: the course runs on the CPU there. :func:`torch_device` never returns ``"mps"``, because the
+MPS backend has no float64, which every agreement check of the course needs; :func:`summary` says that MPS
+is present and how to ask for it where a notebook says so.
 """
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import random
+import shutil
 import sys
 import warnings
 from dataclasses import asdict, dataclass
@@ -31,13 +39,16 @@ __all__ = [
     "FEATURES",
     "Feature",
     "capability",
+    "compile_or_eager",
     "cpu_name",
     "gate",
     "has_cuda",
+    "has_mps",
     "info",
     "is_colab",
     "print_summary",
     "seed_everything",
+    "short_summary",
     "summary",
     "supports",
     "torch_device",
@@ -79,15 +90,33 @@ def has_cuda() -> bool:
     return _cuda_available()
 
 
+def has_mps() -> bool:
+    """True when PyTorch sees Apple's Metal (MPS) backend. The course does not use it by default (no float64)."""
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is a hard dependency
+        return False
+    mps = getattr(torch.backends, "mps", None)
+    return bool(mps is not None and mps.is_available())
+
+
+#: Printed by :func:`summary` where MPS is available.
+MPS_NOTE = "MPS present but not used (no float64); pass device='mps' where a notebook says so"
+
+
 def torch_device():
-    """The ``torch.device`` the course uses: the first CUDA GPU if there is one, else the CPU."""
+    """The ``torch.device`` the course uses: the first CUDA GPU if there is one, else the CPU.
+
+    Never MPS, even on Apple silicon: MPS has no float64, and the course proves its implementations agree in
+    float64. Pass ``device="mps"`` explicitly where a notebook says so.
+    """
     import torch
 
     return torch.device("cuda" if has_cuda() else "cpu")
 
 
 def resolve_torch_device(device: Any = None):
-    """A validated ``torch.device``: ``None`` -> :func:`torch_device` (the GPU if there is one), else
+    """A validated ``torch.device``: ``None`` -> :func:`torch_device` (the GPU if there is one, never MPS), else
     ``"cpu"``/``"cuda[:N]"`` or a ``torch.device``; asking for CUDA without a GPU is a ``ValueError``."""
     import torch
 
@@ -125,7 +154,11 @@ def is_colab() -> bool:
 
 
 def triton_mode() -> str:
-    """How Triton kernels run here: ``"compiled"`` (GPU), ``"interpreter"`` (CPU) or ``"unavailable"``."""
+    """How Triton kernels run here: ``"compiled"`` (GPU), ``"interpreter"`` (CPU) or ``"unavailable"``
+    (not installed, or installed but failing to import, as the kernel modules found out)."""
+    guard = sys.modules.get("effx_lab._triton")  # set once a kernel module has tried `import triton`
+    if guard is not None and getattr(guard, "IMPORT_ERROR", None) is not None:
+        return "unavailable"
     try:
         import importlib.util
 
@@ -225,12 +258,124 @@ def summary() -> str:
         where = f"CPU {d.name} ({d.cpu_cores} cores{mem}), no GPU"
     triton = f"Triton {d.triton_version} ({d.triton_mode})" if d.triton_version else "Triton not installed"
     colab = " · Colab" if d.colab else ""
-    return f"{where} · PyTorch {d.torch_version} · {triton}{colab}"
+    mps = f" · {MPS_NOTE}" if d.kind == "cpu" and has_mps() else ""
+    return f"{where} · PyTorch {d.torch_version} · {triton}{colab}{mps}"
+
+
+def short_summary() -> str:
+    """The device in a few words, e.g. ``"GPU NVIDIA H100 80GB HBM3 (sm_90)"`` or ``"CPU AMD EPYC 7B13 (2 cores)"``:
+    what :func:`effx_lab.claims.verdict` names as the device a claim was measured on."""
+    if has_cuda():
+        import torch
+
+        major, minor = capability() or (0, 0)
+        return f"GPU {torch.cuda.get_device_name(0)} (sm_{major}{minor})"
+    return f"CPU {cpu_name()} ({os.cpu_count() or 1} cores)"
 
 
 def print_summary() -> None:
     """Print :func:`summary` (the first line of every notebook's output)."""
     print(summary())
+
+
+# ----------------------------------------------------------------------------------------------------------
+# torch.compile where it works, eager where it does not
+# ----------------------------------------------------------------------------------------------------------
+def _inductor_compilers() -> list[str]:
+    """The C++ compilers TorchInductor's CPU backend may call, in its order of preference.
+
+    Inductor's ``cpp.cxx`` setting (``(None, "g++")`` on Linux, ``clang++`` on macOS; ``None`` means "search"),
+    then ``$CXX`` and the usual names (``cl`` on Windows).
+    """
+    names: list[str] = []
+    try:
+        from torch._inductor import config as inductor_config
+
+        cxx = inductor_config.cpp.cxx
+        names += [c for c in (cxx if isinstance(cxx, (tuple, list)) else (cxx,)) if isinstance(c, str) and c]
+    except Exception:  # noqa: BLE001 - any failure: fall back to the usual names
+        pass
+    if os.environ.get("CXX"):
+        names.append(os.environ["CXX"])
+    names += ["cl"] if sys.platform == "win32" else ["g++", "c++", "clang++"]
+    return list(dict.fromkeys(names))
+
+
+def _compile_unavailable_reason(backend: Any) -> str | None:
+    """Why ``torch.compile(..., backend=backend)`` cannot work here, or ``None`` when it may (the first call
+    tells for sure). Only the default backend, TorchInductor, needs a compiler: a C++ compiler for CPU code,
+    Triton for CUDA code."""
+    import torch
+
+    if not hasattr(torch, "compile"):
+        return f"this PyTorch ({torch.__version__}) has no torch.compile"
+    if backend not in (None, "inductor"):
+        return None
+    if has_cuda():
+        import importlib.util
+
+        if importlib.util.find_spec("triton") is None:
+            return "TorchInductor generates Triton kernels for a CUDA GPU, and Triton is not installed"
+        return None
+    compilers = _inductor_compilers()
+    if not any(shutil.which(c.split()[0]) for c in compilers):
+        looked = ", ".join(compilers)
+        return f"TorchInductor's CPU backend needs a C++ compiler and none was found (looked for {looked})"
+    return None
+
+
+def _fallback_message(name: str, reason: str) -> str:
+    return f"⏭  torch.compile is not used for {name}: {reason}; running it eagerly (same results, slower)"
+
+
+def compile_or_eager(fn, **kwargs):
+    """``torch.compile(fn, **kwargs)`` where compiling works on this machine; otherwise ``fn`` itself.
+
+    Two checks, so that a notebook never stops on a machine that cannot compile:
+
+    * before compiling, a probe: TorchInductor (the default backend) needs a C++ compiler for CPU code (the
+      one ``torch._inductor.config.cpp.cxx`` names, or ``g++``/``c++``/``clang++``, ``cl`` on Windows) and
+      Triton for CUDA code. Without it, ``fn`` comes back unchanged and one line says why;
+    * the first call: compilation happens there, so the returned wrapper runs the compiled function once and,
+      if that raises while ``fn`` itself succeeds on the same arguments, prints the reason and uses ``fn``
+      from then on. An error that ``fn`` raises too is the caller's, and is raised as it is.
+
+    ``kwargs`` go to ``torch.compile`` (``mode=``, ``backend=``, ``dynamic=``, ...).
+    """
+    if not callable(fn):
+        raise TypeError(f"fn must be a callable to compile, got {describe(fn)}")
+    import torch
+
+    name = getattr(fn, "__name__", type(fn).__name__)
+    reason = _compile_unavailable_reason(kwargs.get("backend"))
+    if reason is not None:
+        print(_fallback_message(name, reason))
+        return fn
+    try:
+        compiled = torch.compile(fn, **kwargs)
+    except Exception as exc:  # noqa: BLE001 - e.g. a Python version this PyTorch cannot compile for
+        print(_fallback_message(name, f"torch.compile refused it ({type(exc).__name__}: {exc})"))
+        return fn
+
+    state = {"call": None}  # None until the first call has succeeded one way or the other
+
+    @functools.wraps(fn, updated=())  # name and docstring only: a module's attributes are not copied
+    def first_call_checked(*args, **kw):
+        if state["call"] is not None:
+            return state["call"](*args, **kw)
+        try:
+            out = compiled(*args, **kw)
+        except Exception as exc:  # noqa: BLE001 - decided below: the compiler's failure or the caller's error
+            out = fn(*args, **kw)  # raises the caller's own error, if that is what it was
+            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            print(_fallback_message(name, f"compiling failed on the first call ({type(exc).__name__}: {first_line})"))
+            state["call"] = fn
+            return out
+        state["call"] = compiled
+        return out
+
+    first_call_checked.compiled = compiled  # type: ignore[attr-defined]
+    return first_call_checked
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -101,3 +102,123 @@ def test_resolve_torch_device():
     if not device.has_cuda():
         with pytest.raises(ValueError, match="no CUDA GPU"):
             device.resolve_torch_device("cuda")
+
+
+def test_short_summary_names_the_device_in_a_few_words():
+    s = device.short_summary()
+    assert "\n" not in s and " · " not in s
+    if device.has_cuda():
+        assert s.startswith("GPU ") and "sm_" in s
+    else:
+        assert s == f"CPU {device.cpu_name()} ({os.cpu_count() or 1} cores)"
+
+
+def test_mps_is_never_chosen_but_mentioned(monkeypatch):
+    """Apple silicon: MPS has no float64, so the course stays on the CPU and says how to opt in."""
+    monkeypatch.setattr(device, "_cuda_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    assert device.has_mps() is True
+    assert device.torch_device() == torch.device("cpu")
+    assert device.resolve_torch_device(None) == torch.device("cpu")
+    s = device.summary()
+    assert "MPS present but not used (no float64); pass device='mps' where a notebook says so" in s
+    assert "\n" not in s
+
+
+def test_no_mps_note_without_mps(monkeypatch):
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    assert device.has_mps() is False
+    assert "MPS" not in device.summary()
+
+
+def _double_plus_one(x):
+    return x * 2 + 1
+
+
+def test_compile_or_eager_without_a_compiler_returns_the_function_and_says_why(monkeypatch, capsys):
+    monkeypatch.setattr(device, "_cuda_available", lambda: False)
+    monkeypatch.setattr(device.shutil, "which", lambda name: None)  # no C++ compiler anywhere
+    monkeypatch.setattr(torch, "compile", lambda *a, **k: pytest.fail("torch.compile must not be called"))
+    fn = device.compile_or_eager(_double_plus_one)
+    assert fn is _double_plus_one
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1 and "C++ compiler" in out and "_double_plus_one" in out and "eagerly" in out
+    assert "g++" in out  # names the compilers it looked for
+
+
+def test_compile_or_eager_looks_for_the_compiler_inductor_is_configured_with(monkeypatch, capsys):
+    monkeypatch.setattr(device, "_cuda_available", lambda: False)
+    from torch._inductor import config as inductor_config
+
+    monkeypatch.setattr(inductor_config.cpp, "cxx", (None, "my-special-cxx"))
+    seen = []
+    monkeypatch.setattr(
+        device.shutil, "which", lambda name: seen.append(name) or (name if name == "my-special-cxx" else None)
+    )
+    calls = []
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: calls.append(kw) or fn)
+    fn = device.compile_or_eager(_double_plus_one, mode="reduce-overhead")
+    assert seen[0] == "my-special-cxx"
+    assert calls == [{"mode": "reduce-overhead"}]  # kwargs reach torch.compile
+    assert fn(torch.tensor(2.0)).item() == 5.0
+    assert capsys.readouterr().out == ""
+
+
+def test_compile_or_eager_falls_back_when_the_first_compiled_call_fails(monkeypatch, capsys):
+    monkeypatch.setattr(device, "_cuda_available", lambda: False)
+    monkeypatch.setattr(device.shutil, "which", lambda name: f"/usr/bin/{name}")
+    attempts = []
+
+    def broken_compile(fn, **kwargs):
+        def compiled(*args, **kw):
+            attempts.append(args)
+            raise RuntimeError("InductorError: cc1plus: fatal error\nmore lines")
+        return compiled
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    fn = device.compile_or_eager(_double_plus_one)
+    x = torch.arange(3.0)
+    assert torch.equal(fn(x), x * 2 + 1)
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1 and "first call" in out and "RuntimeError" in out and "cc1plus" in out
+    assert torch.equal(fn(x), x * 2 + 1)  # from now on eager, without trying to compile again
+    assert len(attempts) == 1 and capsys.readouterr().out == ""
+
+
+def test_compile_or_eager_raises_the_callers_own_error(monkeypatch, capsys):
+    monkeypatch.setattr(device, "_cuda_available", lambda: False)
+    monkeypatch.setattr(device.shutil, "which", lambda name: f"/usr/bin/{name}")
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: fn)  # "compiled" = the function: same error
+
+    def needs_positive(x):
+        if x <= 0:
+            raise ValueError("x must be positive")
+        return x
+
+    fn = device.compile_or_eager(needs_positive)
+    with pytest.raises(ValueError, match="x must be positive"):
+        fn(-1)
+    assert capsys.readouterr().out == ""  # not blamed on the compiler
+    assert fn(2) == 2
+
+
+def test_compile_or_eager_really_compiles_with_a_backend_that_needs_no_compiler():
+    fn = device.compile_or_eager(_double_plus_one, backend="eager")  # TorchDynamo only: no C++ compiler needed
+    assert fn is not _double_plus_one
+    x = torch.randn(4)
+    torch.testing.assert_close(fn(x), x * 2 + 1)
+    torch.testing.assert_close(fn(x), x * 2 + 1)
+
+
+def test_compile_or_eager_validates_fn():
+    with pytest.raises(TypeError, match="fn must be a callable"):
+        device.compile_or_eager(42)
+
+
+def test_triton_mode_is_unavailable_when_the_import_failed(monkeypatch):
+    """An installed Triton that fails to import (as the kernel modules found out) is not a usable Triton."""
+    import types
+
+    monkeypatch.setitem(sys.modules, "effx_lab._triton", types.SimpleNamespace(IMPORT_ERROR="hidden for a test"))
+    assert device.triton_mode() == "unavailable"
+    assert "(unavailable)" in device.summary() or "Triton not installed" in device.summary()
