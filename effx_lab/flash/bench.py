@@ -726,7 +726,7 @@ RUN_CONFIG: dict[bool, dict[str, Any]] = {
 }
 
 
-def run(quick: bool = False) -> dict[str, Any]:
+def run(quick: bool = False, *, triton_dtype: torch.dtype | None = None) -> dict[str, Any]:
     """Run the chapter 7 benchmarks and return plain dicts (sizes in :data:`RUN_CONFIG`).
 
     1. :func:`time_vs_length` at both levels (``"mixing"`` and ``"layer"``) for ``n`` = 512 ... 8192
@@ -738,9 +738,11 @@ def run(quick: bool = False) -> dict[str, Any]:
        than FLASH at 8192; at both levels. Quick mode uses 1024 over 256 with the growth targets rescaled
        (``goals["note"]`` says so). Also the SDPA and FLASH-Quad ratios to FLASH at the longest length.
     3. :func:`numpy_vs_torch` at ``n`` = 2048 (quick: 512); goal: torch at least 10x faster.
-    4. :func:`triton_vs_torch` on a CUDA GPU (skipped on CPU).
+    4. :func:`triton_vs_torch` on a CUDA GPU (skipped on CPU), in ``triton_dtype`` (``None``: its default,
+       bfloat16; :mod:`effx_lab.gpu_check` passes float16 on a GPU without native bfloat16, e.g. a T4).
     """
     quick = check_bool("quick", quick)
+    triton_kw = {} if triton_dtype is None else {"dtype": _dtype(triton_dtype)}
     from effx_lab import device as dev
     from effx_lab.bench import to_jsonable
 
@@ -778,6 +780,6 @@ def run(quick: bool = False) -> dict[str, Any]:
             "mixing": sweeps["mixing"],
             "layer": sweeps["layer"],
             "numpy_vs_torch": nvt,
-            "triton_vs_torch": triton_vs_torch(cfg["triton_n"], **triton_shape),
+            "triton_vs_torch": triton_vs_torch(cfg["triton_n"], **triton_shape, **triton_kw),
         }
     )
