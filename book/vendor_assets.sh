@@ -4,7 +4,11 @@
 #   require.min.js + embed-amd.js (ipywidgets' static renderer; myst-nb would load them from CDNs)
 #   tex-svg.js     (MathJax 3, single-file SVG output; Sphinx would load it from a CDN)
 # Into book/_vendor, which _config.yml lists in html_static_path. Not book/_static: Jupyter Book adds
-# every .js there to every page. Usage: book/vendor_assets.sh PYTHON
+# every .js there to every page. Being in html_static_path puts them on no page: book/_ext/effx_book.py
+# adds plotly.min.js to pages with a figure, Sphinx adds MathJax (kept only on pages with math), myst-nb
+# adds the widget renderer to pages with widgets, and files no page uses are deleted from the output.
+# Source maps are not vendored; the comments pointing at them are removed.
+# Usage: book/vendor_assets.sh PYTHON
 set -euo pipefail
 PY=${1:-python3}
 here=$(cd "$(dirname "$0")" && pwd)
@@ -41,4 +45,10 @@ if [ "$need_npm" = 1 ]; then
   cp "$tmp"/jupyter-widgets-html-manager-*/package/dist/embed-amd.js "$out/embed-amd.js"
   cp "$tmp"/mathjax-*/package/es5/tex-svg.js "$out/tex-svg.js"
 fi
+# No .map files ship with the book: drop the trailing "//# sourceMappingURL=..." comments (idempotent).
+for f in require.min.js embed-amd.js tex-svg.js; do
+  if grep -q '^[[:space:]]*//[#@][[:space:]]*sourceMappingURL=' "$out/$f"; then
+    sed -i.bak '/^[[:space:]]*\/\/[#@][[:space:]]*sourceMappingURL=/d' "$out/$f" && rm -f "$out/$f.bak"
+  fi
+done
 ls -la "$out" | awk 'NR>3 {print "  vendored " $NF " (" $5 " bytes)"}'

@@ -1,25 +1,37 @@
-"""The built book, opened in a real headless Chromium with the network cut off.
+"""The built book: it never ships a failed notebook, it stays light, and it works offline.
 
-Run after the book is built (``make test`` does: book-strict, then this). For every notebook page in
-_toc.yml it checks that each plotly figure was actually drawn (an SVG inside the figure's div), that
+Unit tests (no browser, no built book needed): a throwaway three-cell book is built with
+``jupyter-book build`` and this repository's ``sphinx:`` configuration and extension, the way ``make
+book`` builds the course; a cell that raises must fail the build, the message must name the notebook
+and the cell, and ``reports/`` (tracebacks with local paths) must not be left in the HTML.
+
+Browser tests (``-m browser``; run after the book is built, ``make test`` does: book-strict, then these):
+the built book opened in a real headless Chromium with the network cut off. For every notebook page in
+_toc.yml they check that each plotly figure was actually drawn (an SVG inside the figure's div), that
 math was typeset, that a Colab launch link is on the page, and that no script raised; every request to
-a host other than the local test server is aborted, so a page that only works online fails here.
-Screenshots land in _build/screenshots/ for a human to look at.
+a host other than the local test server is aborted, so a page that only works online fails here. They
+also weigh a prose page and a figure page (bytes of every request until the network is idle) and check
+the output holds no source maps, no reports/ and no unused vendored scripts. Screenshots land in
+_build/screenshots/ for a human to look at.
 """
 from __future__ import annotations
 
+import copy
 import functools
 import http.server
+import json
 import os
+import re
 import shutil
+import subprocess
+import sys
 import threading
+import time
 from pathlib import Path
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlparse
 
 import pytest
 import yaml
-
-pytestmark = pytest.mark.browser
 
 ROOT = Path(__file__).resolve().parents[1]
 HTML = ROOT / "_build" / "html"
@@ -53,6 +65,11 @@ def _toc_files() -> list[str]:
 
 PAGES = _toc_files()
 NOTEBOOK_PAGES = [f for f in PAGES if (ROOT / f"{f}.ipynb").exists()]
+PROSE_PAGE = "book/intro"  # no figure, no math: the theme alone
+MATH_PAGE = "book/glossary"  # prose with math, no figure
+FIGURE_PAGE = NOTEBOOK_PAGES[0]
+# Bytes (uncompressed) a prose page may request on a first visit, until the network is idle.
+PROSE_PAGE_BUDGET = 1_500_000
 
 
 def _chromium() -> str:
@@ -120,6 +137,7 @@ def _open(browser, url: str):
     return context, page, errors, blocked
 
 
+@pytest.mark.browser
 @pytest.mark.parametrize("doc", PAGES)
 def test_page_loads_offline_without_errors(server, browser, doc):
     context, page, errors, blocked = _open(browser, f"{server}/{doc}.html")
@@ -132,6 +150,7 @@ def test_page_loads_offline_without_errors(server, browser, doc):
         context.close()
 
 
+@pytest.mark.browser
 @pytest.mark.parametrize("doc", NOTEBOOK_PAGES)
 def test_notebook_page_renders_figures_math_and_colab_link(server, browser, doc):
     context, page, errors, blocked = _open(browser, f"{server}/{doc}.html")
@@ -170,3 +189,193 @@ def test_notebook_page_renders_figures_math_and_colab_link(server, browser, doc)
     finally:
         context.close()
 
+
+
+# --------------------------------------------------------------------------------------------------
+# A failed notebook fails the build (no browser, no built book needed)
+
+FAILING_SOURCE = "y = 20 + 1\nassert y == 42, 'effx tiny-book marker'"
+
+
+def _jupyter_book() -> str:
+    exe = Path(sys.executable).with_name("jupyter-book")
+    found = str(exe) if exe.exists() else shutil.which("jupyter-book")
+    if not found:
+        pytest.fail("jupyter-book is not installed: `make setup` installs the book's dependencies")
+    return found
+
+
+def _build_tiny_book(tmp_path: Path, notebook_metadata: dict | None = None):
+    """Build a one-notebook book with this repository's extension and sphinx config; return (dir, run)."""
+    import nbformat
+    from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+    real = yaml.safe_load((ROOT / "_config.yml").read_text())
+    sphinx = copy.deepcopy(real.get("sphinx") or {})
+    sphinx["local_extensions"] = {
+        name: str(ROOT / folder) for name, folder in (sphinx.get("local_extensions") or {}).items()
+    }
+    (sphinx.get("config") or {}).pop("html_static_path", None)  # the vendored JS is not needed here
+    book = tmp_path / "tinybook"
+    book.mkdir()
+    config = {
+        "title": "tiny",
+        "only_build_toc_files": True,
+        "execute": {"execute_notebooks": "force", "timeout": 60},
+        "sphinx": sphinx,
+    }
+    (book / "_config.yml").write_text(yaml.safe_dump(config, sort_keys=False))
+    (book / "_toc.yml").write_text("format: jb-book\nroot: tiny\n")
+    nb = new_notebook()
+    nb.cells = [
+        new_markdown_cell("# A tiny book"),
+        new_code_cell(FAILING_SOURCE),  # the second cell raises
+        new_code_cell("print('never runs')"),
+    ]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.metadata.update(notebook_metadata or {})
+    nbformat.write(nb, str(book / "tiny.ipynb"))
+    env = {**os.environ, "EFFX_PLOTLY_RENDERER": "book"}  # as `make book`
+    run = subprocess.run(
+        [_jupyter_book(), "build", "."], cwd=book, env=env, capture_output=True, text=True, timeout=300
+    )
+    return book, run
+
+
+@pytest.mark.parametrize(
+    "notebook_metadata",
+    [None, {"mystnb": {"execution_raise_on_error": False}}],
+    ids=["raises", "notebook-opts-out-of-raising"],
+)
+def test_cell_error_fails_the_book_build_naming_notebook_and_cell(tmp_path, notebook_metadata):
+    book, run = _build_tiny_book(tmp_path, notebook_metadata)
+    out = run.stdout + run.stderr
+    assert run.returncode != 0, f"the book built although a cell raised:\n{out[-4000:]}"
+    assert "tiny.ipynb: cell 2 of 3 (code cell 1) raised AssertionError: effx tiny-book marker" in out, out[-4000:]
+    assert FAILING_SOURCE in out, f"the failing cell's source is not shown:\n{out[-4000:]}"
+    html = book / "_build" / "html"
+    assert not (html / "reports").exists(), "reports/ (tracebacks with local paths) left in the HTML"
+    assert not (html / "tiny.html").exists(), "the failed notebook's page was left in the HTML"
+
+
+# --------------------------------------------------------------------------------------------------
+# A light book: each page loads only what it uses (needs the built book)
+
+
+def _weigh(browser, base: str, doc: str):
+    """Open ``doc`` offline and wait for the network to be idle; return (context, page, {path: bytes}).
+
+    Bytes are the sizes of the local files the page requested (uncompressed, as served here), each
+    counted once; requests to other hosts are aborted and count nothing (the offline test fails them).
+    """
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    requested: list[str] = []
+    page.on("request", lambda request: requested.append(request.url))
+
+    def route(r):
+        if urlparse(r.request.url).hostname in ("127.0.0.1", "localhost"):
+            r.continue_()
+        else:
+            r.abort()
+
+    page.route("**/*", route)
+    page.goto(f"{base}/{doc}.html", wait_until="networkidle", timeout=60000)
+    # A long script (plotly, MathJax) can hold back layout, and with it the icon fonts, past the first
+    # idle moment: wait for the fonts, then until no new request has started for a second.
+    page.evaluate("() => document.fonts.ready.then(() => true)")
+    count, quiet_since, deadline = -1, time.monotonic(), time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if len(requested) != count:
+            count, quiet_since = len(requested), time.monotonic()
+        elif time.monotonic() - quiet_since >= 1.0:
+            break
+        page.wait_for_timeout(200)
+    sizes: dict[str, int] = {}
+    for url in requested:
+        parsed = urlparse(url)
+        if parsed.scheme not in ("http", "https") or parsed.hostname not in ("127.0.0.1", "localhost"):
+            continue
+        path = HTML / unquote(parsed.path).lstrip("/")
+        if path.is_dir():
+            path = path / "index.html"
+        sizes[unquote(parsed.path)] = path.stat().st_size if path.is_file() else 0
+    return context, page, sizes
+
+
+def _biggest(sizes: dict[str, int], n: int = 8) -> str:
+    return ", ".join(f"{p} {b / 1e6:.2f} MB" for p, b in sorted(sizes.items(), key=lambda kv: -kv[1])[:n])
+
+
+@pytest.mark.browser
+def test_pages_load_only_what_they_use(server, browser):
+    weights = {}
+    loaded = {}
+    for doc in (PROSE_PAGE, MATH_PAGE, FIGURE_PAGE):
+        context, page, sizes = _weigh(browser, server, doc)
+        try:
+            weights[doc] = sum(sizes.values())
+            loaded[doc] = sizes
+            names = {p.rsplit("/", 1)[-1] for p in sizes}
+            has_math = page.locator("div.math, span.math").count() > 0
+            assert ("tex-svg.js" in names) == has_math, f"{doc}: MathJax loaded {'without' if not has_math else 'but no'} math"
+            if has_math:
+                page.wait_for_selector("mjx-container", timeout=15000)
+            widget_state = page.locator('script[type="application/vnd.jupyter.widget-state+json"]').count()
+            widget_js = names & {"require.min.js", "embed-amd.js"}
+            assert widget_state or not widget_js, f"{doc}: loads the widget renderer {widget_js} without widgets"
+            # The icons come from the theme's CSS and the Font Awesome web fonts (no fontawesome.js).
+            icon_font = page.evaluate(
+                "() => { const i = document.querySelector('i.fa-solid, i.fas, i.fa-brands, i.fab');"
+                " return i ? getComputedStyle(i, '::before').fontFamily + ' | ' + getComputedStyle(i, '::before').content : ''; }"
+            )
+            assert "Font Awesome" in icon_font, f"{doc}: theme icons not drawn by the icon font ({icon_font!r})"
+            fonts_loaded = page.evaluate(
+                "() => [...document.fonts].filter(f => f.family.includes('Font Awesome') && f.status === 'loaded').length"
+            )
+            assert fonts_loaded >= 1, f"{doc}: no Font Awesome web font loaded"
+            SHOTS.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(SHOTS / (doc.replace("/", "__") + "__weighed.png")))
+        finally:
+            context.close()
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    (SHOTS / "page_weight.json").write_text(
+        json.dumps({doc: {"bytes": weights[doc], "requests": loaded[doc]} for doc in weights}, indent=1)
+    )
+    prose = loaded[PROSE_PAGE]
+    assert weights[PROSE_PAGE] <= PROSE_PAGE_BUDGET, (
+        f"{PROSE_PAGE} requests {weights[PROSE_PAGE] / 1e6:.2f} MB (budget {PROSE_PAGE_BUDGET / 1e6:.1f} MB): "
+        f"{_biggest(prose)}"
+    )
+    plotly = [p for p in loaded[FIGURE_PAGE] if p.endswith("/plotly.min.js")]
+    assert plotly, f"{FIGURE_PAGE}: plotly.min.js not requested ({_biggest(loaded[FIGURE_PAGE])})"
+    for doc in (PROSE_PAGE, MATH_PAGE):
+        assert not [p for p in loaded[doc] if p.endswith("/plotly.min.js")], f"{doc}: loads plotly.min.js"
+
+
+@pytest.mark.browser
+def test_output_has_no_source_maps_reports_or_unused_vendored_files():
+    if not (HTML / "index.html").exists():
+        pytest.fail(f"no built book at {HTML}: run `make book` (or `make book-strict`) first")
+    maps = sorted(str(p.relative_to(HTML)) for p in HTML.rglob("*.map"))
+    assert not maps, f"source maps in the output: {maps}"
+    assert not (HTML / "reports").exists(), "reports/ (notebook tracebacks with local paths) in the output"
+    static = HTML / "_static"
+    # The comments that make a browser's dev tools fetch a .map (a bundler's code may hold the same
+    # text in a string: only a JS line comment, or a CSS comment, counts).
+    map_comment = {
+        ".js": re.compile(r"(?m)^[ \t]*//[#@][ \t]*sourceMappingURL="),
+        ".css": re.compile(r"/\*[#@][ \t]*sourceMappingURL="),
+    }
+    pointing = [
+        str(p.relative_to(HTML))
+        for p in [*static.rglob("*.js"), *static.rglob("*.css")]
+        if map_comment[p.suffix].search(p.read_text(encoding="utf8", errors="replace"))
+    ]
+    assert not pointing, f"files still pointing at source maps: {pointing}"
+    pages = "\n".join(
+        p.read_text(encoding="utf8", errors="replace") for p in HTML.rglob("*.html") if "_static" not in p.parts
+    )
+    for name in ("plotly.min.js", "tex-svg.js", "require.min.js", "embed-amd.js", "scripts/fontawesome.js"):
+        if (static / name).exists():
+            assert f"_static/{name}" in pages, f"_static/{name} is in the output but no page uses it"
