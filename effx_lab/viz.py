@@ -67,7 +67,9 @@ class _BookRenderer(pio.base_renderers.HtmlRenderer):
     """Writes the figure's div and script only; plotly.js itself is served once by the book."""
 
     def __init__(self) -> None:
-        super().__init__(connected=False, full_html=False, global_init=False, include_plotlyjs=False)
+        # No include_plotlyjs here: plotly < 6.1 rejects it in __init__ (TypeError), and it is passed where it
+        # matters, to pio.to_html in to_mimebundle below. Keeping it out lets the package accept plotly 5.23+.
+        super().__init__(connected=False, full_html=False, global_init=False)
 
     def to_mimebundle(self, fig_dict: dict) -> dict:
         html = pio.to_html(
