@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from _backends import GELU_LIPSCHITZ, abs_matmul, assert_within, gamma, gelu_tanh_bound, unit_roundoff
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -250,6 +251,21 @@ def test_intensity_prefill_much_higher_than_decode():
 
 
 # ============================================================================ packing
+def _ffn_bound(h, w1, b1, w2, b2, u: float = unit_roundoff(np.float32)) -> np.ndarray:
+    """Derived bound on ``|fl(ffn(h)) - ffn(h)|`` for ``gelu(h @ w1 + b1) @ w2 + b2`` with unit roundoff ``u``,
+    any summation order (so it holds for every BLAS, row layout and thread count): the first layer is off by
+    ``Ez = gamma_{d+1} (|h| @ |w1| + |b1|)``; GELU moves that by at most ``GELU_LIPSCHITZ Ez`` and adds its own
+    rounding (``gelu_tanh_bound``); the second layer adds ``gamma_{f+1} (|g| @ |w2| + |b2|)``. Two
+    implementations agree to twice this."""
+    h = np.asarray(h, dtype=np.float64)
+    d, f = w1.shape
+    z = h @ w1.astype(np.float64) + b1
+    ez = gamma(d + 1, u) * (abs_matmul(h, w1) + np.abs(b1))
+    eg = GELU_LIPSCHITZ * ez + gelu_tanh_bound(np.abs(z) + ez, u)
+    g_mag = np.abs(z) + eg  # |gelu(z)| <= |z|
+    return gamma(f + 1, u) * (abs_matmul(g_mag, w2) + np.abs(b2)) + abs_matmul(eg, w2)
+
+
 def _random_batch(rng: np.random.Generator, batch: int, max_len: int, feat: tuple[int, ...], zero: bool = True):
     lengths = rng.integers(0 if zero else 1, max_len + 1, size=batch)
     x = rng.standard_normal((batch, max_len) + feat).astype(np.float32)
@@ -349,15 +365,17 @@ def test_padded_ffn_equals_packed_ffn(seed):
     b2 = rng.standard_normal(d).astype(np.float32)
     pad = R.padded_ffn(x, lengths, w1, b1, w2, b2)
     pk = R.packed_ffn(x, lengths, w1, b1, w2, b2)
-    np.testing.assert_allclose(pad, pk, rtol=1e-5, atol=1e-5)
+    # float32, different row layouts (and below, backends): within twice the derived bound of _ffn_bound
+    bound = 2 * _ffn_bound(x, w1, b1, w2, b2)
+    assert_within(pad, pk, bound, "numpy padded vs packed")
     mask = R.lengths_to_mask(lengths, l)
     assert np.all(pad[~mask] == 0)
     tt = [torch.from_numpy(a) for a in (x, lengths, w1, b1, w2, b2)]
     tpad = T.padded_ffn(*tt)
     tpk = T.packed_ffn(*tt)
-    torch.testing.assert_close(tpad, tpk, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(tpad.numpy(), pad, rtol=1e-4, atol=1e-5)
-    np.testing.assert_allclose(T.gelu(torch.from_numpy(x)).numpy(), R.gelu(x), rtol=1e-5, atol=1e-6)
+    assert_within(tpad, tpk, bound, "torch padded vs packed")
+    assert_within(tpad, pad, bound, "torch vs numpy")
+    assert_within(T.gelu(torch.from_numpy(x)), R.gelu(x), 2 * gelu_tanh_bound(x, unit_roundoff(np.float32)), "gelu")
 
 
 def test_padding_stats_flops():
@@ -445,16 +463,25 @@ def test_bench_quick_runs(tmp_path, monkeypatch):
         assert row["gemm"]["intensity"] == pytest.approx(row["n"] / 6)
         assert row["gemv"]["intensity"] < 0.5 < row["gemm"]["intensity"]
         assert row["gemv"]["bound"] == "memory" and row["gemv_stack"] >= 1
-        # the direction of the chapter's claim: a GEMM does more FLOPs per second than a streamed GEMV
+        # the direction of the chapter's claim: a GEMM does more FLOPs per second than a streamed GEMV. A ratio
+        # of times with a huge built-in margin: n / 6 (85-170) FLOPs per byte against < 0.5, measured 30-80x
+        # here, so no load on a shared machine brings it down to 1
         assert row["gemm_over_gemv_achieved_flops"] > 1.0
     ffn = out["padded_vs_packed_ffn"]
-    assert ffn["max_abs_diff"] < 1e-4
+    # float32 on two row layouts: within twice the derived bound of _ffn_bound on the bench's own inputs
+    cfg = {k: ffn["config"][k] for k in ("batch", "max_len", "min_len", "d_model", "d_ff")}
+    _, (x, w1, b1, w2, b2) = bench._ffn_inputs(device=torch.device("cpu"), **cfg)
+    rows = x.reshape(-1, cfg["d_model"]).numpy()
+    bound = 2 * _ffn_bound(rows, *(t.numpy() for t in (w1, b1, w2, b2)))
+    assert 0 <= ffn["max_abs_diff"] <= bound.max()  # each element within its own bound, so the max within the max
     assert ffn["ideal_speedup"] == pytest.approx(1 / (1 - ffn["padding"]["fraction_wasted"]))
     assert ffn["measured_speedup"] > 0
     assert out["pack_numpy_vs_torch"]["same_result"] is True
     dec = out["prefill_vs_decode"]
     assert [r["batch_size"] for r in dec["rows"]] == [1, 8]
-    assert dec["prefill_over_decode_tokens_per_s_batch1"] > 1.0  # prefill serves tokens faster than decode
+    # prefill serves tokens faster than decode: a ratio of times with a huge built-in margin (one forward over
+    # a 128-token prompt against one forward per token; measured ~35x on a 2-core CPU), not flipped by load
+    assert dec["prefill_over_decode_tokens_per_s_batch1"] > 1.0
 
 
 # ============================================================================ bench helpers for notebook 01.2
@@ -634,16 +661,18 @@ def test_ffn_backends_agree_and_commute_with_packing(shape):
     out = R.ffn(h, w1, b1, w2, b2)
     assert out.shape == shape and out.dtype == np.float32
     expected = R.gelu(h @ w1 + b1) @ w2 + b2
-    np.testing.assert_allclose(out, expected, rtol=1e-6, atol=1e-6)
+    # float32 on different row layouts and backends: within twice the derived bound of _ffn_bound
+    bound = 2 * _ffn_bound(h, w1, b1, w2, b2)
+    assert_within(out, expected, bound, "ffn vs its formula")
     tout = T.ffn(*(torch.from_numpy(a) for a in (h, w1, b1, w2, b2)))
-    np.testing.assert_allclose(tout.numpy(), out, rtol=1e-5, atol=1e-5)
+    assert_within(tout, out, bound, "torch vs numpy")
     if len(shape) == 3 and shape[1]:
         # the FFN of the packed tokens is the packed FFN of the padded batch (row-wise layer)
         lengths = np.array([shape[1], 0, 1][: shape[0]])
         packed, _ = R.pack(h, lengths)
-        np.testing.assert_allclose(
+        assert_within(
             R.ffn(packed, w1, b1, w2, b2), R.pack(R.padded_ffn(h, lengths, w1, b1, w2, b2), lengths)[0],
-            rtol=1e-6, atol=1e-6,
+            R.pack(bound, lengths)[0], "packed vs padded",
         )
 
 

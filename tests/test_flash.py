@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from _backends import backends
+from _backends import TRANSCENDENTAL_ULPS, backends, network_atol, unit_roundoff
 
 from effx_lab.attention import params as AP
 from effx_lab.flash import costs as FC
@@ -505,7 +505,14 @@ def test_flash_layer_float32_with_init_params():
     out = F.flash_layer(x, p, 4, causal=True)
     assert out.dtype == np.float32 and out.shape == x.shape and np.isfinite(out).all()
     p64 = {k: v.astype(np.float64) for k, v in p.items()}
-    np.testing.assert_allclose(out, F.flash_layer(x.astype(np.float64), p64, 4, causal=True), rtol=1e-5, atol=1e-5)
+    ref = F.flash_layer(x.astype(np.float64), p64, 4, causal=True)
+    # the float64 run on the same values is exact for this purpose; the float32 one within the derived
+    # tolerance of the layer's longest path: LayerNorm (d + 2), the U/V/Z projection (d), swish, scale-offset,
+    # the local logits (s), relu^2 and the chunk sum (c), the global state over all n tokens and its product
+    # with the queries (s), the gate and the output projection (e = 2 d), the residual
+    d, s, c, n, e = 16, 8, 4, 10, 32
+    k_path = (d + 2) + d + (TRANSCENDENTAL_ULPS + 2) + 2 + s + 2 + c + n + s + 1 + e + 2
+    np.testing.assert_allclose(out, ref, rtol=0, atol=network_atol(k_path, ref, unit_roundoff(np.float32)))
 
 
 # ======================================================================================================

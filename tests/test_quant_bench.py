@@ -5,23 +5,36 @@ import math
 
 import pytest
 import torch
+from _backends import assert_within, gamma, matmul_bound, unit_roundoff
 
 from effx_lab.quant import bench as B
+from effx_lab.quant import kernels as K
 
 FAST = {"min_run_time": 0.005, "rounds": 1}
+U32 = unit_roundoff(torch.float32)
+
+
+def _gemv_rel_bound(act_dtype: str, k: int) -> float:
+    """Derived bound on a decode path's ``rel_err_vs_dequant`` (``||y - x_a W_hat^T|| / ||x_a W_hat^T||``, the
+    arithmetic alone): every product carries up to two roundings to the activation dtype (the dequantized
+    weight, the output) and a K-term float32 accumulation (any order: gamma_{K+2}), all relative to
+    ``||x| |W_hat|^T||``; for the bench's operands (x ~ N(0, 1), W ~ N(0, 0.02^2), documented in gemv_fns) that
+    is (2 / pi) sqrt(K) ||x W^T|| on average, at most sqrt(K) here (1024 outputs: the ratio concentrates)."""
+    u = unit_roundoff(getattr(torch, act_dtype))
+    return (2 * u + gamma(k + 2, U32)) * math.sqrt(k)
 
 
 def _finite_positive(value) -> bool:
     return isinstance(value, float) and math.isfinite(value) and value > 0
 
 
-def _check_path(name: str, p: dict) -> None:
+def _check_path(name: str, p: dict, k: int) -> None:
     for key in ("ms", "gb_s", "speedup_vs_fp32", "ideal_speedup", "fraction_of_ideal"):
         assert _finite_positive(p[key]), (name, key, p[key])
     assert p["weight_bytes"] > 0 and p["bytes_moved"] > p["weight_bytes"] and p["copies"] >= 1
     # the path computes what it claims: against its own dequantized weights only arithmetic rounding remains
-    tol = 1e-5 if p["act_dtype"] == "float32" else 2e-2
-    assert 0 <= p["rel_err_vs_dequant"] < tol, (name, p["rel_err_vs_dequant"])
+    tol = _gemv_rel_bound(p["act_dtype"], k)
+    assert 0 <= p["rel_err_vs_dequant"] <= tol, (name, p["rel_err_vs_dequant"], tol)
     # and against the original float weights the quantization error of its format
     bound = {"int8": 2e-2, "int4": 0.2}.get(name[:4], 1e-2)
     assert 0 <= p["rel_err_vs_fp32"] < bound, (name, p["rel_err_vs_fp32"])
@@ -48,7 +61,7 @@ def test_run_quick_structure(quick):
     # the course's paths and both library kernels exist in this torch: none may be skipped here
     assert res["skipped"] == {}, res["skipped"]
     for name, p in res["paths"].items():
-        _check_path(name, p)
+        _check_path(name, p, res["config"]["k"])
         assert p["kind"] == B.PATH_INFO[name][0]
     paths = res["paths"]
     assert paths["fp32"]["speedup_vs_fp32"] == pytest.approx(1.0)
@@ -88,11 +101,13 @@ def test_run_quick_gptq(quick):
         assert _finite_positive(g[key]), key
     assert g["speedup"] == pytest.approx(g["numpy_s"] / g["torch_s"])
     assert g["config"] == {**g["config"], "rows": 256, "cols": 256, "tokens": 512, "bits": 4, "group_size": 128}
-    # both backends solve the same problem: same loss and output error to a few percent, both beat RTN
-    assert g["loss_rel_diff"] < 0.05
-    assert g["output_error_torch"] == pytest.approx(g["output_error_numpy"], rel=0.05)
+    # float32 GPTQ: a weight within float32 rounding of a half-integer can take the neighbouring code in one
+    # backend, and error feedback then carries that row onto another valid trajectory, so no tolerance on the
+    # losses follows from the precision (agreement is proved in float64 in tests/test_quant_gptq.py). Here:
+    # such rows are rare (a row diverging changes at most 1/256 of the codes), and both backends beat RTN
+    assert g["loss_rel_diff"] >= 0 and g["weight_max_abs_diff"] >= 0
+    assert 0.95 < g["code_agreement"] <= 1.0
     assert max(g["output_error_numpy"], g["output_error_torch"]) < g["rtn_output_error"]
-    assert 0.5 < g["code_agreement"] <= 1.0
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="tests the CPU answer")
@@ -103,9 +118,12 @@ def test_cuda_parts_are_skipped_without_gpu(quick):
 
 
 NO_GPU = pytest.mark.skipif(torch.cuda.is_available(), reason="Triton's CPU interpreter is on only without a GPU")
+_REASON = K.why_unavailable()
+NEEDS_TRITON = pytest.mark.skipif(_REASON is not None, reason=f"Triton kernels unavailable: {_REASON}")
 
 
 @NO_GPU
+@NEEDS_TRITON
 def test_gemv_triton_paths_in_the_interpreter():
     """device="cpu" runs the GPU code path of the Triton kernels in the CPU interpreter (tiny sizes)."""
     res = B.decode_gemv(
@@ -114,7 +132,7 @@ def test_gemv_triton_paths_in_the_interpreter():
     json.dumps(res, allow_nan=False)
     assert res["skipped"] == {} and set(res["paths"]) == {"fp32", "int8_triton", "int4_triton"}
     for name, p in res["paths"].items():
-        _check_path(name, p)
+        _check_path(name, p, 64)
 
 
 def test_gemv_cold_copies_and_uneven_rows():
@@ -126,7 +144,7 @@ def test_gemv_cold_copies_and_uneven_rows():
     )
     assert meta["fp32"]["copies"] == math.ceil(2**18 / (4 * n * k))
     assert meta["int8_rowblocked"]["copies"] == math.ceil(2**18 / (n * k + 4 * n))
-    assert meta["int8_rowblocked"]["rel_err_vs_dequant"] < 1e-5
+    assert meta["int8_rowblocked"]["rel_err_vs_dequant"] <= _gemv_rel_bound("float32", k)
     assert "int4_torch_lib" in skipped and "16" in skipped["int4_torch_lib"]
     ys = [fns["int8_rowblocked"]() for _ in range(3)]  # cycles through copies: same values every call
     assert all(torch.equal(ys[0], y) for y in ys[1:])
@@ -138,15 +156,21 @@ def test_gemv_cold_copies_and_uneven_rows():
     ref = (x.double() @ q.double().T) * s.double()
     y = rowblocked(x, q, s)
     assert y.shape == (3, 2, n) and y.dtype == torch.float32
-    assert float((y.double() - ref).norm() / ref.norm()) < 1e-6
+    # float32: a K-term sum (any blocking) and the scale product: gamma_{K+1} |x| @ |q s|^T, elementwise
+    assert_within(y, ref, matmul_bound(x, (q.double() * s.double()[:, None]).T, U32, k=k + 1), "rowblocked")
 
 
 @NO_GPU
+@NEEDS_TRITON
 def test_int8_gemm_code_path_in_the_interpreter():
     res = B.int8_gemm_vs_int_mm(32, 16, 64, device="cpu", **FAST)
     json.dumps(res, allow_nan=False)
-    assert res["max_abs_err"] < 1e-4 * res["max_abs_exact"] and res["max_abs_exact"] > 0
-    assert res["int_mm_exact"] is True and res["backend"] == "interpreter"
+    # exact int32 accumulator, then acc * sa * sb in float32 (two roundings, 4 u with room): derived
+    assert res["max_abs_err"] <= 4 * U32 * res["max_abs_exact"] and res["max_abs_exact"] > 0
+    assert res["backend"] == "interpreter"
+    # whether torch._int_mm is exact is a property of the CPU, not of the course's code: measured, not
+    # asserted (oneDNN's int8 GEMM on AVX2 without VNNI saturates 16-bit pair sums: wrong for -128..127 codes)
+    assert res["int_mm_exact"] in (True, False, None)
     assert set(res["times_s"]) == {"fp32_matmul", "triton_int8_gemm", "torch_int_mm", "torch_int_mm_scaled"}
     assert all(_finite_positive(t) for t in res["times_s"].values())
 
@@ -159,10 +183,10 @@ def test_cuda_paths_small():
     must = {"fp32", "fp16", "bf16", "int8_ours_fp16", "int8_triton", "int4_ours_fp16", "int4_triton"}
     assert must <= set(res["paths"]), res["skipped"]
     for name, p in res["paths"].items():
-        _check_path(name, p)
+        _check_path(name, p, 512)
         assert _finite_positive(p["speedup_vs_16bit"])
     mm = B.int8_gemm_vs_int_mm(64, 64, 128, device="cuda", **FAST)
-    assert mm["max_abs_err"] < 1e-4 * mm["max_abs_exact"]
+    assert mm["max_abs_err"] <= 4 * U32 * mm["max_abs_exact"]  # float32 epilogue, as in the interpreter test
 
 
 def test_format_gemv_table():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from _backends import abs_matmul, assert_within, gamma, unit_roundoff
 
 from effx_lab.quant import _np_gptq as R
 from effx_lab.quant import _torch_gptq as T
@@ -87,14 +88,14 @@ def test_gptq_reference_and_torch_agree_float64(case):
         np.testing.assert_array_equal(rn.perm, rt.perm.numpy())
     else:
         assert rn.perm is None and rt.perm is None
-    # same codes except (rare) exact ties; with these seeds there are none, so everything matches tightly
-    same = rn.q == rt.q.numpy()
-    assert same.mean() >= 0.999
-    if same.all():
-        np.testing.assert_allclose(rt.scale.numpy(), rn.scale, rtol=1e-9)
-        np.testing.assert_array_equal(rt.zero_point.numpy(), rn.zero_point)
-        np.testing.assert_allclose(rt.weight.numpy(), rn.weight, rtol=1e-9, atol=1e-12)
-        assert rt.loss == pytest.approx(rn.loss, rel=1e-8)
+    # float64: the two backends' rounding differences (~1e-16 relative) cannot move a scaled weight across a
+    # rounding boundary of the grid (a code flip would need a value within ~1e-13 of a half-integer), so the
+    # integer codes are compared exactly here, and everything else tightly (float32 is the next test)
+    np.testing.assert_array_equal(rt.q.numpy(), rn.q)
+    np.testing.assert_allclose(rt.scale.numpy(), rn.scale, rtol=1e-9)
+    np.testing.assert_array_equal(rt.zero_point.numpy(), rn.zero_point)
+    np.testing.assert_allclose(rt.weight.numpy(), rn.weight, rtol=1e-9, atol=1e-12)
+    assert rt.loss == pytest.approx(rn.loss, rel=1e-8)
     for res in (rn, rt):
         assert (res.bits, res.group_size, res.symmetric) == (bits, gs, sym)
         assert isinstance(res.loss, float) and res.loss > 0
@@ -102,6 +103,13 @@ def test_gptq_reference_and_torch_agree_float64(case):
 
 @pytest.mark.parametrize("gs", [None, 16])
 def test_gptq_float32_agreement_is_looser(gs):
+    """float32: NumPy and torch accumulate GPTQ's updates in different orders (and so do BLAS kernels, CPU
+    generations and thread counts), so a scaled weight that lies within float32 rounding of a half-integer can
+    round to the neighbouring code in one backend. GPTQ's error feedback then steers the rest of that row onto
+    another, equally valid trajectory (rows are independent: they share the Hessian, not their updates), and
+    no tolerance on the loss or the weights follows from the precision. So: dtypes propagate, diverging rows are
+    rare and each starts with a one-step difference, and both results have GPTQ's quality (agreement itself
+    is proved in float64 above)."""
     w, x = _problem(7, 32, 64, dtype=np.float32)
     h = R.gptq_hessian(x)
     assert h.dtype == np.float32
@@ -109,11 +117,17 @@ def test_gptq_float32_agreement_is_looser(gs):
     rt = T.gptq_quantize(_t(w), _t(h), 4, group_size=gs)
     assert rn.weight.dtype == np.float32 and rt.weight.dtype == torch.float32
     assert rn.scale.dtype == np.float32 and rt.scale.dtype == torch.float32
-    assert (rn.q == rt.q.numpy()).mean() > 0.98
-    assert rt.loss == pytest.approx(rn.loss, rel=0.02)
+    qn, qt = rn.q.astype(np.int64), rt.q.numpy().astype(np.int64)
+    zn, zt = rn.zero_point, rt.zero_point.numpy()
+    diverged = np.flatnonzero((qn != qt).any(axis=1) | (zn != zt).any(axis=1))
+    assert len(diverged) <= 1, diverged  # rare: a near-tie at float32 rounding level, not a different method
+    for r in diverged:  # columns are quantized left to right (no act-order): the first difference is one step
+        first = np.flatnonzero(qn[r] != qt[r])
+        assert first.size == 0 or abs(qn[r, first[0]] - qt[r, first[0]]) == 1, (r, qn[r], qt[r])
+    e_rtn = R.layer_output_error(w, R.rtn_quantize_weight(w, 4, gs), x)
     e_n = R.layer_output_error(w, rn.weight, x)
     e_t = T.layer_output_error(_t(w), rt.weight, _t(x))
-    assert e_t == pytest.approx(e_n, rel=0.05)
+    assert 0 < e_n < 0.5 * e_rtn and 0 < e_t < 0.5 * e_rtn  # about 0.15x measured, as in float64
 
 
 def test_torch_half_precision_inputs_keep_their_dtype():
@@ -289,6 +303,22 @@ def test_rtn(gs, symmetric):
 
 
 # ============================================================================ int4 / int8 storage
+def _assert_weight_only_close(y, x, w_hat, b, dtype) -> None:
+    """A weight-only linear run in ``dtype`` against ``x @ w_hat^T + b`` in float64 (x, w_hat, b float64).
+
+    Derived bound, with u the unit roundoff of ``dtype``: every product ``x_k w_k`` carries up to 4 roundings
+    to ``dtype`` (x, the scale, the dequantized weight or the scaled product, the output), the K-term sum is
+    accumulated in float32 (NumPy float32 and PyTorch's CPU GEMMs, 16-bit inputs included) with gamma_K at
+    float32's u, and the bias is rounded and added (2 u):
+    ``|y - ref| <= (4 u + gamma_K(u32)) |x| @ |w_hat|^T + 2 u |b|``."""
+    u, k = unit_roundoff(dtype), x.shape[-1]
+    bound = (4 * u + gamma(k, unit_roundoff(np.float32))) * abs_matmul(x, w_hat.T)
+    ref = x @ w_hat.T
+    if b is not None:
+        bound, ref = bound + 2 * u * np.abs(b), ref + b
+    assert_within(y, ref, bound, f"weight-only linear in {dtype}")
+
+
 def test_pack_unpack_all_values_and_layout():
     q = np.arange(-8, 8, dtype=np.int8)  # all 16 values
     for codes in (q, q[::-1].copy(), np.stack([q, np.roll(q, 3)])):
@@ -348,17 +378,16 @@ def test_int4_weights_and_w4a16(group_size):
     np.testing.assert_allclose(scales_t.numpy(), scales, rtol=1e-12)
     y_t = T.w4a16_linear(_t(x), packed_t, scales_t, group_size, _t(b))
     np.testing.assert_allclose(y_t.numpy(), y, rtol=1e-10, atol=1e-10)
-    # float32 and 16-bit activations (dequantized in x's dtype: looser)
+    # float32 and 16-bit activations (dequantized in x's dtype): within the bound derived for that dtype
     y32 = R.w4a16_linear(x.astype(np.float32), packed, scales.astype(np.float32), group_size, b.astype(np.float32))
     assert y32.dtype == np.float32
-    np.testing.assert_allclose(y32, y, rtol=1e-4, atol=1e-4)
+    _assert_weight_only_close(y32, x, w_hat, b, np.float32)
     y16 = R.w4a16_linear(x.astype(np.float16), packed, scales, group_size)
     assert y16.dtype == np.float16
     for dtype in (torch.float32, torch.bfloat16, torch.float16):
         yt = T.w4a16_linear(_t(x).to(dtype), packed_t, scales_t, group_size, _t(b).to(dtype))
         assert yt.dtype == dtype
-        tol = 1e-4 if dtype == torch.float32 else 5e-2
-        np.testing.assert_allclose(yt.float().numpy(), y, rtol=tol, atol=tol * np.abs(y).max())
+        _assert_weight_only_close(yt.float().numpy(), x, w_hat, b, dtype)
 
 
 def test_int8_weights_and_w8a16():
@@ -378,7 +407,7 @@ def test_int8_weights_and_w8a16():
     np.testing.assert_allclose(y_t.numpy(), x @ w_hat.T + b, rtol=1e-10, atol=1e-10)
     y_bf = T.w8a16_linear(_t(x).bfloat16(), q_t, scales_t)
     assert y_bf.dtype == torch.bfloat16
-    np.testing.assert_allclose(y_bf.float().numpy(), x @ w_hat.T, rtol=0.05, atol=0.05 * np.abs(x @ w_hat.T).max())
+    _assert_weight_only_close(y_bf.float().numpy(), x, w_hat, None, torch.bfloat16)
     y1 = R.w8a16_linear(x[0], q, scales)  # a single token (decode)
     assert y1.shape == (10,)
     np.testing.assert_allclose(y1, x[0] @ w_hat.T, rtol=1e-12)
