@@ -7,7 +7,10 @@ under test is the section "Non-finite values" of docs/ARCHITECTURE.md:
 * a kernel never turns a NaN into a finite number; a NaN in an activation (query, key, value, the float input
   of a weight-only matmul) reaches the same output rows in every face;
 * quantizers reject non-finite input with a ``ValueError`` naming the argument; the matmul and dequantize
-  entry points check nothing per call (no device read-back on a decode path), so a NaN scale propagates.
+  entry points check nothing per call (no device read-back on a decode path), so a NaN scale propagates;
+* the simulated quantized layers (W8A8, LLM.int8, ZeroQuant, SmoothQuant), which quantize their activation on
+  every call, are matmuls: a NaN/inf token gives a NaN output row, the other rows are unchanged, and the torch
+  face reads nothing computed from the activation back.
 
 Also here: GPTQ's positive-definiteness rule (the same decision in NumPy and torch), ``compute_qparams``
 on values near the float32 limit, and the output dtype of ``mixed_chunk_attention`` with a float64 bias.
@@ -261,6 +264,147 @@ def test_weight_only_torch_linears_read_nothing_back_per_call(scheme):
     assert seen and not reads.intersection(seen), sorted(reads.intersection(seen))
 
 
+# ============================================================================ quant: simulated W8A8 layers
+# The layers that quantize their activation on every call (LLM.int8's vector-wise and mixed-precision
+# linears, simulated W8A8, ZeroQuant, SmoothQuant) are matmuls: a NaN or inf in token i gives a NaN in every
+# output of row i, as a float matmul does for a NaN, and leaves the other rows as they would be without that
+# token; the torch face decides this with masks, never by reading a value back (a device sync per layer).
+SIM_LAYERS = {  # test id: (function, keyword arguments made by kwargs(conv) for the face's array type)
+    "vectorwise": ("vectorwise_linear", lambda c: {}),
+    "vectorwise_4bit": ("vectorwise_linear", lambda c: {"bits": 4}),
+    "llm_int8": ("llm_int8_linear", lambda c: {"threshold": 2.5}),
+    "llm_int8_inf": ("llm_int8_linear", lambda c: {"threshold": float("inf")}),
+    "llm_int8_zero": ("llm_int8_linear", lambda c: {"threshold": 0.0}),
+    "w8a8": ("w8a8_linear", lambda c: {}),
+    "w8a8_tensor": ("w8a8_linear", lambda c: {"act_granularity": "tensor", "weight_granularity": "tensor"}),
+    "zeroquant": ("zeroquant_linear", lambda c: {"group_size": 8, "w_bits": 4}),
+    "zeroquant_rows": ("zeroquant_linear", lambda c: {"group_size": None}),
+    "smoothquant": ("smoothquant_linear", lambda c: {}),
+    "smoothquant_token": ("smoothquant_linear", lambda c: {"act_granularity": "token", "alpha": 0.8}),
+    "smoothquant_calibrated": ("smoothquant_linear", lambda c: {"act_absmax": c(np.linspace(0.5, 20.0, 32))}),
+}
+BAD_SPOTS = {"regular_column": (0, 1, 5), "outlier_column": (1, 2, 3)}  # (batch, token, feature) of x [2, 3, 32]
+
+
+def _sim_case(seed: int = 13) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """float64 ``x [2, 3, 32]`` with two large feature columns (3, 17), ``w [24, 32]``, ``b [24]``."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((2, 3, 32))
+    x[..., [3, 17]] *= 8.0
+    return x, rng.standard_normal((24, 32)) / 6.0, rng.standard_normal(24)
+
+
+def _sim_faces(layer: str, x: np.ndarray, w: np.ndarray, b: np.ndarray) -> dict[str, np.ndarray]:
+    fn, kwargs = SIM_LAYERS[layer]
+    return {
+        "reference": getattr(QR, fn)(x, w, b, **kwargs(lambda a: a)),
+        "torch_ops": _np(getattr(QT, fn)(_t(x), _t(w), _t(b), **kwargs(_t))),
+    }
+
+
+@pytest.mark.parametrize("spot", list(BAD_SPOTS))
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf], ids=["nan", "inf", "-inf"])
+@pytest.mark.parametrize("layer", list(SIM_LAYERS))
+def test_simulated_w8a8_layers_non_finite_activation_gives_a_nan_row(layer, value, spot):
+    x, w, b = _sim_case()
+    x[BAD_SPOTS[spot]] = value
+    row = BAD_SPOTS[spot][0] * 3 + BAD_SPOTS[spot][1]  # the token's row in x.reshape(-1, 32)
+    others = [r for r in range(6) if r != row]
+    clean = _sim_faces(layer, x.reshape(-1, 32)[others], w, b)  # the same call on the other tokens alone
+    faces = _sim_faces(layer, x, w, b)
+    for name, y in faces.items():
+        assert y.shape == (2, 3, 24) and y.dtype == np.float64, name
+        y2 = y.reshape(-1, 24)
+        assert np.isnan(y2[row]).all(), name  # the token with a NaN/inf: NaN in its whole output row
+        assert np.isfinite(y2[others]).all(), name  # the other tokens: finite ...
+        np.testing.assert_allclose(y2[others], clean[name], rtol=1e-12, atol=1e-12, err_msg=name)  # ... unchanged
+    assert np.array_equal(np.isnan(faces["reference"]), np.isnan(faces["torch_ops"]))
+    np.testing.assert_allclose(faces["reference"], faces["torch_ops"], rtol=1e-10, atol=1e-10)  # NaN == NaN here
+
+
+@pytest.mark.parametrize("layer", ["vectorwise", "w8a8_tensor", "smoothquant"])
+def test_simulated_w8a8_layers_every_token_non_finite(layer):
+    # nothing finite left to calibrate on: every row NaN (no error, no finite number made up)
+    x, w, b = _sim_case()
+    x[:, :, 0] = np.nan
+    x[1, 2, 4] = np.inf
+    for name, y in _sim_faces(layer, x, w, b).items():
+        assert np.isnan(y).all(), name
+
+
+def test_simulated_w8a8_layers_float32_nan_row():
+    # the compute dtype float32 (and float16 in torch): the same rows
+    x, w, b = (a.astype(np.float32) for a in _sim_case())
+    x[0, 2, 7] = np.nan
+    for fn, kwargs in SIM_LAYERS.values():
+        y = getattr(QR, fn)(x, w, b, **kwargs(lambda a: a))
+        for dtype in (torch.float32, torch.float16):
+            y_t = getattr(QT, fn)(_t(x).to(dtype), _t(w).to(dtype), _t(b).to(dtype), **kwargs(_t))
+            assert y_t.dtype == dtype
+            assert np.array_equal(np.isnan(_np(y_t.float())), np.isnan(y)), (fn, dtype)
+        assert np.isnan(y[0, 2]).all() and np.isfinite(np.delete(y.reshape(-1, 24), 2, axis=0)).all(), fn
+
+
+_READS = {"__bool__", "item", "__int__", "__float__", "__index__", "tolist", "numpy", "cpu"}
+
+
+class _ReadsOf(TorchFunctionMode):
+    """Records every read-back to Python (``bool()``, ``.item()``, ``int()``, ...) of a tensor computed from
+    ``source``: tensors made by an op with a marked input are marked, as is the target of an in-place op."""
+
+    def __init__(self, source: torch.Tensor):
+        super().__init__()
+        self.marked = {id(source)}
+        self.alive = [source]  # keeps every marked tensor alive, so no other tensor can reuse its id
+        self.reads: list[str] = []
+        self.calls = 0
+
+    def _mark(self, obj) -> None:
+        for t in torch.utils._pytree.tree_flatten(obj)[0]:
+            if isinstance(t, torch.Tensor) and id(t) not in self.marked:
+                self.marked.add(id(t))
+                self.alive.append(t)
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = getattr(func, "__name__", str(func))
+        self.calls += 1
+        leaves = torch.utils._pytree.tree_flatten((args, kwargs))[0]
+        hit = any(isinstance(t, torch.Tensor) and id(t) in self.marked for t in leaves)
+        if hit and name in _READS:
+            self.reads.append(name)
+        out = func(*args, **kwargs)
+        if hit:
+            self._mark(out)
+            if name.endswith("_") and args:  # in place (add_, masked_fill_, __iadd__, __setitem__, ...)
+                self._mark(args[0])
+            self._mark(kwargs.get("out"))
+        return out
+
+
+@pytest.mark.parametrize("layer", list(SIM_LAYERS))
+def test_simulated_w8a8_torch_layers_read_nothing_back_from_the_activation(layer):
+    # the activation changes every call (a decode loop: once per layer and token); reading a value computed
+    # from it back to Python is a device sync on CUDA. The weight, bias and act_absmax are still validated
+    # (they are made once; their reads are not recorded here)
+    x, w, b = _sim_case()
+    x[0, 1, 5] = np.nan
+    xt = _t(x)
+    fn, kwargs = SIM_LAYERS[layer]
+    with _ReadsOf(xt) as mode:
+        y = getattr(QT, fn)(xt, _t(w), _t(b), **kwargs(_t))
+    if fn == "llm_int8_linear":  # the number of outlier columns shapes both parts: one read, inherent to it
+        assert mode.calls and len(mode.reads) == 1, sorted(set(mode.reads))
+    else:
+        assert mode.calls and not mode.reads, sorted(set(mode.reads))
+    assert torch.isnan(y[0, 1]).all()
+    # the recorder does see a read-back of the activation: the standalone quantizer validates its input
+    with _ReadsOf(xt) as control:
+        with pytest.raises(ValueError, match="^x must contain only finite values"):
+            QT.absmax_quantize(xt)
+    assert "__bool__" in control.reads
+
+
 # ============================================================================ quant: Triton epilogues
 @needs_quant_kernels
 def test_int8_gemm_nan_scales_and_bias_propagate():
@@ -321,8 +465,13 @@ def _quantizer_calls():
         ("gptq_hessian", lambda m, c, bad: m.gptq_hessian(c(bad)), "x"),
         ("gobo_quantize", lambda m, c, bad: m.gobo_quantize(c(np.concatenate([bad] * 4))), "w"),
         ("peg_fake_quantize", lambda m, c, bad: m.peg_fake_quantize(c(bad), 2), "x"),
-        ("vectorwise_linear", lambda m, c, bad: m.vectorwise_linear(c(bad), c(w)), "x"),
+        # the simulated W8A8 layers quantize their activation on every call and propagate a NaN in it (tests
+        # above); what is made once, the weight, bias and calibrated act_absmax, is still validated
+        ("vectorwise_linear", lambda m, c, bad: m.vectorwise_linear(c(w), c(bad)), "w"),
+        ("llm_int8_linear", lambda m, c, bad: m.llm_int8_linear(c(w), c(bad)), "w"),
+        ("w8a8_linear b", lambda m, c, bad: m.w8a8_linear(c(w), c(w), c(bad[3, :8])), "b"),
         ("zeroquant_linear", lambda m, c, bad: m.zeroquant_linear(c(w), c(bad), group_size=None), "w"),
+        ("smoothquant_linear", lambda m, c, bad: m.smoothquant_linear(c(w), c(w), act_absmax=c(bad[3])), "act_absmax"),
     ]
 
 

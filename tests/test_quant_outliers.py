@@ -501,12 +501,12 @@ def _bad_cases():
     rng = np.random.default_rng(0)
     x, w, b = rng.standard_normal((4, 8)), rng.standard_normal((3, 8)), rng.standard_normal(3)
     i8 = np.zeros((2, 8), dtype=np.int8)
-    nan_x = x.copy()
-    nan_x[0, 0] = np.nan
+    nan_w = w.copy()
+    nan_w[0, 0] = np.nan  # a layer's weight is checked (made once); its activation propagates NaN instead
     s = np.ones(8)
     return [
         ("vectorwise_linear", (x, w[:, :5]), {}, ValueError, "x's last dimension"),
-        ("vectorwise_linear", (nan_x, w), {}, ValueError, "x must contain only finite"),
+        ("vectorwise_linear", (x, nan_w), {}, ValueError, "w must contain only finite"),
         ("vectorwise_linear", (x, w, b[:2]), {}, ValueError, "b must have shape"),
         ("vectorwise_linear", (x, w[0]), {}, ValueError, "w must have 2 dimensions"),
         ("vectorwise_linear", (x.astype(np.int64), w), {}, TypeError, "x must have a float dtype"),

@@ -38,8 +38,12 @@ Conventions (shared with every chapter-2 module): a weight ``w`` is ``[out, in]`
 an activation ``x`` is ``[..., in]`` with any leading dimensions (flattened to tokens internally),
 ``y = x @ w.T + b`` is ``[..., out]``. Arithmetic runs in float64 for float64 ``x`` and in float32 otherwise
 (float16 inputs are upcast, and the result is cast back to ``x``'s dtype); ``w`` and ``b`` are cast to that
-compute dtype. The uniform quantizers are those of :mod:`effx_lab.quant.reference` (:func:`compute_qparams`,
-:func:`quantize`, :func:`dequantize`, :func:`fake_quantize`; symmetric = restricted range ``+-127``). The fast
+compute dtype. The layers (``*_linear``) are matmuls that quantize their activation on every call: a NaN or
+inf in a token of ``x`` gives a NaN in every output of that token (its whole row, as a float matmul gives for a
+NaN) and leaves the other tokens' outputs as they would be without it; ``w``, ``b`` and a calibrated
+``act_absmax``, made once, must be finite (``ValueError`` naming the argument). The uniform quantizers are
+those of :mod:`effx_lab.quant.reference` (:func:`compute_qparams`, :func:`quantize`, :func:`dequantize`,
+:func:`fake_quantize`; symmetric = restricted range ``+-127``). The fast
 twin, with the same names and signatures, is :mod:`effx_lab.quant._torch_outliers`; both are re-exported by the
 public faces :mod:`effx_lab.quant.reference` and :mod:`effx_lab.quant.torch_ops`.
 """
@@ -94,20 +98,30 @@ INT8_MATMUL_MAX_K = (2**31 - 1) // (128 * 128)
 
 # =========================================================================== validation (shared with torch)
 def _check_float(
-    name: str, value: Any, *, ndim: int | None = None, min_ndim: int = 1, allow_torch: bool = False
+    name: str,
+    value: Any,
+    *,
+    ndim: int | None = None,
+    min_ndim: int = 1,
+    allow_torch: bool = False,
+    finite: bool = True,
 ) -> Any:
-    """A finite, non-empty float array (or tensor if ``allow_torch``) of rank ``ndim`` (or ``>= min_ndim``)."""
+    """A non-empty float array (or tensor if ``allow_torch``) of rank ``ndim`` (or ``>= min_ndim``), finite
+    unless ``finite=False`` (the values are then not read: no device sync for a tensor)."""
     ranks = (ndim,) if ndim is not None else tuple(range(min_ndim, MAX_NDIM + 1))
     check_array(name, value, ndim=ranks, dtype_kind="f", allow_torch=allow_torch)
     if math.prod(value.shape) == 0:
         raise ValueError(f"{name} must not be empty, got shape {tuple(value.shape)}")
-    check_array(name, value, finite=True, allow_torch=allow_torch)
+    if finite:
+        check_array(name, value, finite=True, allow_torch=allow_torch)
     return value
 
 
 def _check_linear(x: Any, w: Any, b: Any, allow_torch: bool = False) -> None:
-    """``x [..., in]``, ``w [out, in]``, ``b`` None or ``[out]``: finite float arrays of matching sizes."""
-    _check_float("x", x, allow_torch=allow_torch)
+    """``x [..., in]``, ``w [out, in]``, ``b`` None or ``[out]``: float arrays of matching sizes; ``w`` and ``b``
+    finite (made once), ``x``'s values unchecked (a new activation every call: a NaN/inf token gives a NaN
+    output row, see :func:`_linear_inputs`)."""
+    _check_float("x", x, allow_torch=allow_torch, finite=False)
     _check_float("w", w, ndim=2, allow_torch=allow_torch)
     if x.shape[-1] != w.shape[1]:
         raise ValueError(
@@ -182,15 +196,31 @@ def _compute_dtype(*dtypes: np.dtype) -> type:
 
 
 def _linear_inputs(x: np.ndarray, w: np.ndarray, b: np.ndarray | None):
-    """Validated ``x`` flattened to ``[tokens, in]`` and ``w``, ``b`` in the compute dtype of ``x``."""
+    """``(x2, bad, w, b, out_shape)`` of a simulated quantized layer, validated: ``x`` flattened to
+    ``[tokens, in]`` with its non-finite tokens set to 0, the mask ``bad [tokens]`` of those tokens, and ``w``,
+    ``b`` in the compute dtype of ``x``.
+
+    A NaN or inf in token ``i`` makes output row ``i`` NaN (:func:`_finish`), as a float matmul does for a
+    NaN; the layers quantize ``x`` on every call, so the token is zeroed first: the quantizer sees finite
+    values only, and every other token's result (its scale, a per-tensor scale, LLM.int8's outlier columns,
+    SmoothQuant's ``max|x_j|``) is that of the finite tokens alone.
+    """
     _check_linear(x, w, b)
     cdt = np.float64 if x.dtype == np.float64 else np.float32
     x2 = x.reshape(-1, x.shape[-1]).astype(cdt, copy=False)
+    bad = ~np.isfinite(x2).all(axis=-1)
+    if bad.any():
+        x2 = np.where(bad[:, None], 0.0, x2).astype(cdt, copy=False)
     bc = None if b is None else b.astype(cdt, copy=False)
-    return x2, w.astype(cdt, copy=False), bc, x.shape[:-1] + (w.shape[0],)
+    return x2, bad, w.astype(cdt, copy=False), bc, x.shape[:-1] + (w.shape[0],)
 
 
-def _finish(y: np.ndarray, b: np.ndarray | None, out_shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+def _finish(
+    y: np.ndarray, bad: np.ndarray, b: np.ndarray | None, out_shape: tuple[int, ...], dtype: np.dtype
+) -> np.ndarray:
+    """``y [tokens, out]`` with the rows of the non-finite tokens ``bad`` set to NaN, ``+ b``, as ``dtype``."""
+    if bad.any():
+        y = np.where(bad[:, None], np.nan, y).astype(y.dtype, copy=False)
     if b is not None:
         y = y + b
     return y.reshape(out_shape).astype(dtype, copy=False)
@@ -397,11 +427,12 @@ def vectorwise_linear(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None,
     absmax scale per token (row of ``x``) and one per output channel (row of ``w``), an exact int8 x int8 ->
     int32 product (:func:`int8_matmul`) and the float epilogue ``acc * s_x[:, None] * s_w[None, :] + b``.
 
-    ``x [..., in]``, ``w [out, in]``, ``b`` None or ``[out]``; returns ``[..., out]`` in ``x``'s dtype.
+    ``x [..., in]``, ``w [out, in]``, ``b`` None or ``[out]``; returns ``[..., out]`` in ``x``'s dtype. A token
+    of ``x`` holding a NaN or inf gets a NaN output row (``w`` and ``b`` must be finite).
     """
     bits = _check_bits("bits", bits)
-    x2, wc, bc, out_shape = _linear_inputs(x, w, b)
-    return _finish(_vectorwise(x2, wc, bits), bc, out_shape, x.dtype)
+    x2, bad, wc, bc, out_shape = _linear_inputs(x, w, b)
+    return _finish(_vectorwise(x2, wc, bits), bad, bc, out_shape, x.dtype)
 
 
 def outlier_columns(x: np.ndarray, threshold: float = 6.0) -> np.ndarray:
@@ -426,7 +457,7 @@ def llm_int8_linear(
     Shapes and dtype as :func:`vectorwise_linear`.
     """
     bits = _check_bits("bits", bits)
-    x2, wc, bc, out_shape = _linear_inputs(x, w, b)
+    x2, bad, wc, bc, out_shape = _linear_inputs(x, w, b)
     outliers = outlier_columns(x2, threshold)
     regular = ~outliers
     if regular.any():
@@ -435,7 +466,7 @@ def llm_int8_linear(
         y = np.zeros((x2.shape[0], wc.shape[0]), dtype=x2.dtype)
     if outliers.any():
         y = y + x2[:, outliers] @ wc[:, outliers].T  # the few outlier features: float
-    return _finish(y, bc, out_shape, x.dtype)
+    return _finish(y, bad, bc, out_shape, x.dtype)
 
 
 def w8a8_linear(
@@ -457,8 +488,8 @@ def w8a8_linear(
     check_choice("act_granularity", act_granularity, ACT_GRANULARITIES)
     check_choice("weight_granularity", weight_granularity, WEIGHT_GRANULARITIES)
     bits = _check_bits("bits", bits)
-    x2, wc, bc, out_shape = _linear_inputs(x, w, b)
-    return _finish(_w8a8(x2, wc, act_granularity, weight_granularity, bits), bc, out_shape, x.dtype)
+    x2, bad, wc, bc, out_shape = _linear_inputs(x, w, b)
+    return _finish(_w8a8(x2, wc, act_granularity, weight_granularity, bits), bad, bc, out_shape, x.dtype)
 
 
 def _w8a8(x2: np.ndarray, w: np.ndarray, act_granularity: str, weight_granularity: str, bits: int) -> np.ndarray:
@@ -545,14 +576,14 @@ def zeroquant_linear(
     """
     w_bits = _check_bits("w_bits", w_bits)
     a_bits = _check_bits("a_bits", a_bits)
-    x2, wc, bc, out_shape = _linear_inputs(x, w, b)
+    x2, bad, wc, bc, out_shape = _linear_inputs(x, w, b)
     group_size = _check_group_size(group_size, wc.shape[1])
     if group_size is None:
         wq = fake_quantize(wc, w_bits, True, "channel", axis=0)
     else:
         wq = fake_quantize(wc, w_bits, True, "group", axis=-1, group_size=group_size)
     xq = fake_quantize(x2, a_bits, True, "channel", axis=0)  # token-wise
-    return _finish(xq @ wq.T, bc, out_shape, x.dtype)
+    return _finish(xq @ wq.T, bad, bc, out_shape, x.dtype)
 
 
 # =========================================================================== SmoothQuant (section 02.6)
@@ -636,9 +667,9 @@ def smoothquant_linear(
     """
     check_choice("act_granularity", act_granularity, ACT_GRANULARITIES)
     bits = _check_bits("bits", bits)
-    x2, wc, bc, out_shape = _linear_inputs(x, w, b)
+    x2, bad, wc, bc, out_shape = _linear_inputs(x, w, b)
     if act_absmax is None:
-        act_absmax = np.abs(x2).max(axis=0)
+        act_absmax = np.abs(x2).max(axis=0)  # over the finite tokens (the others are zeroed)
     s = smooth_scales(act_absmax, wc, alpha).astype(x2.dtype)
     y = _w8a8(smooth_activation(x2, s), smooth_weight(wc, s), act_granularity, "channel", bits)
-    return _finish(y, bc, out_shape, x.dtype)
+    return _finish(y, bad, bc, out_shape, x.dtype)

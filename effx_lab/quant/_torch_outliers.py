@@ -21,6 +21,17 @@ the input (CPU or CUDA). :class:`GoboWeight` is the same dataclass, here holding
   computes all group ranges with one reduction (``granularity="channel"`` on the group axis) instead of a
   loop over groups.
 
+* The layers (``*_linear``) read nothing computed from the activation back to Python: a check such as
+  ``bool(torch.isfinite(x).all())`` is a device sync on CUDA, once per layer and token of a decode loop. A
+  token holding a NaN or inf is found with a mask and zeroed before quantization, and its output row is set to
+  NaN with ``masked_fill`` (the NumPy module's rule, the same rows); they quantize through :func:`_symmetric`,
+  the arithmetic of ``compute_qparams``/``quantize`` without those functions' value checks; and
+  :func:`llm_int8_linear` splits the columns with masks instead of boolean indexing (whose output size is a
+  read-back): the int8 part runs over every column with the outlier columns zeroed, the float part over every
+  column with the others zeroed (more arithmetic than the gathered columns, the same numbers: the extra terms
+  are exact zeros). ``w``, ``b`` and a calibrated ``act_absmax`` are still checked for finite values, once per
+  call (made once, they are validated like every quantizer input).
+
 Input validation is the NumPy module's (``allow_torch=True``), but every array argument must be a
 ``torch.Tensor`` (a NumPy array raises ``TypeError``), and the tensors of one call must share a device.
 float16/bfloat16 inputs are computed in float32 and returned in their dtype; float64 stays float64.
@@ -103,7 +114,9 @@ def _compute_dtype(*dtypes: torch.dtype) -> torch.dtype:
 
 
 def _linear_inputs(x: Any, w: Any, b: Any):
-    """Validated ``x`` flattened to ``[tokens, in]`` and ``w``, ``b`` in the compute dtype of ``x``."""
+    """``(x2, bad, w, b, out_shape)``: ``x`` flattened to ``[tokens, in]`` with its non-finite tokens set to 0,
+    the mask ``bad [tokens]`` of those tokens, and ``w``, ``b`` in the compute dtype of ``x``; the rule of
+    :func:`effx_lab.quant._np_outliers._linear_inputs`, with masks (nothing of ``x`` is read back)."""
     for name, value in (("x", x), ("w", w)) + ((("b", b),) if b is not None else ()):
         _require_tensor(name, value)
     _check_linear(x, w, b, allow_torch=True)
@@ -112,13 +125,60 @@ def _linear_inputs(x: Any, w: Any, b: Any):
             raise ValueError(f"{name} must be on the device of x ({x.device}), got {value.device}")
     cdt = _compute_dtype(x.dtype)
     bc = None if b is None else b.to(cdt)
-    return x.reshape(-1, x.shape[-1]).to(cdt), w.to(cdt), bc, tuple(x.shape[:-1]) + (w.shape[0],)
+    x2 = x.reshape(-1, x.shape[-1]).to(cdt)
+    bad = ~torch.isfinite(x2).all(dim=-1)
+    return x2.masked_fill(bad[:, None], 0.0), bad, w.to(cdt), bc, tuple(x.shape[:-1]) + (w.shape[0],)
 
 
-def _finish(y: torch.Tensor, b: torch.Tensor | None, out_shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+def _finish(
+    y: torch.Tensor, bad: torch.Tensor, b: torch.Tensor | None, out_shape: tuple[int, ...], dtype: torch.dtype
+) -> torch.Tensor:
+    """``y [tokens, out]`` with the rows of the non-finite tokens ``bad`` set to NaN, ``+ b``, as ``dtype``."""
+    y = y.masked_fill(bad[:, None], float("nan"))
     if b is not None:
         y = y + b
     return y.reshape(out_shape).to(dtype)
+
+
+def _symmetric(
+    x: torch.Tensor, bits: int, granularity: str, axis: int = -1, group_size: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(q, scale)``: the codes (int8, ``x``'s shape) and scales of ``quantize(x, qp)``, ``qp.scale`` for
+    ``qp = compute_qparams(x, bits, True, granularity, axis, group_size)`` of :mod:`effx_lab.quant.torch_ops`,
+    the same numbers, for an ``x`` known to be finite, without those functions' value checks (each a read-back:
+    the layers call this on every activation). Arguments are validated as there."""
+    uq = _uniform()
+    bits, _, granularity, axis, group_size = uq._check_config(tuple(x.shape), bits, True, granularity, axis,
+                                                              group_size)
+    qmin, qmax = uq.qrange(bits, True)
+    xc = x.to(uq._compute_dtype(x.dtype))
+    lo, hi = uq._slice_min_max(xc, granularity, axis, group_size)
+    scale = torch.maximum(-lo.clamp(max=0), hi.clamp(min=0)) / qmax
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))  # an all-zero slice: scale 1, codes 0
+    zero_point = torch.zeros(scale.shape, dtype=torch.int32, device=x.device)
+    scale = uq._fit_grid(scale, zero_point, qmin, qmax, torch.finfo(x.dtype).max)
+    xv, sv = _grouped(xc, scale, granularity, axis, group_size)
+    q = torch.round(xv / sv).clamp(qmin, qmax).to(torch.int8).reshape(x.shape)
+    return q, scale
+
+
+def _grouped(t: torch.Tensor, scale: torch.Tensor, granularity: str, axis: int, group_size: int | None):
+    """``t`` and ``scale`` made to broadcast elementwise (per group: ``t`` viewed as ``(..., n_groups,
+    group_size, ...)``, ``scale`` with a size-1 dimension after ``n_groups``)."""
+    if granularity != "group":
+        return t, scale
+    return t.reshape(_uniform()._grouped_shape(tuple(t.shape), axis, group_size)), scale.unsqueeze(axis + 1)
+
+
+def _fake_symmetric(
+    x: torch.Tensor, bits: int, granularity: str, axis: int = -1, group_size: int | None = None
+) -> torch.Tensor:
+    """``fake_quantize(x, bits, True, granularity, axis, group_size)`` of :mod:`effx_lab.quant.torch_ops` for a
+    finite ``x``, through :func:`_symmetric` (no read-back); ``x``'s shape and dtype."""
+    q, scale = _symmetric(x, bits, granularity, axis, group_size)
+    axis %= x.ndim
+    qv, sv = _grouped(q, scale, granularity, axis, group_size)
+    return (qv.to(scale.dtype) * sv).to(x.dtype).reshape(x.shape)
 
 
 def _uniform():
@@ -247,8 +307,9 @@ def int8_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def _vectorwise(x2: torch.Tensor, w: torch.Tensor, bits: int) -> torch.Tensor:
-    qx, sx = absmax_quantize(x2, axis=-1, bits=bits)  # sx [T, 1]
-    qw, sw = absmax_quantize(w, axis=-1, bits=bits)  # sw [out, 1]
+    """``absmax_quantize`` of both operands (through :func:`_symmetric`: finite inputs, no read-back)."""
+    qx, sx = _symmetric(x2, bits, "group", axis=-1, group_size=x2.shape[-1])  # sx [T, 1]
+    qw, sw = _symmetric(w, bits, "group", axis=-1, group_size=w.shape[-1])  # sw [out, 1]
     return int8_matmul(qx, qw).to(x2.dtype) * sx * sw.t()
 
 
@@ -258,8 +319,8 @@ def vectorwise_linear(
     """LLM.int8's vector-wise W8A8 linear (per-token and per-output-channel absmax scales, int8 GEMM with int32
     accumulation, float epilogue); same contract as :func:`effx_lab.quant._np_outliers.vectorwise_linear`."""
     bits = _check_bits("bits", bits)
-    x2, wc, bc, out_shape = _linear_inputs(x, w, b)
-    return _finish(_vectorwise(x2, wc, bits), bc, out_shape, x.dtype)
+    x2, bad, wc, bc, out_shape = _linear_inputs(x, w, b)
+    return _finish(_vectorwise(x2, wc, bits), bad, bc, out_shape, x.dtype)
 
 
 def outlier_columns(x: torch.Tensor, threshold: float = 6.0) -> torch.Tensor:
@@ -273,31 +334,39 @@ def llm_int8_linear(
     x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None, threshold: float = 6.0, bits: int = 8
 ) -> torch.Tensor:
     """LLM.int8() mixed-precision decomposition: outlier columns in float, the rest vector-wise int8, summed,
-    plus bias; same contract as :func:`effx_lab.quant._np_outliers.llm_int8_linear`."""
+    plus bias; same contract as :func:`effx_lab.quant._np_outliers.llm_int8_linear`.
+
+    Unlike the other simulated layers, this one reads one number back per call: how many outlier columns
+    the activation has. That is inherent to the method, not to this code: the outlier columns are found in
+    the activation and gathered, so the shapes of both parts depend on the data (bitsandbytes' kernels read
+    the count back too). Masking instead of gathering would avoid the read, but would run the float part
+    over every column, which is the cost the decomposition exists to avoid. A non-finite token still gives
+    a NaN output row (``_finish``), with its row zeroed before the outliers are found."""
     bits = _check_bits("bits", bits)
-    x2, wc, bc, out_shape = _linear_inputs(x, w, b)
-    outliers = outlier_columns(x2, threshold)
-    n_out = int(outliers.sum())
+    threshold = _check_threshold(threshold)
+    x2, bad, wc, bc, out_shape = _linear_inputs(x, w, b)
+    outliers = x2.abs().amax(dim=0) > threshold  # outlier_columns of the finite tokens, without its check
+    n_out = int(outliers.sum())  # the one read-back (see above)
     if n_out < outliers.shape[0]:
         regular = ~outliers
-        y = _vectorwise(x2[:, regular], wc[:, regular], bits)
+        y = _vectorwise(x2[:, regular], wc[:, regular], bits)  # int8
     else:
         y = x2.new_zeros((x2.shape[0], wc.shape[0]))
     if n_out:
-        y = y + x2[:, outliers] @ wc[:, outliers].t()
-    return _finish(y, bc, out_shape, x.dtype)
+        y = y + x2[:, outliers] @ wc[:, outliers].t()  # float, on the outlier columns only
+    return _finish(y, bad, bc, out_shape, x.dtype)
 
 
 def _w8a8(x2: torch.Tensor, w: torch.Tensor, act_granularity: str, weight_granularity: str, bits: int):
-    uq = _uniform()
+    """Symmetric fake-quantization of both (finite) operands, then a float matmul; no read-back."""
     if act_granularity == "token":
-        xq = uq.fake_quantize(x2, bits, True, "channel", axis=0)
+        xq = _fake_symmetric(x2, bits, "channel", axis=0)
     else:
-        xq = uq.fake_quantize(x2, bits, True, "tensor")
+        xq = _fake_symmetric(x2, bits, "tensor")
     if weight_granularity == "channel":
-        wq = uq.fake_quantize(w, bits, True, "channel", axis=0)
+        wq = _fake_symmetric(w, bits, "channel", axis=0)
     else:
-        wq = uq.fake_quantize(w, bits, True, "tensor")
+        wq = _fake_symmetric(w, bits, "tensor")
     return xq @ wq.t()
 
 
@@ -315,8 +384,8 @@ def w8a8_linear(
     check_choice("act_granularity", act_granularity, ACT_GRANULARITIES)
     check_choice("weight_granularity", weight_granularity, WEIGHT_GRANULARITIES)
     bits = _check_bits("bits", bits)
-    x2, wc, bc, out_shape = _linear_inputs(x, w, b)
-    return _finish(_w8a8(x2, wc, act_granularity, weight_granularity, bits), bc, out_shape, x.dtype)
+    x2, bad, wc, bc, out_shape = _linear_inputs(x, w, b)
+    return _finish(_w8a8(x2, wc, act_granularity, weight_granularity, bits), bad, bc, out_shape, x.dtype)
 
 
 # =========================================================================== PEG (section 02.4)
@@ -376,15 +445,14 @@ def zeroquant_linear(
     as :func:`effx_lab.quant._np_outliers.zeroquant_linear`."""
     w_bits = _check_bits("w_bits", w_bits)
     a_bits = _check_bits("a_bits", a_bits)
-    x2, wc, bc, out_shape = _linear_inputs(x, w, b)
+    x2, bad, wc, bc, out_shape = _linear_inputs(x, w, b)
     group_size = _check_group_size(group_size, wc.shape[1])
-    uq = _uniform()
     if group_size is None:
-        wq = uq.fake_quantize(wc, w_bits, True, "channel", axis=0)
+        wq = _fake_symmetric(wc, w_bits, "channel", axis=0)
     else:
-        wq = uq.fake_quantize(wc, w_bits, True, "group", axis=-1, group_size=group_size)
-    xq = uq.fake_quantize(x2, a_bits, True, "channel", axis=0)
-    return _finish(xq @ wq.t(), bc, out_shape, x.dtype)
+        wq = _fake_symmetric(wc, w_bits, "group", axis=-1, group_size=group_size)
+    xq = _fake_symmetric(x2, a_bits, "channel", axis=0)  # token-wise
+    return _finish(xq @ wq.t(), bad, bc, out_shape, x.dtype)
 
 
 # =========================================================================== SmoothQuant (section 02.6)
@@ -397,6 +465,11 @@ def smooth_scales(act_absmax: torch.Tensor, w: torch.Tensor, alpha: float = 0.5)
     if act_absmax.device != w.device:
         raise ValueError(f"act_absmax must be on the device of w ({w.device}), got {act_absmax.device}")
     alpha = check_float("alpha", alpha, min_value=0.0, max_value=1.0)
+    return _smooth_scales(act_absmax, w, alpha)
+
+
+def _smooth_scales(act_absmax: torch.Tensor, w: torch.Tensor, alpha: float) -> torch.Tensor:
+    """The arithmetic of :func:`smooth_scales`, arguments already validated (no read-back)."""
     cdt = _compute_dtype(act_absmax.dtype, w.dtype)
     a_max = act_absmax.to(cdt).clamp(min=SMOOTH_EPS)
     w_max = w.to(cdt).abs().amax(dim=0).clamp(min=SMOOTH_EPS)
@@ -460,13 +533,21 @@ def smoothquant_linear(
 ) -> torch.Tensor:
     """SmoothQuant W8A8: ``w8a8_linear(x / s, w * s, b, act_granularity, weight_granularity="channel")`` with
     ``s = smooth_scales(act_absmax, w, alpha)``; same contract as
-    :func:`effx_lab.quant._np_outliers.smoothquant_linear`."""
+    :func:`effx_lab.quant._np_outliers.smoothquant_linear`. A calibrated ``act_absmax`` is validated as in
+    :func:`smooth_scales`; the factors computed from ``x`` itself (and ``x / s``) are not read back."""
     check_choice("act_granularity", act_granularity, ACT_GRANULARITIES)
     bits = _check_bits("bits", bits)
-    x2, wc, bc, out_shape = _linear_inputs(x, w, b)
+    x2, bad, wc, bc, out_shape = _linear_inputs(x, w, b)
     if act_absmax is None:
-        act_absmax = x2.abs().amax(dim=0)
-    s = smooth_scales(act_absmax, wc, alpha).to(x2.dtype)
-    y = _w8a8(smooth_activation(x2, s), smooth_weight(wc, s), act_granularity, "channel", bits)
-    return _finish(y, bc, out_shape, x.dtype)
+        act_absmax = x2.abs().amax(dim=0)  # over the finite tokens (the others are zeroed)
+    else:
+        _require_tensor("act_absmax", act_absmax)
+        _check_act_absmax(act_absmax, wc.shape[1], allow_torch=True)
+        if act_absmax.device != wc.device:
+            raise ValueError(f"act_absmax must be on the device of w ({wc.device}), got {act_absmax.device}")
+    alpha = check_float("alpha", alpha, min_value=0.0, max_value=1.0)
+    s = _smooth_scales(act_absmax, wc, alpha).to(x2.dtype)  # > 0 and finite: both maxima clamped to >= 1e-5
+    # smooth_activation(x2, s) and smooth_weight(wc, s) without their checks (s is already x2's dtype)
+    y = _w8a8(x2 / s, wc * s, act_granularity, "channel", bits)
+    return _finish(y, bad, bc, out_shape, x.dtype)
 
