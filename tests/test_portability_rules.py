@@ -112,3 +112,55 @@ def test_an_unnamed_timing_inequality_is_caught(tmp_path):
     nb.cells = [nbformat.v4.new_code_cell("t = compare(c)\nbound = 8 * 2.0**-24 * terms\nassert (err <= bound).all()")]
     nbformat.write(nb, path)
     test_timings_are_shown_not_asserted(path)  # a derived rounding bound is fine
+
+
+# --------------------------------------------------------------------------------------------------------
+# Stale text: no page calls a chapter that exists "coming soon" or "being written".
+_STALE = re.compile(r"coming soon|being written|not yet written|not written yet", re.I)
+_CHAPTER_REFS = re.compile(r"\bchapters?\s+(\d+)(?:\s*(?:to|-|–)\s*(\d+))?((?:\s*(?:,|and)\s*\d+)*)", re.I)
+
+
+def _existing_chapters() -> set[int]:
+    return {int(m.group(1)) for d in (ROOT / "notebooks").iterdir()
+            if (m := re.match(r"ch(\d+)_", d.name)) and any(d.glob("*.ipynb"))}
+
+
+def _stale_mentions(text: str, existing: set[int]) -> list[str]:
+    """Clauses that say "coming soon"/"being written" and name an existing chapter (ranges included)."""
+    found = []
+    for clause in re.split(r"(?<=[.!?;])\s+|\n\s*[-*]\s+|\n\n", text):
+        if not _STALE.search(clause):
+            continue
+        named: set[int] = set()
+        for m in _CHAPTER_REFS.finditer(clause):
+            first, last = int(m.group(1)), int(m.group(2) or m.group(1))
+            named |= set(range(first, last + 1)) | {int(n) for n in re.findall(r"\d+", m.group(3) or "")}
+        if named & existing:
+            found.append(" ".join(clause.split())[:160])
+    return found
+
+
+def _pages():
+    for path in sorted((ROOT / "book").glob("*.md")):
+        yield path.relative_to(ROOT), path.read_text(encoding="utf-8")
+    for path in NOTEBOOKS:
+        nb = nbformat.read(path, as_version=4)
+        yield path.relative_to(ROOT), "\n\n".join(c.source for c in nb.cells if c.cell_type == "markdown")
+
+
+@pytest.mark.parametrize("page", [p for p, _ in _pages()], ids=str)
+def test_no_existing_chapter_is_called_coming_soon(page):
+    existing = _existing_chapters()
+    text = dict(_pages())[page]
+    stale = _stale_mentions(text, existing)
+    assert not stale, f"{page} calls an existing chapter ({sorted(existing)}) unfinished: {stale}"
+
+
+def test_the_stale_text_check_catches_what_it_is_for():
+    existing = {1, 2, 7}
+    assert _stale_mentions("Chapters 2 to 8 are coming soon; the map lists them.", existing)
+    assert _stale_mentions("Chapter 2, *Quantization* (coming soon), attacks the bytes.", existing)
+    assert _stale_mentions("This is the last notebook. Chapter 2 is being written: see the map.", existing)
+    assert not _stale_mentions("- **Chapter 3: Pruning** *(coming soon)*", existing)
+    assert not _stale_mentions("Chapters 1, 2 and 7 are available now; the other chapters are being written.",
+                               existing)
