@@ -24,13 +24,11 @@ the input (CPU or CUDA). :class:`GoboWeight` is the same dataclass, here holding
 * The layers (``*_linear``) read nothing computed from the activation back to Python: a check such as
   ``bool(torch.isfinite(x).all())`` is a device sync on CUDA, once per layer and token of a decode loop. A
   token holding a NaN or inf is found with a mask and zeroed before quantization, and its output row is set to
-  NaN with ``masked_fill`` (the NumPy module's rule, the same rows); they quantize through :func:`_symmetric`,
-  the arithmetic of ``compute_qparams``/``quantize`` without those functions' value checks; and
-  :func:`llm_int8_linear` splits the columns with masks instead of boolean indexing (whose output size is a
-  read-back): the int8 part runs over every column with the outlier columns zeroed, the float part over every
-  column with the others zeroed (more arithmetic than the gathered columns, the same numbers: the extra terms
-  are exact zeros). ``w``, ``b`` and a calibrated ``act_absmax`` are still checked for finite values, once per
-  call (made once, they are validated like every quantizer input).
+  NaN with ``masked_fill`` (the NumPy module's rule, the same rows); they quantize through the uniform
+  quantizer's unchecked core (``torch_ops._symmetric_unchecked``: the same arithmetic, without the value
+  checks). The one exception is :func:`llm_int8_linear`, which reads back the number of outlier columns
+  it gathers (inherent to the method; see its docstring). ``w``, ``b`` and a calibrated ``act_absmax`` are still
+  checked for finite values, once per call (made once, they are validated like every quantizer input).
 
 Input validation is the NumPy module's (``allow_torch=True``), but every array argument must be a
 ``torch.Tensor`` (a NumPy array raises ``TypeError``), and the tensors of one call must share a device.
@@ -141,44 +139,21 @@ def _finish(
 
 
 def _symmetric(
-    x: torch.Tensor, bits: int, granularity: str, axis: int = -1, group_size: int | None = None
+    x: torch.Tensor, bits: int, granularity: str, axis: int = -1, group_size: int | None = None, fake: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(q, scale)``: the codes (int8, ``x``'s shape) and scales of ``quantize(x, qp)``, ``qp.scale`` for
-    ``qp = compute_qparams(x, bits, True, granularity, axis, group_size)`` of :mod:`effx_lab.quant.torch_ops`,
-    the same numbers, for an ``x`` known to be finite, without those functions' value checks (each a read-back:
-    the layers call this on every activation). Arguments are validated as there."""
+    """``torch_ops._symmetric_unchecked`` with the configuration validated as ``compute_qparams`` does: codes
+    (or, with ``fake``, the fake-quantized values) and scales of a finite ``x``, with no read-back."""
     uq = _uniform()
     bits, _, granularity, axis, group_size = uq._check_config(tuple(x.shape), bits, True, granularity, axis,
                                                               group_size)
-    qmin, qmax = uq.qrange(bits, True)
-    xc = x.to(uq._compute_dtype(x.dtype))
-    lo, hi = uq._slice_min_max(xc, granularity, axis, group_size)
-    scale = torch.maximum(-lo.clamp(max=0), hi.clamp(min=0)) / qmax
-    scale = torch.where(scale > 0, scale, torch.ones_like(scale))  # an all-zero slice: scale 1, codes 0
-    zero_point = torch.zeros(scale.shape, dtype=torch.int32, device=x.device)
-    scale = uq._fit_grid(scale, zero_point, qmin, qmax, torch.finfo(x.dtype).max)
-    xv, sv = _grouped(xc, scale, granularity, axis, group_size)
-    q = torch.round(xv / sv).clamp(qmin, qmax).to(torch.int8).reshape(x.shape)
-    return q, scale
-
-
-def _grouped(t: torch.Tensor, scale: torch.Tensor, granularity: str, axis: int, group_size: int | None):
-    """``t`` and ``scale`` made to broadcast elementwise (per group: ``t`` viewed as ``(..., n_groups,
-    group_size, ...)``, ``scale`` with a size-1 dimension after ``n_groups``)."""
-    if granularity != "group":
-        return t, scale
-    return t.reshape(_uniform()._grouped_shape(tuple(t.shape), axis, group_size)), scale.unsqueeze(axis + 1)
+    return uq._symmetric_unchecked(x, bits, granularity, axis, group_size, fake)
 
 
 def _fake_symmetric(
     x: torch.Tensor, bits: int, granularity: str, axis: int = -1, group_size: int | None = None
 ) -> torch.Tensor:
-    """``fake_quantize(x, bits, True, granularity, axis, group_size)`` of :mod:`effx_lab.quant.torch_ops` for a
-    finite ``x``, through :func:`_symmetric` (no read-back); ``x``'s shape and dtype."""
-    q, scale = _symmetric(x, bits, granularity, axis, group_size)
-    axis %= x.ndim
-    qv, sv = _grouped(q, scale, granularity, axis, group_size)
-    return (qv.to(scale.dtype) * sv).to(x.dtype).reshape(x.shape)
+    """``fake_quantize(x, bits, True, granularity, axis, group_size)`` for a finite ``x``, with no read-back."""
+    return _symmetric(x, bits, granularity, axis, group_size, fake=True)[0]
 
 
 def _uniform():

@@ -117,6 +117,18 @@ def compute_qparams(
     bits, symmetric, granularity, axis, group_size = _check_config(
         tuple(x.shape), bits, symmetric, granularity, axis, group_size
     )
+    scale, zero_point = _scale_zero_point(x, bits, symmetric, granularity, axis, group_size)
+    if not bool(torch.isfinite(scale).all()):  # not reachable for finite x (see _fit_grid)
+        raise ValueError(f"x cannot be quantized: its range gives a non-finite scale in {scale.dtype}")
+    return QParams(scale, zero_point, bits, symmetric, granularity, axis, group_size)
+
+
+def _scale_zero_point(
+    x: torch.Tensor, bits: int, symmetric: bool, granularity: str, axis: int, group_size: int | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``(scale, zero_point)`` of :func:`compute_qparams` for a finite ``x`` and a validated configuration,
+    reading nothing back (the simulated quantized layers call it on every activation: a value check, or
+    building a validated :class:`QParams`, would be a device sync there)."""
     qmin, qmax = qrange(bits, symmetric)
     xc = x.to(_compute_dtype(x.dtype))
     lo, hi = _slice_min_max(xc, granularity, axis, group_size)
@@ -134,10 +146,7 @@ def compute_qparams(
         zero_point = torch.zeros(scale.shape, dtype=torch.int32, device=x.device)
     else:
         zero_point = torch.round(qmin - lo / scale).clamp(qmin, qmax).to(torch.int32)
-    scale = _fit_grid(scale, zero_point, qmin, qmax, torch.finfo(x.dtype).max)
-    if not bool(torch.isfinite(scale).all()):  # not reachable for finite x (see _fit_grid); named for the caller
-        raise ValueError(f"x cannot be quantized: its range gives a non-finite scale in {scale.dtype}")
-    return QParams(scale, zero_point, bits, symmetric, granularity, axis, group_size)
+    return _fit_grid(scale, zero_point, qmin, qmax, torch.finfo(x.dtype).max), zero_point
 
 
 def _fit_grid(scale: torch.Tensor, zero_point: torch.Tensor, qmin: int, qmax: int, limit: float) -> torch.Tensor:
@@ -153,14 +162,15 @@ def _fit_grid(scale: torch.Tensor, zero_point: torch.Tensor, qmin: int, qmax: in
 def _broadcast_view(qparams: QParams, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(t', scale', zero_point')`` that broadcast elementwise; for groups ``t'`` is ``t`` viewed as
     ``(..., n_groups, group_size, ...)`` and the parameters get a size-1 dimension after ``n_groups``."""
-    if qparams.granularity != "group":
-        return t, qparams.scale, qparams.zero_point
-    a = qparams.axis
-    return (
-        t.reshape(_grouped_shape(tuple(t.shape), a, qparams.group_size)),
-        qparams.scale.unsqueeze(a + 1),
-        qparams.zero_point.unsqueeze(a + 1),
-    )
+    return _broadcast(t, qparams.scale, qparams.zero_point, qparams.granularity, qparams.axis, qparams.group_size)
+
+
+def _broadcast(t: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, granularity: str, axis: int,
+               group_size: int | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    if granularity != "group":
+        return t, scale, zero_point
+    shape = _grouped_shape(tuple(t.shape), axis, group_size)
+    return t.reshape(shape), scale.unsqueeze(axis + 1), zero_point.unsqueeze(axis + 1)
 
 
 def expand_qparams(qparams: QParams, shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -185,6 +195,22 @@ def quantize(x: torch.Tensor, qparams: QParams) -> torch.Tensor:
     xv, scale, zero_point = _broadcast_view(qparams, x.to(qparams.scale.dtype))
     q = (torch.round(xv / scale) + zero_point).clamp(qparams.qmin, qparams.qmax)
     return q.to(torch.int8 if qparams.symmetric else torch.uint8).reshape(x.shape)
+
+
+def _symmetric_unchecked(
+    x: torch.Tensor, bits: int, granularity: str, axis: int, group_size: int | None, fake: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric quantization of a finite ``x`` with a validated configuration, reading nothing back:
+    ``(codes int8, scale)``, or with ``fake`` ``(x_hat in x's dtype, scale)``. The arithmetic of
+    :func:`compute_qparams`, :func:`quantize` and :func:`dequantize` (the same numbers), for the simulated
+    quantized layers, which quantize an activation on every call."""
+    scale, zero_point = _scale_zero_point(x, bits, True, granularity, axis, group_size)
+    qmin, qmax = qrange(bits, True)
+    xv, sv, _ = _broadcast(x.to(scale.dtype), scale, zero_point, granularity, axis, group_size)
+    q = torch.round(xv / sv).clamp(qmin, qmax)
+    if fake:
+        return (q * sv).to(x.dtype).reshape(x.shape), scale
+    return q.to(torch.int8).reshape(x.shape), scale
 
 
 def _check_dtype_torch(dtype: Any, default: torch.dtype) -> torch.dtype:
