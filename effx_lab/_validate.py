@@ -157,6 +157,9 @@ def check_instance(name: str, value: Any, cls: type, expected: str | None = None
 #: no ``os.sysconf`` page counts, e.g. on Windows without psutil): 8 GiB, more than any array of the course
 #: needs and less than a machine of today has, so a wrong size fails fast instead of swapping.
 FALLBACK_MEMORY_LIMIT_BYTES = 8 * 1024**3
+#: Requests up to this size are never refused (and cost no read of the available memory): some of the checked
+#: functions, such as ``causal_mask``, run on every forward pass.
+ALWAYS_ALLOWED_BYTES = 64 * 1024**2
 
 
 def _meminfo_available(text: str) -> int | None:
@@ -217,11 +220,13 @@ def check_alloc(what: str, n_bytes: Any) -> int:
     ``what`` describes the request for the message (e.g. ``"causal_mask(n=1000000000, m=1000000000)"``),
     ``n_bytes`` is its size (a non-negative int; Python ints do not overflow, so pass the exact product).
     The limit is :func:`available_memory_bytes`, or :data:`FALLBACK_MEMORY_LIMIT_BYTES` when the platform
-    does not tell. Returns ``n_bytes`` as an int.
+    does not tell; requests up to :data:`ALWAYS_ALLOWED_BYTES` pass without reading it. Returns ``n_bytes``.
     """
     if not isinstance(what, str) or not what:
         raise TypeError(f"what must be a non-empty str describing the allocation, got {describe(what)}")
     n_bytes = check_int("n_bytes", n_bytes, min_value=0)
+    if n_bytes <= ALWAYS_ALLOWED_BYTES:
+        return n_bytes
     available = available_memory_bytes()
     limit = FALLBACK_MEMORY_LIMIT_BYTES if available is None else available
     if n_bytes > limit:

@@ -179,10 +179,20 @@ def test_check_alloc_falls_back_to_a_fixed_limit(monkeypatch):
 
 
 def test_check_alloc_uses_the_available_memory(monkeypatch):
-    monkeypatch.setattr(V, "available_memory_bytes", lambda: 1000)
-    assert V.check_alloc("x", 1000) == 1000
-    with pytest.raises(ValueError, match=r"x would allocate 1001 bytes \(1,001 bytes\), more than the memory available"):
-        V.check_alloc("x", 1001)
+    limit = V.ALWAYS_ALLOWED_BYTES + 1000
+    monkeypatch.setattr(V, "available_memory_bytes", lambda: limit)
+    assert V.check_alloc("x", limit) == limit
+    with pytest.raises(ValueError, match=rf"x would allocate .* \({limit + 1:,} bytes\), more than the memory available"):
+        V.check_alloc("x", limit + 1)
+
+
+def test_check_alloc_does_not_read_memory_for_small_requests(monkeypatch):
+    def boom():
+        raise AssertionError("read the available memory for a small request")
+
+    monkeypatch.setattr(V, "available_memory_bytes", boom)
+    assert V.check_alloc("causal_mask(n=64, m=64)", 64 * 64) == 4096
+    assert V.check_alloc("at the bound", V.ALWAYS_ALLOWED_BYTES) == V.ALWAYS_ALLOWED_BYTES
 
 
 @pytest.mark.parametrize("args, error, says", [(("x", -1), ValueError, "n_bytes must be an int >= 0, got -1"),
