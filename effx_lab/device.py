@@ -17,7 +17,8 @@ Everything else here is read-only inspection:
 
 Apple silicon: the course runs on the CPU there. :func:`torch_device` never returns ``"mps"``, because the
 MPS backend has no float64, which every agreement check of the course needs; :func:`summary` says that MPS
-is present and how to ask for it where a notebook says so.
+is present and why it is not used. (No notebook uses MPS yet, and :func:`resolve_torch_device` accepts only
+``"cpu"`` and ``"cuda"``.)
 """
 from __future__ import annotations
 
@@ -101,14 +102,14 @@ def has_mps() -> bool:
 
 
 #: Printed by :func:`summary` where MPS is available.
-MPS_NOTE = "MPS present but not used (no float64); pass device='mps' where a notebook says so"
+MPS_NOTE = "MPS present but not used: the course runs on the CPU (MPS has no float64, which its checks need)"
 
 
 def torch_device():
     """The ``torch.device`` the course uses: the first CUDA GPU if there is one, else the CPU.
 
     Never MPS, even on Apple silicon: MPS has no float64, and the course proves its implementations agree in
-    float64. Pass ``device="mps"`` explicitly where a notebook says so.
+    float64.
     """
     import torch
 

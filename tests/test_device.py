@@ -121,7 +121,7 @@ def test_mps_is_never_chosen_but_mentioned(monkeypatch):
     assert device.torch_device() == torch.device("cpu")
     assert device.resolve_torch_device(None) == torch.device("cpu")
     s = device.summary()
-    assert "MPS present but not used (no float64); pass device='mps' where a notebook says so" in s
+    assert "MPS present but not used: the course runs on the CPU (MPS has no float64, which its checks need)" in s
     assert "\n" not in s
 
 
