@@ -75,60 +75,15 @@ def backends(reference: Any, torch_module: str) -> list[Any]:
 # Transcendental functions (exp, log, tanh, erf, pow) are not correctly rounded and differ between libraries
 # (glibc, SLEEF in torch, NumPy's SIMD loops, CUDA): their documented errors are at most 1 ulp (glibc float32,
 # SLEEF u10), 3.5 ulp (SLEEF u35) and 3.83 ulp (NumPy's AVX-512 float32 log); TRANSCENDENTAL_ULPS = 4 covers them.
-TRANSCENDENTAL_ULPS = 4
-
-
-def unit_roundoff(dtype: Any) -> float:
-    """``u`` of a NumPy or torch float dtype: 2**-53 (float64), 2**-24 (float32), 2**-11 (float16), 2**-8
-    (bfloat16). One ulp of a value is at most ``2 u`` times its magnitude."""
-    if isinstance(dtype, torch.dtype):
-        return float(torch.finfo(dtype).eps) / 2
-    return float(np.finfo(dtype).eps) / 2
-
-
-def gamma(k: int, u: float) -> float:
-    """Higham's ``gamma_k = k u / (1 - k u)``: the relative error bound of a sum or dot product of ``k`` terms."""
-    assert k * u < 0.5, (k, u)
-    return k * u / (1 - k * u)
+# The general pieces live in the package (effx_lab.numerics), where the notebooks and later chapters can use
+# them; the test-only bounds of particular layers follow.
+from effx_lab.numerics import TRANSCENDENTAL_ULPS, abs_matmul, assert_within, gamma, matmul_bound, unit_roundoff  # noqa: E402,F401
 
 
 def _abs64(a: Any) -> np.ndarray:
     if isinstance(a, torch.Tensor):
         a = a.detach().cpu().double().numpy()
     return np.abs(np.asarray(a, dtype=np.float64))
-
-
-def abs_matmul(a: Any, b: Any) -> np.ndarray:
-    """``|a| @ |b|`` in float64 (NumPy arrays or tensors): the sum of the magnitudes of the terms of each dot
-    product, the scale every rounding error of ``a @ b`` is measured against."""
-    return _abs64(a) @ _abs64(b)
-
-
-def matmul_bound(a: Any, b: Any, u: float, k: int | None = None) -> np.ndarray:
-    """Elementwise bound on ``|fl(a @ b) - a @ b|`` for any summation order: ``gamma_K (|a| @ |b|)``.
-
-    ``a [..., K]`` and ``b [K, N]`` (NumPy arrays or tensors, bounded in float64); ``K`` defaults to the inner
-    dimension (pass ``k = K + r`` to also cover ``r`` more roundings of every term, e.g. of the operands)."""
-    return gamma(_abs64(a).shape[-1] if k is None else k, u) * abs_matmul(a, b)
-
-
-def assert_within(got: Any, want: Any, bound: Any, what: str = "") -> None:
-    """``|got - want| <= bound`` elementwise (float64, NaN fails), with the worst ratio in the message."""
-    g, w = (np.asarray(v.detach().cpu().double().numpy() if isinstance(v, torch.Tensor) else v, dtype=np.float64)
-            for v in (got, want))
-    assert g.shape == w.shape, (what, g.shape, w.shape)
-    err = np.abs(g - w)
-    bound = np.broadcast_to(np.asarray(bound, dtype=np.float64), err.shape)
-    bad = ~(err <= bound)
-    if bad.any():
-        with np.errstate(divide="ignore", invalid="ignore"):
-            ratio = np.nanmax(np.where(bound > 0, err / bound, np.inf))
-        idx = np.unravel_index(int(np.argmax(bad)), err.shape)
-        raise AssertionError(
-            f"{what}: {int(bad.sum())} of {err.size} elements exceed the derived float error bound (worst "
-            f"|got - want| / bound = {ratio:.3g}; first at {idx}: got {g[idx]!r}, want {w[idx]!r}, "
-            f"bound {bound[idx]!r})"
-        )
 
 
 def gelu_tanh_bound(x: Any, u: float) -> np.ndarray:

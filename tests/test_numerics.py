@@ -1,0 +1,58 @@
+"""effx_lab.numerics: the rounding-error bounds every float32 comparison of the course derives from."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from effx_lab import numerics as N
+
+
+@pytest.mark.parametrize("dtype, u", [(np.float64, 2.0**-53), (np.float32, 2.0**-24), (np.float16, 2.0**-11),
+                                      (torch.float32, 2.0**-24), (torch.bfloat16, 2.0**-8)])
+def test_unit_roundoff(dtype, u):
+    assert N.unit_roundoff(dtype) == u
+
+
+@pytest.mark.parametrize("bad", [np.int32, torch.int8, "nonsense", None])
+def test_unit_roundoff_rejects_non_float_dtypes(bad):
+    with pytest.raises(TypeError, match="dtype must be"):
+        N.unit_roundoff(bad)
+
+
+def test_gamma_and_its_limits():
+    assert N.gamma(0, 2.0**-24) == 0.0
+    assert N.gamma(10, 0.01) == pytest.approx(0.1 / 0.9)
+    with pytest.raises(ValueError, match="k must be"):
+        N.gamma(-1, 0.01)
+    with pytest.raises(ValueError, match="k \\* u must be below 1/2"):
+        N.gamma(60, 0.01)
+    with pytest.raises(ValueError, match="u must be"):
+        N.gamma(3, 0.0)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_float32_products_stay_within_the_bound_and_the_bound_is_not_vacuous(seed):
+    rng = np.random.default_rng(seed)
+    a, b = rng.standard_normal((7, 300)), rng.standard_normal((300, 5))
+    exact = a @ b  # float64: the "exact" result at float32's scale
+    for got in (a.astype(np.float32) @ b.astype(np.float32),
+                (torch.from_numpy(a).float() @ torch.from_numpy(b).float()).numpy()):
+        # float32 operands are themselves rounded: one more rounding per term (k = K + 1)
+        N.assert_within(got, exact, N.matmul_bound(a, b, 2.0**-24, k=301), "float32 matmul")
+    with pytest.raises(AssertionError, match="exceed the derived float error bound"):
+        N.assert_within(exact + 0.05, exact, N.matmul_bound(a, b, 2.0**-24), "shifted")
+
+
+def test_assert_within_fails_on_nan_and_on_shape_mismatch():
+    with pytest.raises(AssertionError):
+        N.assert_within(np.array([np.nan]), np.array([0.0]), 1.0)
+    with pytest.raises(ValueError, match="one shape"):
+        N.assert_within(np.zeros(3), np.zeros(4), 1.0)
+
+
+def test_abs_matmul_checks_shapes():
+    with pytest.raises(ValueError, match="matching K"):
+        N.abs_matmul(np.ones((2, 3)), np.ones((4, 5)))
+    with pytest.raises(TypeError, match="b must be"):
+        N.abs_matmul(np.ones((2, 3)), "oops")
