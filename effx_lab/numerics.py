@@ -97,12 +97,15 @@ def matmul_bound(a: Any, b: Any, u: float, k: int | None = None) -> np.ndarray:
 
 def assert_within(got: Any, want: Any, bound: Any, what: str = "") -> None:
     """``|got - want| <= bound`` elementwise (in float64; a NaN fails), else ``AssertionError`` with the number of
-    elements over the bound, the worst ratio and the first offending element."""
+    elements over the bound, the worst ratio and the first offending element. NumPy arrays or tensors (on any
+    device) for all three."""
     g = np.asarray(got.detach().cpu().double().numpy() if _is_tensor(got) else got, dtype=np.float64)
     w = np.asarray(want.detach().cpu().double().numpy() if _is_tensor(want) else want, dtype=np.float64)
     if g.shape != w.shape:
         raise ValueError(f"{what}: got and want must have one shape, got {g.shape} and {w.shape}")
     err = np.abs(g - w)
+    if _is_tensor(bound):
+        bound = bound.detach().cpu().double().numpy()
     bound = np.broadcast_to(np.asarray(bound, dtype=np.float64), err.shape)
     bad = ~(err <= bound)
     if bad.any():
