@@ -85,7 +85,11 @@ NOTEBOOKS = (
     "notebooks/ch02_quantization/02.4_fine_grained.ipynb",
 )
 #: the Triton kernel test files (all their tests, which use the GPU when there is one)
-KERNEL_TEST_FILES = ("tests/test_quant_kernels.py", "tests/test_flash_kernels.py")
+KERNEL_TEST_FILES = (
+    "tests/test_quant_kernels.py",
+    "tests/test_flash_kernels.py",
+    "tests/test_sparse_kernels.py",
+)
 #: a notebook is started only with at least this much budget left (seconds)
 NOTEBOOK_MIN_S = 45.0
 #: the SIGALRM backstop fires this long after a step's deadline (the steps stop themselves first)

@@ -1,0 +1,231 @@
+"""The block-sparse matmul ``x @ W.T (+ bias)`` as one Triton kernel (chapters 3, 4).
+
+``W (out_features, in_features)`` is stored in BSR form
+(:class:`~effx_lab.sparse._format.BlockSparse`, made by
+:func:`effx_lab.sparse.torch_ops.to_block_sparse`): ``values (nnzb, bh, bw)``,
+``col_indices``, ``row_ptr``. The math is
+:func:`effx_lab.sparse.reference.block_sparse_matmul`.
+
+**How the work is split.** One program per output block: a tile of ``BLOCK_M`` rows of
+``x`` times one block row ``r`` of ``W``, i.e. the ``BLOCK_M x bh`` outputs
+``y[m0:m0+BLOCK_M, r*bh:(r+1)*bh]``. The program reads ``row_ptr[r]`` and
+``row_ptr[r+1]`` and loops over the stored blocks of its block row only: for block ``k``
+(block column ``c = col_indices[k]``) it loads the ``BLOCK_M x bw`` tile ``x[:,
+c*bw:(c+1)*bw]`` and the ``bh x bw`` block and accumulates ``x_tile @ block^T`` in
+float32. A block row with no stored block costs one load of ``row_ptr`` and writes zeros
+(or the bias). The work is proportional to the number of stored blocks, the dense cost
+times the density; the price of sparsity is that ``x`` is read once per stored block of
+each block row instead of streaming through a dense weight.
+
+**Restrictions.** ``tl.dot`` needs operands of at least 16 x 16: ``bh`` and ``bw`` must
+be powers of two >= 16. Forward only (no backward: inputs that require grad are refused
+while autograd records).
+
+**Precision.** Every ``tl.dot`` accumulates in float32 with ``input_precision="ieee"``
+(no TF32): float32 inputs match the float64 product to float32 accuracy.
+float16/bfloat16 inputs are fed to the dots in their own dtype; the output has the input
+dtype.
+
+**NaN.** Nothing is clamped or multiplied by a mask: a NaN in row ``i`` of ``x`` reaches
+every output of row ``i`` whose block row stores a block that reads it, the same outputs
+as :mod:`.torch_ops`; an output whose block row stores no block is 0 (or the bias), as
+in every face.
+
+On a machine without a CUDA GPU ``import effx_lab`` switches on Triton's CPU interpreter
+(correct, slow). This module is not imported by ``effx_lab.sparse``: ``from
+effx_lab.sparse import kernels as K``.
+"""
+
+from __future__ import annotations
+
+import math
+import effx_lab  # noqa: F401  (first: sets TRITON_INTERPRET=1 when there is no GPU)
+from effx_lab import _triton
+from effx_lab._triton import jit as _jit
+from effx_lab._triton import kernel_source
+from effx_lab._triton import tl, triton
+
+import torch
+
+from ._format import BlockSparse
+from .reference import _check_bsr, _check_matmul_args
+
+__all__ = [
+    "kernel_source",
+    "available",
+    "why_unavailable",
+    "block_sparse_matmul_triton",
+    "DTYPES",
+]
+
+DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+@_jit
+def _bsr_matmul_kernel(
+    x_ptr,  # (M, K) row-major, the rows of x
+    val_ptr,  # (nnzb, BH, BW) stored blocks
+    col_ptr,  # (nnzb,) int64 block column of each stored block
+    rowptr_ptr,  # (n_block_rows + 1,) int64
+    bias_ptr,  # (N,) read only when HAS_BIAS
+    y_ptr,  # (M, N) row-major output
+    M, K, N,  # rows of x, in_features, out_features
+    BH: tl.constexpr,  # block height (output columns per program)
+    BW: tl.constexpr,  # block width
+    BLOCK_M: tl.constexpr,  # rows of x per program
+    HAS_BIAS: tl.constexpr,
+    DOT_DTYPE: tl.constexpr,  # operand dtype of tl.dot (see _dot_dtype)
+):  # fmt: skip
+    pid_m = tl.program_id(0)
+    r = tl.program_id(1).to(tl.int64)  # block row of W = block of BH output columns
+
+    # int64: M * K may exceed 2^31
+    offs_m = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
+    offs_h = tl.arange(0, BH)
+    offs_w = tl.arange(0, BW)
+    m_mask = offs_m < M
+
+    acc = tl.zeros((BLOCK_M, BH), dtype=tl.float32)
+    start = tl.load(rowptr_ptr + r)
+    end = tl.load(rowptr_ptr + r + 1)
+    for k in range(start, end):  # only the stored blocks of block row r
+        c = tl.load(col_ptr + k)
+        xt = tl.load(
+            x_ptr + offs_m[:, None] * K + c * BW + offs_w[None, :],
+            mask=m_mask[:, None],
+            other=0.0,
+        )
+        blk = tl.load(val_ptr + k * (BH * BW) + offs_h[:, None] * BW + offs_w[None, :])
+        # x_tile @ blk^T
+        acc += tl.dot(
+            xt.to(DOT_DTYPE), tl.trans(blk.to(DOT_DTYPE)), input_precision="ieee"
+        )
+
+    cols = r * BH + offs_h
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + cols).to(tl.float32)[None, :]
+    tl.store(
+        y_ptr + offs_m[:, None] * N + cols[None, :],
+        acc.to(y_ptr.dtype.element_ty),
+        mask=m_mask[:, None],
+    )
+
+
+# --------------------------------------------------------------------------------------
+# availability
+# --------------------------------------------------------------------------------------
+def _kernel_is_interpreted() -> bool:
+    return _triton.is_interpreted(_bsr_matmul_kernel)
+
+
+def why_unavailable() -> str | None:
+    """Why :func:`block_sparse_matmul_triton` cannot run here, or ``None``.
+
+    It runs with a CUDA GPU (compiled) or in Triton's CPU interpreter.
+    """
+    return _triton.why_unavailable(_bsr_matmul_kernel, "effx_lab.sparse.kernels")
+
+
+def available() -> bool:
+    """Whether the Triton kernel can run here; see :func:`why_unavailable`."""
+    return why_unavailable() is None
+
+
+# --------------------------------------------------------------------------------------
+# the public function
+# --------------------------------------------------------------------------------------
+def _is_pow2_at_least_16(x: int) -> bool:
+    return x >= 16 and (x & (x - 1)) == 0
+
+
+def _dot_dtype(dtype: torch.dtype):
+    """The operand dtype of ``tl.dot``: the input dtype, except bfloat16 interpreted.
+
+    Triton's CPU interpreter multiplies raw bf16 bits in ``tl.dot``
+    (triton-lang/triton#11584; see :func:`effx_lab.flash.kernels._dot_dtype`): there the
+    dots get float32.
+    """
+    if dtype == torch.bfloat16 and _kernel_is_interpreted():
+        return tl.float32
+    return {
+        torch.float16: tl.float16,
+        torch.bfloat16: tl.bfloat16,
+        torch.float32: tl.float32,
+    }[dtype]
+
+
+def _block_m(m: int) -> int:
+    """Rows of ``x`` per program: 16 for a few rows, up to 64."""
+    return min(64, max(16, triton.next_power_of_2(max(m, 1))))
+
+
+def block_sparse_matmul_triton(
+    x: torch.Tensor, bsr: BlockSparse, bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``x @ W.T (+ bias)`` for the block-sparse ``W``, in one Triton kernel.
+
+    See the module docstring for how the work is split.
+
+    Same signature and result as :func:`effx_lab.sparse.torch_ops.block_sparse_matmul`:
+    ``x (..., in_features)``, ``bsr`` made by ``torch_ops.to_block_sparse`` and ``bias
+    (out_features,)``, one dtype among float16, bfloat16, float32, one device (CUDA, or
+    CPU in the interpreter). ``bh`` and ``bw`` must be powers of two >= 16. Shapes,
+    dtypes and devices are checked, never values.
+    """
+    reason = why_unavailable()
+    if reason is not None:
+        raise RuntimeError(f"the Triton kernel cannot run here: {reason}")
+    bsr = _check_bsr(bsr, numpy_face=False)
+    _check_matmul_args(x, bsr, bias, torch.Tensor, "torch_ops")
+    dtype = bsr.values.dtype
+    if dtype not in DTYPES:
+        raise TypeError(
+            f"bsr.values must have dtype float16, bfloat16 or float32, got {dtype}"
+        )
+    device = bsr.values.device
+    if not _kernel_is_interpreted() and device.type != "cuda":
+        raise ValueError(
+            f"the compiled Triton kernel needs CUDA tensors, got tensors on {device}"
+        )
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(
+            "the Triton kernel runs on CUDA (or CPU, interpreted) tensors, got "
+            f"{device}"
+        )
+    bh, bw = bsr.block
+    for name, size in (("bh", bh), ("bw", bw)):
+        if not _is_pow2_at_least_16(size):
+            raise ValueError(
+                f"the block's {name} must be a power of two >= 16 (tl.dot needs "
+                f"blocks of at least 16), got block {bsr.block}"
+            )
+    tensors = [x, bsr.values] + ([] if bias is None else [bias])
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        raise ValueError(
+            "the Triton kernel has no backward: inputs that require grad would get a "
+            "result with no gradient; call it under torch.no_grad() or pass detached "
+            "tensors (use effx_lab.sparse.torch_ops for training)"
+        )
+
+    out_features, in_features = bsr.shape
+    lead = tuple(x.shape[:-1])
+    m = math.prod(lead)
+    y = torch.empty((m, out_features), dtype=dtype, device=device)
+    if m == 0:
+        return y.reshape(*lead, out_features)
+    if bsr.nnzb == 0:
+        # nothing stored, and no block to hand the kernel a valid pointer: 0 or the bias
+        y.zero_()
+        return (y if bias is None else y + bias).reshape(*lead, out_features)
+    x2 = x.reshape(m, in_features).contiguous()
+    values = bsr.values.contiguous()
+    block_m = _block_m(m)
+    grid = (triton.cdiv(m, block_m), bsr.block_grid[0])
+    _bsr_matmul_kernel[grid](
+        x2, values, bsr.col_indices.contiguous(), bsr.row_ptr.contiguous(),
+        values if bias is None else bias.contiguous(), y,
+        m, in_features, out_features,
+        BH=bh, BW=bw, BLOCK_M=block_m,
+        HAS_BIAS=bias is not None, DOT_DTYPE=_dot_dtype(dtype),
+    )  # fmt: skip
+    return y.reshape(*lead, out_features)
