@@ -240,3 +240,16 @@ def check_alloc(what: str, n_bytes: Any) -> int:
             f"{_fmt_bytes(limit)}: check the sizes you passed"
         )
     return n_bytes
+
+
+def require_tensor(name: str, value: Any) -> Any:
+    """Raise ``TypeError`` unless ``value`` is a torch tensor (the torch faces never convert
+    NumPy arrays); return it unchanged."""
+    import torch
+
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(
+            f"{name} must be a torch tensor (torch_ops takes tensors; use "
+            f"torch.from_numpy), got {describe(value)}"
+        )
+    return value

@@ -15,6 +15,7 @@ from _backends import backends
 from effx_lab.attention import costs as C
 from effx_lab.attention import params as P
 from effx_lab.attention import reference as R
+from effx_lab.attention import shapes as S
 
 # ------------------------------------------------------------------------------------------------------
 # backends: the reference, and torch_ops behind a numpy <-> torch adapter
@@ -29,7 +30,7 @@ def _rand(rng: np.random.Generator, *shape: int) -> np.ndarray:
 def _mha_params(d: int, d_ff: int | None = None, seed: int = 0) -> dict[str, np.ndarray]:
     """Random float64 weights of order 1/sqrt(d), biases and LayerNorm parameters nonzero."""
     rng = np.random.default_rng(seed)
-    shapes = R.mha_param_shapes(d, d_ff)
+    shapes = S.mha_param_shapes(d, d_ff)
     params = {}
     for key, shape in shapes.items():
         if len(shape) == 2:
@@ -349,7 +350,7 @@ def test_feature_map_values(B):
 
 def test_feature_map_keeps_dtype_and_does_not_alias():
     x = np.array([[-1.0, 1.0]], dtype=np.float32)
-    for kind in R.FEATURE_MAPS:
+    for kind in S.FEATURE_MAPS:
         y = R.feature_map(x, kind)
         assert y.dtype == np.float32
         assert not np.shares_memory(x, y)
@@ -404,7 +405,7 @@ def test_init_transformer_layer_params_shapes():
     p = P.init_transformer_layer_params(8, 2, d_ff=12)
     assert p["w1"].shape == (8, 12) and p["w2"].shape == (12, 8)
     assert P.count_params(p) == 4 * (64 + 8) + (8 * 12 + 12) + (12 * 8 + 8) + 4 * 8
-    assert set(p) == set(R.mha_param_shapes(8, 12))
+    assert set(p) == set(S.mha_param_shapes(8, 12))
 
 
 @pytest.mark.parametrize(
@@ -669,3 +670,78 @@ def test_to_torch_and_count_params_bad_inputs():
 def test_count_params_list_value_is_a_type_error():
     with pytest.raises(TypeError, match=r"params\['a'\]"):
         P.count_params({"a": [1.0, 2.0]})
+
+
+# ======================================================================================
+# the shared shapes and checks (effx_lab.attention.shapes), the torch-only layer core
+# ======================================================================================
+def test_init_bytes_counts_float32_params_plus_the_largest_float64_draw():
+    shapes = {"w": (4, 8), "b": (8,)}
+    assert P.init_bytes(shapes) == 4 * (32 + 8) + 8 * 32
+    assert P.init_bytes({}) == 0
+    with pytest.raises(TypeError, match="^shapes must be a dict"):
+        P.init_bytes([(4, 8)])
+    with pytest.raises(TypeError, match=r"^shapes\['w'\] must be a tuple"):
+        P.init_bytes({"w": (4, -1)})
+    with pytest.raises(TypeError, match=r"^shapes\['w'\] must be a tuple"):
+        P.init_bytes({"w": [4, 8]})
+
+
+def test_shapes_torch_checks_name_the_argument():
+    x = torch.zeros(2, 3)
+    with pytest.raises(TypeError, match="^x must be a torch tensor"):
+        S.require_tensor("x", np.zeros(3))
+    with pytest.raises(ValueError, match="^x must have 3 dimensions"):
+        S.check_tensor("x", x, ndim=3)
+    with pytest.raises(TypeError, match="^k must have the dtype of q"):
+        S.same_kind(q=x, k=x.double())
+    with pytest.raises(ValueError, match="at least one tensor"):
+        S.same_kind()
+    with pytest.raises(ValueError, match=r"^params is missing 'w1'"):
+        S.check_layer_dict({}, "w1", "the layer's keys")
+    with pytest.raises(TypeError, match=r"^params\['w'\] must be a torch tensor"):
+        S.tensor_params({"w": np.zeros(3)}, ["w"], x)
+    assert S.tensor_params({"w": x}, ["w"], x.double())["w"].dtype == torch.float64
+
+
+def test_shapes_linear_and_tril():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 5, 3, generator=g, dtype=torch.float64)
+    w = torch.randn(3, 4, generator=g, dtype=torch.float64)
+    b = torch.randn(4, generator=g, dtype=torch.float64)
+    torch.testing.assert_close(S.linear(x, w, b), x @ w + b, rtol=1e-13, atol=1e-13)
+    torch.testing.assert_close(S.linear(x, w, None), x @ w, rtol=1e-13, atol=1e-13)
+    with pytest.raises(ValueError, match=r"^w must have shape \(in, out\)"):
+        S.linear(x, w.t(), b)
+    with pytest.raises(ValueError, match=r"^b must be None or of shape \(4,\)"):
+        S.linear(x, w, b[:3])
+    with pytest.raises(TypeError, match="^w must be a torch tensor"):
+        S.linear(x, w.numpy(), b)
+    mask = S.tril(3, 4)
+    assert mask.dtype == torch.bool and mask.device.type == "cpu"
+    assert torch.equal(mask, torch.from_numpy(R.causal_mask(3, 4)))
+    with pytest.raises(ValueError, match="^m must be"):
+        S.tril(3, 0)
+
+
+def test_transformer_layer_with_core_is_the_layer_with_another_core():
+    from effx_lab.attention import torch_ops as T
+
+    rng = np.random.default_rng(3)
+    x = torch.from_numpy(_rand(rng, 2, 6, 8))
+    p = {k: torch.from_numpy(v) for k, v in _mha_params(8, 16).items()}
+    want = T.transformer_layer(x, p, 2, causal=True)
+    assert torch.equal(T.transformer_layer_with_core(x, p, 2, True), want)
+    calls = []
+
+    def sdpa(q, k, v, causal, scale):
+        calls.append((tuple(q.shape), causal, scale))
+        return torch.nn.functional.scaled_dot_product_attention(
+            q, k, v, is_causal=causal, scale=scale
+        )
+
+    got = T.transformer_layer_with_core(x, p, 2, causal=True, core=sdpa)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    assert calls == [((2, 2, 6, 4), True, 0.5)]
+    with pytest.raises(TypeError, match="^core must be None or a callable"):
+        T.transformer_layer_with_core(x, p, 2, core="sdpa")

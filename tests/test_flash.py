@@ -17,6 +17,7 @@ from effx_lab.attention import params as AP
 from effx_lab.flash import costs as FC
 from effx_lab.flash import params as FP
 from effx_lab.flash import reference as F
+from effx_lab.flash import shapes as FS
 
 # ------------------------------------------------------------------------------------------------------
 # backends: the reference, and torch_ops behind a numpy <-> torch adapter
@@ -35,7 +36,7 @@ def _layer_params(d: int, e: int, s: int, n_qk: int, max_rel: int, seed: int = 0
     """float64 GAU/FLASH weights with every entry random and of order 1 (the init has beta = rel_bias = 0)."""
     rng = np.random.default_rng(seed)
     p = {}
-    for key, shape in F.gau_param_shapes(d, e, s, n_qk, 2 * max_rel + 1).items():
+    for key, shape in FS.gau_param_shapes(d, e, s, n_qk, 2 * max_rel + 1).items():
         if key in ("w_uvz", "w_o"):
             p[key] = rng.standard_normal(shape) / np.sqrt(shape[0])
         elif key == "ln_g":
@@ -51,7 +52,7 @@ def _glu_params(d: int, e: int, seed: int = 0) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     return {
         k: rng.standard_normal(sh) / (np.sqrt(sh[0]) if len(sh) == 2 else 3.0)
-        for k, sh in F.glu_param_shapes(d, e).items()
+        for k, sh in FS.glu_param_shapes(d, e).items()
     }
 
 
@@ -128,7 +129,6 @@ def _explicit_gau(x, p, causal):
 
 RTOL = 1e-10
 ATOL = 1e-12
-MODES = ["mixed", "local", "global"]
 NC = [pytest.param(12, 4, id="n12-c4"), pytest.param(10, 4, id="n10-c4"), pytest.param(7, 3, id="n7-c3"),
       pytest.param(5, 5, id="n5-c5"), pytest.param(3, 4, id="n3-c4"), pytest.param(6, 1, id="n6-c1")]  # fmt: skip
 
@@ -361,7 +361,7 @@ def test_mixed_is_local_plus_global(B, n, c, causal):
 @pytest.mark.parametrize("B", BACKENDS)
 @pytest.mark.parametrize("n,c", [(10, 4), (7, 3), (3, 4), (9, 2)])
 @pytest.mark.parametrize("causal", [False, True])
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", FS.MODES)
 def test_mixed_chunk_attention_padding_is_zero_pad_then_crop(B, n, c, causal, mode):
     rng = np.random.default_rng(15)
     args = _inputs(rng, (2,), n, 3, 4)
@@ -375,7 +375,7 @@ def test_mixed_chunk_attention_padding_is_zero_pad_then_crop(B, n, c, causal, mo
 
 
 @pytest.mark.parametrize("B", BACKENDS)
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", FS.MODES)
 @pytest.mark.parametrize("t", [0, 2, 3, 4, 7, 8, 9])
 def test_mixed_chunk_attention_causal_never_looks_ahead(B, mode, t):
     rng = np.random.default_rng(16)
@@ -415,7 +415,7 @@ def test_mixed_chunk_attention_non_causal_does_look_ahead(B):
 @pytest.mark.parametrize("B", BACKENDS)
 @pytest.mark.parametrize("n,c", NC)
 @pytest.mark.parametrize("causal", [False, True])
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", FS.MODES)
 def test_flash_layer_equals_explicit(B, n, c, causal, mode):
     rng = np.random.default_rng(18)
     d, e, s = 6, 12, 4
@@ -443,7 +443,7 @@ def test_causal_flash_with_one_chunk_is_gau(B, n):
 
 
 @pytest.mark.parametrize("B", BACKENDS)
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", FS.MODES)
 @pytest.mark.parametrize("t", [0, 1, 3, 4, 5, 8, 10])
 def test_causal_flash_layer_never_looks_ahead(B, mode, t):
     rng = np.random.default_rng(22)
@@ -644,7 +644,7 @@ def test_costs_bad_inputs():
 def test_init_gau_and_flash_params_shapes():
     for init, rows in ((FP.init_gau_params, 2), (FP.init_flash_params, 4)):
         p = init(8, expansion=2, s=4, max_rel=5)
-        assert set(p) == set(F.gau_param_shapes(8, 16, 4, rows, 11))
+        assert set(p) == set(FS.gau_param_shapes(8, 16, 4, rows, 11))
         assert p["gamma"].shape == p["beta"].shape == (rows, 4)
         assert p["rel_bias"].shape == (11,)
         assert p["w_uvz"].shape == (8, 2 * 16 + 4) and p["b_uvz"].shape == (36,)
@@ -989,3 +989,36 @@ def test_layer_params_bad_value_types_name_the_key(layer, key, value):
     args = (4,) if layer == "flash_layer" else ()
     with pytest.raises((TypeError, ValueError), match=rf"params\['{key}'\]"):
         getattr(F, layer)(np.zeros((5, 6)), p, *args)
+
+
+# ======================================================================================
+# the shared shapes and checks (effx_lab.flash.shapes)
+# ======================================================================================
+def test_flash_shapes_checks_name_the_argument():
+    a = np.zeros((2, 4, 3))
+    with pytest.raises(TypeError, match="^check must be None or a callable"):
+        FS.check_mixed_inputs(a, a, a, a, a, check="float")
+    with pytest.raises(ValueError, match=r"^lin_q must have the shape \(\.\.\., n, s\)"):
+        FS.check_mixed_inputs(a, a, a[..., :2], a, a)
+    seen = []
+    FS.check_mixed_inputs(a, a, a, a, a, check=lambda name, value: seen.append(name))
+    assert seen == ["quad_q", "quad_k", "lin_q", "lin_k", "v"]
+    with pytest.raises(ValueError, match="^chunk_size must divide the sequence length"):
+        FS.check_chunk(10, 4, exact=True)
+    assert FS.check_chunk(10, 4, exact=False) == 4
+    with pytest.raises(ValueError, match="^rel_bias must have an odd length"):
+        FS.check_rel_bias(np.zeros(4))
+    FS.check_rel_bias(None)
+    params = FP.init_gau_params(8, expansion=2, s=4, max_rel=3)
+    assert FS.layer_dims(np.zeros((5, 8)), params, n_qk=2) == (16, 4)
+    with pytest.raises(ValueError, match=r"^params\['gamma'\] must have 4 rows"):
+        FS.layer_dims(np.zeros((5, 8)), params, n_qk=4)
+    with pytest.raises(ValueError, match="^n_qk must be"):
+        FS.layer_dims(np.zeros((5, 8)), params, n_qk=0)
+
+
+def test_the_three_faces_share_one_modes_tuple():
+    from effx_lab.flash import kernels
+
+    assert FS.MODES == ("mixed", "local", "global")
+    assert F.MODES is FS.MODES and kernels.MODES is FS.MODES

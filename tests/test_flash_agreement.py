@@ -16,9 +16,11 @@ from _backends import gamma, unit_roundoff
 
 from effx_lab.attention import params as AP
 from effx_lab.attention import reference as AR
+from effx_lab.attention import shapes as AS
 from effx_lab.attention import torch_ops as AT
 from effx_lab.flash import params as FP
 from effx_lab.flash import reference as FR
+from effx_lab.flash import shapes as FS
 from effx_lab.flash import torch_ops as FT
 
 CAUSAL = [pytest.param(False, id="full"), pytest.param(True, id="causal")]
@@ -129,7 +131,7 @@ def test_transformer_layer_agrees(batch, causal) -> None:
     _agree_layer(AR.transformer_layer, AT.transformer_layer, _rand((*batch, 10, 16), 6), params, 4, causal)
 
 
-@pytest.mark.parametrize("kind", AR.FEATURE_MAPS)
+@pytest.mark.parametrize("kind", AS.FEATURE_MAPS)
 def test_feature_map_agrees(kind: str) -> None:
     x = _rand((2, 3, 50), 7, scale=3.0)
     x[0, 0, :4] = [-40.0, -700.0, 0.0, 30.0]  # exp underflow, zero, large positive
@@ -234,7 +236,7 @@ def test_chunk_linear_states_agrees(batch, n, c, causal) -> None:
 
 
 # (n, c): divides, pads, one short chunk, c = 1
-@pytest.mark.parametrize("mode", FR.MODES)
+@pytest.mark.parametrize("mode", FS.MODES)
 @pytest.mark.parametrize("causal", CAUSAL)
 @pytest.mark.parametrize("batch, n, c", [((), 16, 4), ((3,), 13, 4), ((2, 3), 5, 8), ((2,), 7, 1)])
 def test_mixed_chunk_attention_agrees(batch, n, c, causal, mode) -> None:
@@ -252,7 +254,7 @@ def test_mixed_chunk_attention_agrees(batch, n, c, causal, mode) -> None:
             _close(got, want, dtype, nontrivial=not trivial)
 
 
-@pytest.mark.parametrize("mode", FR.MODES)
+@pytest.mark.parametrize("mode", FS.MODES)
 @pytest.mark.parametrize("causal", CAUSAL)
 @pytest.mark.parametrize("batch, n, c", [((), 16, 4), ((3,), 13, 4), ((2, 3), 5, 8)])
 def test_flash_layer_agrees(batch, n, c, causal, mode) -> None:
@@ -331,7 +333,7 @@ def test_gradients_flow_to_x_and_every_parameter(name: str) -> None:
 
 
 @pytest.mark.parametrize("causal", CAUSAL)
-@pytest.mark.parametrize("mode", FR.MODES)
+@pytest.mark.parametrize("mode", FS.MODES)
 def test_flash_layer_gradcheck(causal: bool, mode: str) -> None:
     """Analytic gradients (padding, masks, exclusive cumsum) match finite differences, in float64."""
     p = _tp(_layer_params("flash", 4, seed=72))

@@ -17,6 +17,7 @@ from effx_lab.attention import torch_ops as AT
 from effx_lab.flash import models as FM
 from effx_lab.flash import params as FP
 from effx_lab.flash import reference as FR
+from effx_lab.flash import shapes as FS
 from effx_lab.models import reference as R
 from effx_lab.models import torch_ops as T
 from effx_lab.models import train
@@ -100,13 +101,13 @@ def test_gau_param_shapes_checks_every_size(position, value, error, says):
     args = [4, 4, 4, 4, 5]
     args[position] = value
     with pytest.raises(error, match=f"{GAU_ARGS[position]} {says}"):
-        FR.gau_param_shapes(*args)
+        FS.gau_param_shapes(*args)
 
 
 def test_gau_param_shapes_needs_an_odd_number_of_offsets():
     with pytest.raises(ValueError, match="n_rel must be odd"):
-        FR.gau_param_shapes(4, 4, 4, 4, 6)
-    assert FR.gau_param_shapes(4, 8, 2, 2, 5)["w_uvz"] == (4, 18)
+        FS.gau_param_shapes(4, 4, 4, 4, 6)
+    assert FS.gau_param_shapes(4, 8, 2, 2, 5)["w_uvz"] == (4, 18)
 
 
 @pytest.mark.parametrize("args, error, says", [(("oops", 4), TypeError, "d_model must be an int, got 'oops'"),
@@ -114,7 +115,7 @@ def test_gau_param_shapes_needs_an_odd_number_of_offsets():
                                                ((0, 4), ValueError, "d_model must be an int >= 1, got 0")])  # fmt: skip
 def test_glu_param_shapes_checks_every_size(args, error, says):
     with pytest.raises(error, match=says):
-        FR.glu_param_shapes(*args)
+        FS.glu_param_shapes(*args)
 
 
 @pytest.mark.parametrize("args, says", [((0,), "d_model"), ((4, 0), "d_ff"), (("4",), "d_model")])

@@ -14,14 +14,35 @@ import numpy as np
 
 from effx_lab._validate import check_alloc, check_float, check_int, describe
 
-from .reference import mha_param_shapes
+from .shapes import mha_param_shapes
 
-__all__ = ["init_mha_params", "init_transformer_layer_params", "to_torch", "count_params"]
+__all__ = [
+    "init_mha_params",
+    "init_transformer_layer_params",
+    "to_torch",
+    "count_params",
+    "init_bytes",
+]
 
 
-def _init_bytes(shapes: Mapping[str, tuple[int, ...]]) -> int:
-    """Peak bytes drawing float32 parameters of these shapes takes: all of them, plus the float64 draw of the
-    largest (``rng.normal`` draws float64 before the cast)."""
+def init_bytes(shapes: Mapping[str, tuple[int, ...]]) -> int:
+    """Peak bytes drawing float32 parameters of these shapes takes: all of them, plus the
+    float64 draw of the largest (``rng.normal`` draws float64 before the cast).
+
+    ``shapes``: a dict of tuples of ints >= 0, as
+    :func:`effx_lab.attention.shapes.mha_param_shapes` returns; the initialisers of the
+    chapters built on attention check their allocation with it.
+    """
+    if not isinstance(shapes, Mapping):
+        raise TypeError(f"shapes must be a dict of shape tuples, got {describe(shapes)}")
+    for key, shape in shapes.items():
+        if not isinstance(shape, tuple) or not all(
+            isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape
+        ):
+            raise TypeError(
+                f"shapes[{key!r}] must be a tuple of non-negative ints, "
+                f"got {describe(shape)}"
+            )
     sizes = [math.prod(shape) for shape in shapes.values()] or [0]
     return 4 * sum(sizes) + 8 * max(sizes)
 
@@ -29,7 +50,7 @@ def _init_bytes(shapes: Mapping[str, tuple[int, ...]]) -> int:
 def _init(shapes: Mapping[str, tuple[int, ...]], seed: int, std: float, what: str) -> dict[str, np.ndarray]:
     seed = check_int("seed", seed, min_value=0)
     std = check_float("std", std, min_value=0.0, min_inclusive=False)
-    check_alloc(what, _init_bytes(shapes))
+    check_alloc(what, init_bytes(shapes))
     rng = np.random.default_rng(seed)
     params = {}
     for key, shape in shapes.items():

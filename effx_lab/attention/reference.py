@@ -13,17 +13,29 @@
 
 Shapes: every function takes leading batch dimensions ``(..., n, d)``. :mod:`.torch_ops` exports the
 same names with the same signatures for PyTorch tensors; tests check the two agree on random inputs.
+Both take the parameter shapes and argument checks from :mod:`.shapes`.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from typing import Mapping
 
 import numpy as np
 
 from effx_lab._validate import check_alloc, check_array, check_bool, check_choice, check_float, check_int, describe
 from effx_lab.models.reference import gelu_tanh, layer_norm, softmax
+
+from .shapes import (
+    FEATURE_MAPS,
+    check_causal_lengths,
+    check_heads,
+    check_linear_args,
+    check_params,
+    check_qkv,
+    check_x,
+    mha_param_shapes,
+)
 
 __all__ = [
     "softmax_attention",
@@ -34,85 +46,6 @@ __all__ = [
     "linear_attention_quadratic",
     "causal_mask",
 ]
-
-FEATURE_MAPS = ("elu1", "relu", "identity")
-
-
-# ----------------------------------------------------------------------------------------------------------
-# validation shared with torch_ops (works on anything with .shape/.ndim)
-# ----------------------------------------------------------------------------------------------------------
-def _check_qkv(q: Any, k: Any, v: Any, allow_torch: bool = False) -> None:
-    for name, a in (("q", q), ("k", k), ("v", v)):
-        check_array(name, a, dtype_kind="f", allow_torch=allow_torch)
-        if a.ndim < 2:
-            raise ValueError(
-                f"{name} must have shape (..., n, d) with at least 2 dimensions, got shape {tuple(a.shape)}"
-            )
-    if q.shape[-1] != k.shape[-1]:
-        raise ValueError(f"q and k must have the same last dimension d, got q {tuple(q.shape)} and k {tuple(k.shape)}")
-    if k.shape[-2] != v.shape[-2]:
-        raise ValueError(
-            f"k and v must have the same length n (axis -2), got k {tuple(k.shape)} and v {tuple(v.shape)}"
-        )
-    if q.shape[:-2] != k.shape[:-2] or k.shape[:-2] != v.shape[:-2]:
-        raise ValueError(
-            "q, k and v must have the same leading (batch) dimensions, "
-            f"got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
-        )
-
-
-def _check_causal_lengths(q: Any, k: Any, causal: bool) -> None:
-    if causal and q.shape[-2] != k.shape[-2]:
-        raise ValueError(
-            f"causal attention needs as many queries as keys, got q length {q.shape[-2]} and k length {k.shape[-2]}"
-        )
-
-
-def _check_x(x: Any, allow_torch: bool = False) -> None:
-    check_array("x", x, dtype_kind="f", allow_torch=allow_torch)
-    if x.ndim < 2:
-        raise ValueError(f"x must have shape (..., n, d_model) with at least 2 dimensions, got shape {tuple(x.shape)}")
-
-
-def _check_params(params: Any, shapes: Mapping[str, tuple[int, ...]], allow_torch: bool = False) -> None:
-    """Check that ``params`` is a mapping holding every key of ``shapes`` with exactly that shape."""
-    if not isinstance(params, Mapping):
-        raise TypeError(f"params must be a dict of arrays, got {describe(params)}")
-    missing = [k for k in shapes if k not in params]
-    if missing:
-        raise ValueError(f"params is missing {missing}; expected keys {sorted(shapes)}")
-    for key, shape in shapes.items():
-        check_array(f"params[{key!r}]", params[key], dtype_kind="f", allow_torch=allow_torch)
-        if tuple(params[key].shape) != tuple(shape):
-            raise ValueError(f"params[{key!r}] must have shape {tuple(shape)}, got {tuple(params[key].shape)}")
-
-
-def mha_param_shapes(d_model: int, d_ff: int | None = None) -> dict[str, tuple[int, ...]]:
-    """Shapes of the multi-head attention (and, with ``d_ff``, Transformer layer) parameters."""
-    d_model = check_int("d_model", d_model, min_value=1)
-    if d_ff is not None:
-        d_ff = check_int("d_ff", d_ff, min_value=1)
-    shapes = {
-        "wq": (d_model, d_model), "bq": (d_model,),
-        "wk": (d_model, d_model), "bk": (d_model,),
-        "wv": (d_model, d_model), "bv": (d_model,),
-        "wo": (d_model, d_model), "bo": (d_model,),
-    }  # fmt: skip
-    if d_ff is not None:
-        shapes.update({
-            "ln1_g": (d_model,), "ln1_b": (d_model,),
-            "ln2_g": (d_model,), "ln2_b": (d_model,),
-            "w1": (d_model, d_ff), "b1": (d_ff,),
-            "w2": (d_ff, d_model), "b2": (d_model,),
-        })  # fmt: skip
-    return shapes
-
-
-def _check_heads(d_model: int, n_heads: Any) -> int:
-    n_heads = check_int("n_heads", n_heads, min_value=1)
-    if d_model % n_heads:
-        raise ValueError(f"n_heads must divide d_model = {d_model}, got n_heads = {n_heads}")
-    return n_heads
 
 
 def causal_mask(n: int, m: int | None = None) -> np.ndarray:
@@ -133,9 +66,9 @@ def softmax_attention(
 
     Builds the full ``(..., n, m)`` score matrix: this is the quadratic baseline.
     """
-    _check_qkv(q, k, v)
+    check_qkv(q, k, v)
     causal = check_bool("causal", causal)
-    _check_causal_lengths(q, k, causal)
+    check_causal_lengths(q, k, causal)
     scale = (
         1.0 / math.sqrt(q.shape[-1])
         if scale is None
@@ -154,10 +87,10 @@ def multi_head_attention(
 
     ``params`` holds ``wq, bq, wk, bk, wv, bv, wo, bo`` (weights stored ``(in, out)``: ``y = x @ w + b``).
     """
-    _check_x(x)
+    check_x(x)
     d = x.shape[-1]
-    n_heads = _check_heads(d, n_heads)
-    _check_params(params, mha_param_shapes(d))
+    n_heads = check_heads(d, n_heads)
+    check_params(params, mha_param_shapes(d))
     causal = check_bool("causal", causal)
     n, dh = x.shape[-2], d // n_heads
 
@@ -180,7 +113,7 @@ def transformer_layer(
     The FFN is ``gelu(h W1 + b1) W2 + b2`` (GELU, tanh form). Extra keys: ``ln1_g, ln1_b, ln2_g, ln2_b,
     w1, b1, w2, b2``.
     """
-    _check_x(x)
+    check_x(x)
     if not isinstance(params, Mapping):
         raise TypeError(
             f"params must be a dict with the Transformer layer's keys (see mha_param_shapes), got {describe(params)}"
@@ -191,7 +124,7 @@ def transformer_layer(
             f"got {sorted(params)}"
         )
     check_array("params['w1']", params["w1"], ndim=2, dtype_kind="f")
-    _check_params(params, mha_param_shapes(x.shape[-1], params["w1"].shape[-1]))
+    check_params(params, mha_param_shapes(x.shape[-1], params["w1"].shape[-1]))
     h = x + multi_head_attention(layer_norm(x, params["ln1_g"], params["ln1_b"]), params, n_heads, causal)
     f = layer_norm(h, params["ln2_g"], params["ln2_b"])
     return h + gelu_tanh(f @ params["w1"] + params["b1"]) @ params["w2"] + params["b2"]
@@ -216,15 +149,6 @@ def feature_map(x: np.ndarray, kind: str = "elu1") -> np.ndarray:
     return x.copy()
 
 
-def _check_linear_args(q: Any, k: Any, v: Any, causal: Any, normalize: Any, eps: Any, allow_torch: bool = False):
-    _check_qkv(q, k, v, allow_torch=allow_torch)
-    causal = check_bool("causal", causal)
-    _check_causal_lengths(q, k, causal)
-    normalize = check_bool("normalize", normalize)
-    eps = check_float("eps", eps, min_value=0.0)
-    return causal, normalize, eps
-
-
 def linear_attention(
     q: np.ndarray, k: np.ndarray, v: np.ndarray, causal: bool = False, normalize: bool = True, eps: float = 1e-6
 ) -> np.ndarray:
@@ -239,7 +163,7 @@ def linear_attention(
 
     With ``normalize=False`` the division is skipped (the form FLASH uses, with its own 1/c scaling).
     """
-    causal, normalize, eps = _check_linear_args(q, k, v, causal, normalize, eps)
+    causal, normalize, eps = check_linear_args(q, k, v, causal, normalize, eps)
     if not causal:
         out = q @ (np.swapaxes(k, -1, -2) @ v)
         if normalize:
@@ -262,7 +186,7 @@ def linear_attention_quadratic(
     Builds the ``(n, m)`` matrix ``q k^T`` (``2 d n m`` multiply-adds for the two products): the quadratic
     order. Useful as the explicit O(n^2) definition the fast forms are tested against.
     """
-    causal, normalize, eps = _check_linear_args(q, k, v, causal, normalize, eps)
+    causal, normalize, eps = check_linear_args(q, k, v, causal, normalize, eps)
     a = q @ np.swapaxes(k, -1, -2)
     if causal:
         a = a * causal_mask(q.shape[-2], k.shape[-2])

@@ -29,6 +29,10 @@ must share one dtype and device. Parameter dicts (from :func:`effx_lab.attention
 cast to the dtype of ``x`` (a no-op when they already match, differentiable otherwise), so the output
 always has the dtype of ``x`` (float32, float64 or bfloat16) and lives on its device (CPU or CUDA).
 :func:`causal_mask` keeps the reference's signature and returns a CPU tensor (``.to(device)`` it).
+
+The checks and parameter shapes are those of :mod:`.shapes`, which the NumPy face uses
+too. One name has no NumPy twin: :func:`transformer_layer_with_core`, the layer with
+another attention core (such as PyTorch's fused SDPA).
 """
 from __future__ import annotations
 
@@ -38,17 +42,30 @@ from typing import Any, Callable, Mapping
 import torch
 import torch.nn.functional as F
 
-from effx_lab._validate import check_alloc, check_array, check_bool, check_choice, check_float, check_int, describe
+from effx_lab._validate import (
+    check_alloc,
+    check_bool,
+    check_choice,
+    check_float,
+    check_int,
+    describe,
+)
 
-from .reference import (
+from .shapes import (
     FEATURE_MAPS,
-    _check_causal_lengths,
-    _check_heads,
-    _check_linear_args,
-    _check_params,
-    _check_qkv,
-    _check_x,
+    check_causal_lengths,
+    check_heads,
+    check_layer_dict,
+    check_linear_args,
+    check_params,
+    check_qkv,
+    check_x,
+    linear,
     mha_param_shapes,
+    require_tensor,
+    same_kind,
+    tensor_params,
+    tril,
 )
 
 __all__ = [
@@ -59,69 +76,10 @@ __all__ = [
     "linear_attention",
     "linear_attention_quadratic",
     "causal_mask",
+    "transformer_layer_with_core",
 ]
 
 LINEAR_CHUNK = 64  # tokens per chunk of the causal linear attention
-
-
-# ----------------------------------------------------------------------------------------------------------
-# torch-side validation (shared with effx_lab.flash.torch_ops)
-# ----------------------------------------------------------------------------------------------------------
-def _require_tensor(name: str, value: Any) -> torch.Tensor:
-    """Raise ``TypeError`` unless ``value`` is a torch tensor (torch_ops never converts NumPy arrays)."""
-    if not isinstance(value, torch.Tensor):
-        raise TypeError(
-            f"{name} must be a torch tensor (torch_ops takes tensors; use torch.from_numpy), got {describe(value)}"
-        )
-    return value
-
-
-def _check_tensor(name: str, value: Any, **kw: Any) -> torch.Tensor:
-    """:func:`effx_lab._validate.check_array` for torch tensors only (same ``ndim``/``dtype_kind`` options)."""
-    return check_array(name, _require_tensor(name, value), allow_torch=True, **kw)
-
-
-def _check_layer_dict(params: Any, key: str, what: str) -> None:
-    """The reference layers' first check of ``params``: a dict (``TypeError``) holding ``key`` (``ValueError``)
-    as a 2-D float tensor; ``what`` ends the messages, as in the reference."""
-    if not isinstance(params, Mapping):
-        raise TypeError(f"params must be a dict with {what}, got {describe(params)}")
-    if key not in params:
-        raise ValueError(f"params is missing {key!r}; expected {what}, got {sorted(params)}")
-    _check_tensor(f"params[{key!r}]", params[key], ndim=2, dtype_kind="f")
-
-
-def _same_kind(**tensors: torch.Tensor) -> None:
-    """All ``tensors`` share one dtype (else ``TypeError``) and one device (else ``ValueError``)."""
-    names = list(tensors)
-    first = tensors[names[0]]
-    for name in names[1:]:
-        t = tensors[name]
-        if t.dtype != first.dtype:
-            raise TypeError(f"{name} must have the dtype of {names[0]} ({first.dtype}), got {t.dtype}")
-        if t.device != first.device:
-            raise ValueError(f"{name} must be on the device of {names[0]} ({first.device}), got {t.device}")
-
-
-def _tensor_params(params: Mapping[str, Any], keys: Any, like: torch.Tensor) -> dict[str, torch.Tensor]:
-    """The ``keys`` of ``params`` as tensors in ``like``'s dtype; ``TypeError``/``ValueError`` if not tensors
-    or on another device. Call after the reference's shape check."""
-    out = {}
-    for key in keys:
-        value = _require_tensor(f"params[{key!r}]", params[key])
-        if value.device != like.device:
-            raise ValueError(f"params[{key!r}] must be on the device of x ({like.device}), got {value.device}")
-        out[key] = value.to(like.dtype)
-    return out
-
-
-def _linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``x @ w + b`` with ``w`` stored ``(in, out)``: one GEMM with the bias fused."""
-    return F.linear(x, w.t(), b)
-
-
-def _tril(n: int, m: int, device: torch.device) -> torch.Tensor:
-    return torch.ones((n, m), dtype=torch.bool, device=device).tril_()
 
 
 def causal_mask(n: int, m: int | None = None) -> torch.Tensor:
@@ -129,7 +87,7 @@ def causal_mask(n: int, m: int | None = None) -> torch.Tensor:
     n = check_int("n", n, min_value=1)
     m = n if m is None else check_int("m", m, min_value=1)
     check_alloc(f"causal_mask(n={n}, m={m})", n * m)  # one byte per bool
-    return _tril(n, m, torch.device("cpu"))
+    return tril(n, m, torch.device("cpu"))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -137,9 +95,9 @@ def causal_mask(n: int, m: int | None = None) -> torch.Tensor:
 # ----------------------------------------------------------------------------------------------------------
 def _check_tensors_qkv(q: Any, k: Any, v: Any) -> None:
     for name, a in (("q", q), ("k", k), ("v", v)):
-        _require_tensor(name, a)
-    _check_qkv(q, k, v, allow_torch=True)
-    _same_kind(q=q, k=k, v=v)
+        require_tensor(name, a)
+    check_qkv(q, k, v, allow_torch=True)
+    same_kind(q=q, k=k, v=v)
 
 
 def _softmax_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, scale: float) -> torch.Tensor:
@@ -147,7 +105,7 @@ def _softmax_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal
     # matmul's backward reads its inputs, not its output). Two fewer passes over the n x m matrix.
     scores = torch.matmul(q * scale, k.transpose(-1, -2))
     if causal:
-        scores.masked_fill_(~_tril(q.shape[-2], k.shape[-2], q.device), float("-inf"))
+        scores.masked_fill_(~tril(q.shape[-2], k.shape[-2], q.device), float("-inf"))
     return torch.matmul(torch.softmax(scores, dim=-1), v)
 
 
@@ -160,7 +118,7 @@ def softmax_attention(
     """
     _check_tensors_qkv(q, k, v)
     causal = check_bool("causal", causal)
-    _check_causal_lengths(q, k, causal)
+    check_causal_lengths(q, k, causal)
     if scale is None:
         scale = 1.0 / math.sqrt(q.shape[-1])
     else:
@@ -174,17 +132,17 @@ def _mha(
     """Multi-head attention on validated inputs: one fused QKV GEMM, one reshape into heads.
 
     ``core(q, k, v, causal, scale)`` is the attention of the heads; the default is the textbook
-    :func:`_softmax_attention` (``effx_lab.flash.bench`` passes PyTorch's fused SDPA instead).
+    :func:`_softmax_attention` (see :func:`transformer_layer_with_core`).
     """
     n, d = x.shape[-2], x.shape[-1]
     dh = d // n_heads
     w = torch.cat((p["wq"], p["wk"], p["wv"]), dim=1)  # (d, 3d)
     b = torch.cat((p["bq"], p["bk"], p["bv"]))
-    qkv = _linear(x, w, b).unflatten(-1, (3, n_heads, dh))  # (..., n, 3, h, dh)
+    qkv = linear(x, w, b).unflatten(-1, (3, n_heads, dh))  # (..., n, 3, h, dh)
     q, k, v = qkv.movedim(-3, 0).transpose(-2, -3).unbind(0)  # each (..., h, n, dh)
     o = (core or _softmax_attention)(q, k, v, causal, 1.0 / math.sqrt(dh))  # (..., h, n, dh)
     o = o.transpose(-2, -3).reshape(*x.shape[:-2], n, d)
-    return _linear(o, p["wo"], p["bo"])
+    return linear(o, p["wo"], p["bo"])
 
 
 def multi_head_attention(
@@ -194,14 +152,14 @@ def multi_head_attention(
 
     ``params`` holds ``wq, bq, wk, bk, wv, bv, wo, bo`` (weights stored ``(in, out)``: ``y = x @ w + b``).
     """
-    _require_tensor("x", x)
-    _check_x(x, allow_torch=True)
+    require_tensor("x", x)
+    check_x(x, allow_torch=True)
     d = x.shape[-1]
-    n_heads = _check_heads(d, n_heads)
+    n_heads = check_heads(d, n_heads)
     shapes = mha_param_shapes(d)
-    _check_params(params, shapes, allow_torch=True)
+    check_params(params, shapes, allow_torch=True)
     causal = check_bool("causal", causal)
-    return _mha(x, _tensor_params(params, shapes, x), n_heads, causal)
+    return _mha(x, tensor_params(params, shapes, x), n_heads, causal)
 
 
 def transformer_layer(
@@ -212,25 +170,41 @@ def transformer_layer(
     The FFN is ``gelu(h W1 + b1) W2 + b2`` (GELU, tanh form). Extra keys: ``ln1_g, ln1_b, ln2_g, ln2_b,
     w1, b1, w2, b2``.
     """
-    return _transformer_layer(x, params, n_heads, causal)
+    return transformer_layer_with_core(x, params, n_heads, causal)
 
 
-def _transformer_layer(
-    x: Any, params: Any, n_heads: Any, causal: Any, core: Callable[..., Any] | None = None
+def transformer_layer_with_core(
+    x: torch.Tensor,
+    params: Mapping[str, torch.Tensor],
+    n_heads: int,
+    causal: bool = False,
+    core: Callable[..., torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """:func:`transformer_layer` with a choice of attention core (see :func:`_mha`)."""
-    _require_tensor("x", x)
-    _check_x(x, allow_torch=True)
-    _check_layer_dict(params, "w1", "the Transformer layer's keys (see mha_param_shapes)")
+    """:func:`transformer_layer` with a choice of attention core (torch only).
+
+    ``core(q, k, v, causal, scale)`` gets the heads ``(..., h, n, d_h)`` and returns
+    ``(..., h, n, d_h)``; ``None`` is the textbook softmax attention of
+    :func:`transformer_layer`. The validation, projections, norms and FFN are the same:
+    ``effx_lab.flash.bench`` passes PyTorch's fused SDPA to measure the strongest
+    quadratic baseline on the very same layer.
+    """
+    if core is not None and not callable(core):
+        raise TypeError(
+            "core must be None or a callable core(q, k, v, causal, scale), "
+            f"got {describe(core)}"
+        )
+    require_tensor("x", x)
+    check_x(x, allow_torch=True)
+    check_layer_dict(params, "w1", "the Transformer layer's keys (see mha_param_shapes)")
     d = x.shape[-1]
     shapes = mha_param_shapes(d, params["w1"].shape[-1])
-    _check_params(params, shapes, allow_torch=True)
-    n_heads = _check_heads(d, n_heads)
+    check_params(params, shapes, allow_torch=True)
+    n_heads = check_heads(d, n_heads)
     causal = check_bool("causal", causal)
-    p = _tensor_params(params, shapes, x)
+    p = tensor_params(params, shapes, x)
     h = x + _mha(F.layer_norm(x, (d,), p["ln1_g"], p["ln1_b"], eps=1e-5), p, n_heads, causal, core)
     f = F.layer_norm(h, (d,), p["ln2_g"], p["ln2_b"], eps=1e-5)
-    return h + _linear(F.gelu(_linear(f, p["w1"], p["b1"]), approximate="tanh"), p["w2"], p["b2"])
+    return h + linear(F.gelu(linear(f, p["w1"], p["b1"]), approximate="tanh"), p["w2"], p["b2"])
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -242,7 +216,7 @@ def feature_map(x: torch.Tensor, kind: str = "elu1") -> torch.Tensor:
     ``"elu1"``: ``elu(x) + 1`` (Katharopoulos et al. 2020); ``"relu"``: ``max(x, 0)``; ``"identity"``: a copy
     of ``x``.
     """
-    _require_tensor("x", x)
+    require_tensor("x", x)
     if not x.dtype.is_floating_point:
         raise TypeError(f"x must have a float dtype, got {x.dtype}")
     check_choice("kind", kind, FEATURE_MAPS)
@@ -262,7 +236,7 @@ def _causal_linear(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, normalize:
         q, k, v = (F.pad(t, (0, 0, 0, pad)) for t in (q, k, v))
     g = (n + pad) // c
     qc, kc, vc = (t.unflatten(-2, (g, c)) for t in (q, k, v))  # (..., G, c, w)
-    a = torch.matmul(qc, kc.transpose(-1, -2)).masked_fill_(~_tril(c, c, q.device), 0.0)  # (..., G, c, c)
+    a = torch.matmul(qc, kc.transpose(-1, -2)).masked_fill_(~tril(c, c, q.device), 0.0)  # (..., G, c, c)
     k_prev, v_prev = kc[..., :-1, :, :], vc[..., :-1, :, :]  # the last chunk's state is never read
     kv = torch.matmul(k_prev.transpose(-1, -2), v_prev)  # (..., G-1, d, e): K_h^T V_h
     states = F.pad(torch.cumsum(kv, dim=-3), (0, 0, 0, 0, 1, 0))  # exclusive prefix (..., G, d, e): h < g
@@ -284,7 +258,7 @@ def linear_attention(
     module docstring). ``normalize=False`` skips the division.
     """
     _check_tensors_qkv(q, k, v)
-    causal, normalize, eps = _check_linear_args(q, k, v, causal, normalize, eps, allow_torch=True)
+    causal, normalize, eps = check_linear_args(q, k, v, causal, normalize, eps, allow_torch=True)
     if causal:
         return _causal_linear(q, k, v, normalize, eps)
     out = torch.matmul(q, torch.matmul(k.transpose(-1, -2), v))
@@ -298,10 +272,10 @@ def linear_attention_quadratic(
 ) -> torch.Tensor:
     """The same numbers as :func:`linear_attention`, computed queries first: ``((q k^T) * mask) v``."""
     _check_tensors_qkv(q, k, v)
-    causal, normalize, eps = _check_linear_args(q, k, v, causal, normalize, eps, allow_torch=True)
+    causal, normalize, eps = check_linear_args(q, k, v, causal, normalize, eps, allow_torch=True)
     a = torch.matmul(q, k.transpose(-1, -2))
     if causal:
-        a.masked_fill_(~_tril(q.shape[-2], k.shape[-2], q.device), 0.0)
+        a.masked_fill_(~tril(q.shape[-2], k.shape[-2], q.device), 0.0)
     out = torch.matmul(a, v)
     if normalize:
         out = out / (a.sum(dim=-1, keepdim=True) + eps)

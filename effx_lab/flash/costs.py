@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from effx_lab._validate import check_choice, check_int
 
-from .reference import gau_param_shapes, glu_param_shapes
+from .shapes import gau_param_shapes, glu_param_shapes
 
 __all__ = ["KINDS", "layer_params", "layer_flops", "model_flops"]
 

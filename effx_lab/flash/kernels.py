@@ -48,20 +48,18 @@ import effx_lab  # noqa: F401  (first: sets TRITON_INTERPRET=1 when there is no 
 from effx_lab import _triton
 from effx_lab import device as _device
 from effx_lab._validate import check_array, check_bool, check_choice, check_int, describe
-from effx_lab.flash.reference import _check_mixed_inputs
 
-from effx_lab._triton import IMPORT_ERROR as _IMPORT_ERROR
 from effx_lab._triton import jit as _jit
 from effx_lab._triton import kernel_source
 from effx_lab._triton import tl, triton
+
+from .shapes import MODES, check_mixed_inputs
 
 import torch
 
 __all__ = ["kernel_source", "available", "why_unavailable", "mixed_chunk_attention_triton", "MODES", "DTYPES"]
 
-MODES = ("mixed", "local", "global")
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-
 
 
 @_jit
@@ -268,7 +266,7 @@ def mixed_chunk_attention_triton(
 
     names = ("quad_q", "quad_k", "lin_q", "lin_k")
     tensors = (quad_q, quad_k, lin_q, lin_k)
-    _check_mixed_inputs(quad_q, quad_k, lin_q, lin_k, v, check=_check_tensor)
+    check_mixed_inputs(quad_q, quad_k, lin_q, lin_k, v, check=_check_tensor)
     dtype = quad_q.dtype
     if dtype not in DTYPES:
         raise TypeError(f"quad_q must have dtype float16, bfloat16 or float32, got {dtype}")

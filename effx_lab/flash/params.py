@@ -9,9 +9,9 @@ from __future__ import annotations
 import numpy as np
 
 from effx_lab._validate import check_alloc, check_choice, check_float, check_int
-from effx_lab.attention.params import _init_bytes, count_params, to_torch
+from effx_lab.attention.params import count_params, init_bytes, to_torch
 
-from .reference import gau_param_shapes, glu_param_shapes
+from .shapes import gau_param_shapes, glu_param_shapes
 
 __all__ = ["init_glu_params", "init_gau_params", "init_flash_params", "to_torch", "count_params"]
 
@@ -19,7 +19,7 @@ __all__ = ["init_glu_params", "init_gau_params", "init_flash_params", "to_torch"
 def _draw(shapes: dict[str, tuple[int, ...]], seed: int, std: float, what: str) -> dict[str, np.ndarray]:
     seed = check_int("seed", seed, min_value=0)
     std = check_float("std", std, min_value=0.0, min_inclusive=False)
-    check_alloc(what, _init_bytes(shapes))
+    check_alloc(what, init_bytes(shapes))
     rng = np.random.default_rng(seed)
     out = {}
     for key, shape in shapes.items():

@@ -33,18 +33,29 @@ paper differ, some divide the non-causal global sum by ``n``). Positions: the pa
 rotary embeddings (RoPE) to the queries and keys; we use only the relative position bias. Every layer here
 is pre-LayerNorm with a residual connection, ``x + f(LN(x))``, as in the paper's code. Shapes take leading
 batch dimensions.
-:mod:`.torch_ops` exports the same names and signatures for PyTorch tensors.
+:mod:`.torch_ops` exports the same names and signatures for PyTorch tensors. Both take
+the parameter shapes and argument checks from :mod:`.shapes` (``glu_param_shapes``,
+``gau_param_shapes``, ``MODES``).
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from typing import Mapping
 
 import numpy as np
 
 from effx_lab._validate import check_array, check_bool, check_choice, check_int, describe
-from effx_lab.attention.reference import _check_params, _check_x
+from effx_lab.attention.shapes import check_params, check_x
 from effx_lab.models.reference import layer_norm
+
+from .shapes import (
+    MODES,
+    check_chunk,
+    check_mixed_inputs,
+    check_rel_bias,
+    glu_param_shapes,
+    layer_dims,
+)
 
 __all__ = [
     "swish",
@@ -58,62 +69,6 @@ __all__ = [
     "flash_layer",
 ]
 
-MODES = ("mixed", "local", "global")
-
-
-# ----------------------------------------------------------------------------------------------------------
-# parameter shapes (shared with torch_ops and params.py)
-# ----------------------------------------------------------------------------------------------------------
-def glu_param_shapes(d_model: int, e: int) -> dict[str, tuple[int, ...]]:
-    """Shapes of a GLU layer's parameters: width ``d_model`` in and out, expanded width ``e`` inside."""
-    d_model = check_int("d_model", d_model, min_value=1)
-    e = check_int("e", e, min_value=1)
-    return {"w_u": (d_model, e), "b_u": (e,), "w_v": (d_model, e), "b_v": (e,), "w_o": (e, d_model), "b_o": (d_model,)}
-
-
-def gau_param_shapes(d_model: int, e: int, s: int, n_qk: int, n_rel: int) -> dict[str, tuple[int, ...]]:
-    """Shapes of a GAU (``n_qk = 2``: Q, K) or FLASH (``n_qk = 4``: Q_quad, K_quad, Q_lin, K_lin) layer.
-
-    ``w_uvz`` is the fused ``[W_u | W_v | W_z]`` projection (``d -> 2e + s``), as in the paper's code.
-    ``rel_bias`` holds ``n_rel = 2 R + 1`` learned scalars, one per relative offset in ``[-R, R]``.
-    """
-    d_model = check_int("d_model", d_model, min_value=1)
-    e = check_int("e", e, min_value=1)
-    s = check_int("s", s, min_value=1)
-    n_qk = check_int("n_qk", n_qk, min_value=1)
-    n_rel = check_int("n_rel", n_rel, min_value=1)
-    if n_rel % 2 == 0:
-        raise ValueError(f"n_rel must be odd (2 R + 1 offsets, -R..R), got {n_rel}")
-    return {
-        "ln_g": (d_model,), "ln_b": (d_model,),
-        "w_uvz": (d_model, 2 * e + s), "b_uvz": (2 * e + s,),
-        "gamma": (n_qk, s), "beta": (n_qk, s),
-        "rel_bias": (n_rel,),
-        "w_o": (e, d_model), "b_o": (d_model,),
-    }  # fmt: skip
-
-
-def _layer_dims(x: Any, params: Any, n_qk: int, allow_torch: bool = False) -> tuple[int, int]:
-    """Infer ``(e, s)`` from ``params`` and check every shape against ``x``; return them."""
-    if not isinstance(params, Mapping):
-        raise TypeError(f"params must be a dict of arrays, got {describe(params)}")
-    for key, ndim in (("w_o", 2), ("gamma", 2), ("rel_bias", 1)):
-        if key not in params:
-            raise ValueError(f"params is missing {key!r}; expected the keys of gau_param_shapes")
-        check_array(f"params[{key!r}]", params[key], ndim=ndim, dtype_kind="f", allow_torch=allow_torch)
-    e = int(params["w_o"].shape[0])
-    s = int(params["gamma"].shape[-1])
-    n_rel = int(params["rel_bias"].shape[0])
-    if params["gamma"].shape[0] != n_qk:
-        kind = "GAU (2 rows: Q, K)" if n_qk == 2 else "FLASH (4 rows: Q_quad, K_quad, Q_lin, K_lin)"
-        raise ValueError(
-            f"params['gamma'] must have {n_qk} rows for a {kind} layer, got shape {tuple(params['gamma'].shape)}"
-        )
-    if n_rel % 2 == 0:
-        raise ValueError(f"params['rel_bias'] must have an odd length 2R+1 (offsets -R..R), got {n_rel}")
-    _check_params(params, gau_param_shapes(x.shape[-1], e, s, n_qk, n_rel), allow_torch=allow_torch)
-    return e, s
-
 
 # ----------------------------------------------------------------------------------------------------------
 # building blocks
@@ -126,13 +81,13 @@ def swish(x: np.ndarray) -> np.ndarray:
 
 def glu(x: np.ndarray, params: Mapping[str, np.ndarray]) -> np.ndarray:
     """The gated linear unit ``(phi(x W_u + b_u) * phi(x W_v + b_v)) W_o + b_o`` (no norm, no residual)."""
-    _check_x(x)
+    check_x(x)
     if not isinstance(params, Mapping):
         raise TypeError(f"params must be a dict with keys w_u, b_u, w_v, b_v, w_o, b_o, got {describe(params)}")
     if "w_u" not in params:
         raise ValueError(f"params is missing 'w_u'; expected keys w_u, b_u, w_v, b_v, w_o, b_o, got {sorted(params)}")
     check_array("params['w_u']", params["w_u"], ndim=2, dtype_kind="f")
-    _check_params(params, glu_param_shapes(x.shape[-1], params["w_u"].shape[-1]))
+    check_params(params, glu_param_shapes(x.shape[-1], params["w_u"].shape[-1]))
     u = swish(x @ params["w_u"] + params["b_u"])
     v = swish(x @ params["w_v"] + params["b_v"])
     return (u * v) @ params["w_o"] + params["b_o"]
@@ -212,29 +167,14 @@ def gau(x: np.ndarray, params: Mapping[str, np.ndarray], causal: bool = False) -
     ``A = relu2_attention(Q, K, rel_pos_bias(n, rel_bias), causal)``, ``Q, K = scale_offset(Z, gamma, beta)``.
     ``params``: see :func:`gau_param_shapes` with ``n_qk = 2``. Cost: quadratic in ``n``.
     """
-    _check_x(x)
-    e, _ = _layer_dims(x, params, n_qk=2)
+    check_x(x)
+    e, _ = layer_dims(x, params, n_qk=2)
     causal = check_bool("causal", causal)
     u, v, z = _uvz(x, params, e)
     qk = scale_offset(z, params["gamma"], params["beta"])
     n = x.shape[-2]
     a = relu2_attention(qk[..., 0, :], qk[..., 1, :], rel_pos_bias(n, params["rel_bias"]), causal)
     return x + (u * (a @ v)) @ params["w_o"] + params["b_o"]
-
-
-def _check_rel_bias(rel_bias: Any, allow_torch: bool = False) -> None:
-    if rel_bias is None:
-        return
-    check_array("rel_bias", rel_bias, ndim=1, dtype_kind="f", allow_torch=allow_torch)
-    if rel_bias.shape[0] % 2 == 0:
-        raise ValueError(f"rel_bias must have an odd length 2R+1 (offsets -R..R), got {rel_bias.shape[0]}")
-
-
-def _check_chunk(n: int, chunk_size: Any, *, exact: bool) -> int:
-    c = check_int("chunk_size", chunk_size, min_value=1)
-    if exact and n % c:
-        raise ValueError(f"chunk_size must divide the sequence length n = {n}, got chunk_size = {c}")
-    return c
 
 
 def chunk_linear_states(lin_k: np.ndarray, v: np.ndarray, chunk_size: int, causal: bool = False) -> np.ndarray:
@@ -252,7 +192,7 @@ def chunk_linear_states(lin_k: np.ndarray, v: np.ndarray, chunk_size: int, causa
             f"lin_k and v must have shapes (..., n, s) and (..., n, e), got {tuple(lin_k.shape)} and {tuple(v.shape)}"
         )
     n = lin_k.shape[-2]
-    c = _check_chunk(n, chunk_size, exact=True)
+    c = check_chunk(n, chunk_size, exact=True)
     causal = check_bool("causal", causal)
     g = n // c
     kc = lin_k.reshape(*lin_k.shape[:-2], g, c, lin_k.shape[-1])
@@ -263,32 +203,6 @@ def chunk_linear_states(lin_k: np.ndarray, v: np.ndarray, chunk_size: int, causa
     states = np.zeros_like(kv)
     states[..., 1:, :, :] = np.cumsum(kv, axis=-3)[..., :-1, :, :]
     return states
-
-
-def _check_mixed_inputs(
-    quad_q: Any, quad_k: Any, lin_q: Any, lin_k: Any, v: Any, check: Callable[[str, Any], Any] | None = None
-) -> None:
-    """Shapes of mixed chunk attention's inputs: four ``(..., n, s)`` and one ``(..., n, e)``.
-
-    ``check(name, value)`` validates each one first (default: a float NumPy array); :mod:`.torch_ops` and
-    :mod:`.kernels` pass their tensor checks, so the three implementations reject bad shapes alike.
-    """
-    if check is None:
-
-        def check(name: str, value: Any) -> Any:
-            return check_array(name, value, dtype_kind="f")
-
-    for name, a in zip(("quad_q", "quad_k", "lin_q", "lin_k"), (quad_q, quad_k, lin_q, lin_k)):
-        check(name, a)
-        if a.ndim < 2 or a.shape != quad_q.shape:
-            raise ValueError(
-                f"{name} must have the shape (..., n, s) of quad_q {tuple(quad_q.shape)}, got {tuple(a.shape)}"
-            )
-    check("v", v)
-    if v.ndim != quad_q.ndim or v.shape[:-1] != quad_q.shape[:-1]:
-        raise ValueError(
-            f"v must have shape (..., n, e) with the (..., n) of quad_q {tuple(quad_q.shape)}, got {tuple(v.shape)}"
-        )
 
 
 def mixed_chunk_attention(
@@ -312,12 +226,12 @@ def mixed_chunk_attention(
     parameter and is cast to it, as :mod:`.torch_ops` does, so a float64 bias does not turn a float32 call
     into a float64 one.
     """
-    _check_mixed_inputs(quad_q, quad_k, lin_q, lin_k, v)
+    check_mixed_inputs(quad_q, quad_k, lin_q, lin_k, v)
     n = quad_q.shape[-2]
-    c = _check_chunk(n, chunk_size, exact=False)
+    c = check_chunk(n, chunk_size, exact=False)
     causal = check_bool("causal", causal)
     check_choice("mode", mode, MODES)
-    _check_rel_bias(rel_bias)
+    check_rel_bias(rel_bias)
     dtype = np.result_type(quad_q, quad_k, lin_q, lin_k, v)
     if rel_bias is not None:
         rel_bias = rel_bias.astype(dtype, copy=False)
@@ -353,8 +267,8 @@ def flash_layer(
     ``params``: see :func:`gau_param_shapes` with ``n_qk = 4`` (rows of ``gamma``/``beta``: Q_quad, K_quad,
     Q_lin, K_lin). With ``causal=True`` and ``chunk_size == n`` it equals :func:`gau` on the first two rows.
     """
-    _check_x(x)
-    e, _ = _layer_dims(x, params, n_qk=4)
+    check_x(x)
+    e, _ = layer_dims(x, params, n_qk=4)
     c = check_int("chunk_size", chunk_size, min_value=1)
     u, v, z = _uvz(x, params, e)
     base = scale_offset(z, params["gamma"], params["beta"])  # (..., n, 4, s)

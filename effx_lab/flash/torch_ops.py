@@ -24,11 +24,13 @@ What differs from the NumPy reference, and why:
   replaces them with ``np.where``: the same numbers, NaN included, since a NaN score of a future key must not
   reach an earlier row; and no gradient flows into the masked entries).
 
-Validation: the reference's shape checks are reused (``allow_torch=True``), but every array argument must be
-a ``torch.Tensor`` (NumPy arrays raise ``TypeError``) and the activations given to one call must share one
-dtype and device. Parameters (``params``, ``gamma``, ``beta``, ``bias``, ``rel_bias``, ``weights``) are cast
-to the dtype of the activations, so the output always has the input's dtype (float32, float64, bfloat16)
-and lives on its device (CPU or CUDA); everything is differentiable.
+Validation: the reference's shape checks are reused (:mod:`.shapes`, with
+``allow_torch=True``), but every array argument must be a ``torch.Tensor`` (NumPy arrays
+raise ``TypeError``) and the activations given to one call must share one dtype and
+device. Parameters (``params``, ``gamma``, ``beta``, ``bias``, ``rel_bias``,
+``weights``) are cast to the dtype of the activations, so the output always has the
+input's dtype (float32, float64, bfloat16) and lives on its device (CPU or CUDA);
+everything is differentiable.
 """
 from __future__ import annotations
 
@@ -38,24 +40,25 @@ import torch
 import torch.nn.functional as F
 
 from effx_lab._validate import check_bool, check_choice, check_int
-from effx_lab.attention.reference import _check_params, _check_x
-from effx_lab.attention.torch_ops import (
-    _check_layer_dict,
-    _linear,
-    _require_tensor,
-    _same_kind,
-    _tensor_params,
-    _tril,
+from effx_lab.attention.shapes import (
+    check_layer_dict,
+    check_params,
+    check_x,
+    linear,
+    require_tensor,
+    same_kind,
+    tensor_params,
+    tril,
 )
 
-from .reference import (
+from .shapes import (
     MODES,
-    _check_chunk,
-    _check_mixed_inputs,
-    _check_rel_bias,
-    _layer_dims,
+    check_chunk,
+    check_mixed_inputs,
+    check_rel_bias,
     gau_param_shapes,
     glu_param_shapes,
+    layer_dims,
 )
 
 __all__ = [
@@ -76,7 +79,7 @@ __all__ = [
 # ----------------------------------------------------------------------------------------------------------
 def _float_tensor(name: str, value: Any, ndim: int | None = None) -> torch.Tensor:
     """A float torch tensor (``TypeError`` otherwise), optionally of rank ``ndim`` (``ValueError``)."""
-    _require_tensor(name, value)
+    require_tensor(name, value)
     if not value.dtype.is_floating_point:
         raise TypeError(f"{name} must have a float dtype, got {value.dtype}")
     if ndim is not None and value.ndim != ndim:
@@ -93,11 +96,11 @@ def _param_like(name: str, value: torch.Tensor, like: torch.Tensor) -> torch.Ten
 
 def _layer_params(x: Any, params: Any, n_qk: int) -> tuple[dict[str, torch.Tensor], int]:
     """Validate ``x`` and a GAU (``n_qk = 2``) or FLASH (``n_qk = 4``) parameter dict; return tensors and ``e``."""
-    _require_tensor("x", x)
-    _check_x(x, allow_torch=True)
-    e, s = _layer_dims(x, params, n_qk=n_qk, allow_torch=True)
+    require_tensor("x", x)
+    check_x(x, allow_torch=True)
+    e, s = layer_dims(x, params, n_qk=n_qk, allow_torch=True)
     keys = gau_param_shapes(x.shape[-1], e, s, n_qk, int(params["rel_bias"].shape[0]))
-    return _tensor_params(params, keys, x), e
+    return tensor_params(params, keys, x), e
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -110,15 +113,15 @@ def swish(x: torch.Tensor) -> torch.Tensor:
 
 def glu(x: torch.Tensor, params: Mapping[str, torch.Tensor]) -> torch.Tensor:
     """The gated linear unit ``(phi(x W_u + b_u) * phi(x W_v + b_v)) W_o + b_o`` (no norm, no residual)."""
-    _require_tensor("x", x)
-    _check_x(x, allow_torch=True)
-    _check_layer_dict(params, "w_u", "keys w_u, b_u, w_v, b_v, w_o, b_o")
+    require_tensor("x", x)
+    check_x(x, allow_torch=True)
+    check_layer_dict(params, "w_u", "keys w_u, b_u, w_v, b_v, w_o, b_o")
     shapes = glu_param_shapes(x.shape[-1], params["w_u"].shape[-1])
-    _check_params(params, shapes, allow_torch=True)
-    p = _tensor_params(params, shapes, x)
-    uv = F.silu(_linear(x, torch.cat((p["w_u"], p["w_v"]), dim=1), torch.cat((p["b_u"], p["b_v"]))))
+    check_params(params, shapes, allow_torch=True)
+    p = tensor_params(params, shapes, x)
+    uv = F.silu(linear(x, torch.cat((p["w_u"], p["w_v"]), dim=1), torch.cat((p["b_u"], p["b_v"]))))
     u, v = uv.chunk(2, dim=-1)
-    return _linear(u * v, p["w_o"], p["b_o"])
+    return linear(u * v, p["w_o"], p["b_o"])
 
 
 def scale_offset(z: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
@@ -161,7 +164,7 @@ def _relu2(q: torch.Tensor, k: torch.Tensor, bias: torch.Tensor | None, causal: 
         logits = logits + bias
     a = torch.relu(logits).square()
     if causal:  # in place on square's fresh output (its backward reads the input)
-        a.masked_fill_(~_tril(n, m, q.device), 0.0)
+        a.masked_fill_(~tril(n, m, q.device), 0.0)
     return a
 
 
@@ -179,7 +182,7 @@ def relu2_attention(
         raise ValueError(
             f"q and k must have shapes (..., n, s) and (..., m, s), got {tuple(q.shape)} and {tuple(k.shape)}"
         )
-    _same_kind(q=q, k=k)
+    same_kind(q=q, k=k)
     n, m = q.shape[-2], k.shape[-2]
     causal = check_bool("causal", causal)
     if causal and n != m:
@@ -194,7 +197,7 @@ def relu2_attention(
 
 def _uvz(x: torch.Tensor, p: Mapping[str, torch.Tensor], e: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     h = F.layer_norm(x, (x.shape[-1],), p["ln_g"], p["ln_b"], eps=1e-5)
-    uvz = F.silu(_linear(h, p["w_uvz"], p["b_uvz"]))
+    uvz = F.silu(linear(h, p["w_uvz"], p["b_uvz"]))
     return uvz[..., :e], uvz[..., e : 2 * e], uvz[..., 2 * e :]
 
 
@@ -214,7 +217,7 @@ def gau(x: torch.Tensor, params: Mapping[str, torch.Tensor], causal: bool = Fals
     q, k = _qk_sets(z, p["gamma"], p["beta"])
     n = x.shape[-2]
     a = _relu2(q, k, _rel_pos_bias(n, n, p["rel_bias"]), causal)
-    return x + _linear(u * torch.matmul(a, v), p["w_o"], p["b_o"])
+    return x + linear(u * torch.matmul(a, v), p["w_o"], p["b_o"])
 
 
 def _chunk_states(kc: torch.Tensor, vc: torch.Tensor, causal: bool) -> torch.Tensor:
@@ -240,9 +243,9 @@ def chunk_linear_states(lin_k: torch.Tensor, v: torch.Tensor, chunk_size: int, c
         raise ValueError(
             f"lin_k and v must have shapes (..., n, s) and (..., n, e), got {tuple(lin_k.shape)} and {tuple(v.shape)}"
         )
-    _same_kind(lin_k=lin_k, v=v)
+    same_kind(lin_k=lin_k, v=v)
     n = lin_k.shape[-2]
-    c = _check_chunk(n, chunk_size, exact=True)
+    c = check_chunk(n, chunk_size, exact=True)
     causal = check_bool("causal", causal)
     g = n // c
     states = _chunk_states(lin_k.unflatten(-2, (g, c)), v.unflatten(-2, (g, c)), causal)
@@ -294,15 +297,15 @@ def mixed_chunk_attention(
     part only). A length that ``chunk_size`` does not divide is padded with zeros at the end and the output
     cropped back to ``n``. ``rel_bias`` (length ``2R+1``) adds :func:`rel_pos_bias` inside each chunk.
     """
-    _check_mixed_inputs(quad_q, quad_k, lin_q, lin_k, v, check=_float_tensor)
-    _same_kind(quad_q=quad_q, quad_k=quad_k, lin_q=lin_q, lin_k=lin_k, v=v)
+    check_mixed_inputs(quad_q, quad_k, lin_q, lin_k, v, check=_float_tensor)
+    same_kind(quad_q=quad_q, quad_k=quad_k, lin_q=lin_q, lin_k=lin_k, v=v)
     n = quad_q.shape[-2]
-    c = _check_chunk(n, chunk_size, exact=False)
+    c = check_chunk(n, chunk_size, exact=False)
     causal = check_bool("causal", causal)
     check_choice("mode", mode, MODES)
     if rel_bias is not None:
-        _require_tensor("rel_bias", rel_bias)
-        _check_rel_bias(rel_bias, allow_torch=True)
+        require_tensor("rel_bias", rel_bias)
+        check_rel_bias(rel_bias, allow_torch=True)
         rel_bias = _param_like("rel_bias", rel_bias, quad_q)
     pad = (-n) % c
     tensors = (quad_q, quad_k, lin_q, lin_k, v)
@@ -316,7 +319,7 @@ def flash_layer(
 ) -> torch.Tensor:
     """One FLASH layer (eq. 9): ``x + [U * (Vhat_quad + Vhat_lin)] W_o + b_o``, cost linear in ``n``.
 
-    ``params``: see :func:`effx_lab.flash.reference.gau_param_shapes` with ``n_qk = 4`` (rows of
+    ``params``: see :func:`effx_lab.flash.shapes.gau_param_shapes` with ``n_qk = 4`` (rows of
     ``gamma``/``beta``: Q_quad, K_quad, Q_lin, K_lin).
     """
     p, e = _layer_params(x, params, n_qk=4)
@@ -330,4 +333,4 @@ def flash_layer(
         v, z = F.pad(v, (0, 0, 0, pad)), F.pad(z, (0, 0, 0, pad))
     qq, kq, ql, kl = _qk_sets(z, p["gamma"], p["beta"])
     att = _mixed(qq, kq, ql, kl, v, c, causal, p["rel_bias"], mode)[..., :n, :]
-    return x + _linear(u * att, p["w_o"], p["b_o"])
+    return x + linear(u * att, p["w_o"], p["b_o"])

@@ -72,7 +72,7 @@ import numpy as np
 
 from effx_lab._validate import check_array, check_bool, check_float, check_int, describe
 
-from .reference import QParams, compute_qparams, dequantize, fake_quantize, quantize
+from ._np_uniform import QParams, compute_qparams, dequantize, fake_quantize, quantize
 
 __all__ = [
     "GPTQResult",

@@ -42,7 +42,7 @@ import numpy as np
 from effx_lab._validate import check_array, check_bool, check_int, describe
 
 from ._np_gptq import rtn_quantize_weight
-from .reference import (
+from ._np_uniform import (
     QParams,
     _check_matches,
     _check_qparams_numpy,

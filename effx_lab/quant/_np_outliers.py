@@ -66,7 +66,7 @@ from effx_lab._validate import (
     describe,
 )
 
-from .reference import MAX_NDIM, compute_qparams, dequantize, fake_quantize, quantize
+from ._np_uniform import MAX_NDIM, compute_qparams, dequantize, fake_quantize, quantize
 
 __all__ = [
     "GoboWeight",

@@ -76,8 +76,8 @@ from ._np_gptq import (
     _check_weight,
     _check_x_for,
 )
-from .reference import qrange
-from .torch_ops import compute_qparams, fake_quantize, quantize
+from ._np_uniform import qrange
+from ._torch_uniform import compute_qparams, fake_quantize, quantize
 
 __all__ = [
     "GPTQResult",

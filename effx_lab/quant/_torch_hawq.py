@@ -39,8 +39,8 @@ from ._np_hawq import (
 )
 from ._np_hawq import allocate_bits as _allocate_bits_np
 from ._torch_gptq import rtn_quantize_weight
-from .reference import QParams, _check_matches
-from .torch_ops import (
+from ._np_uniform import QParams, _check_matches
+from ._torch_uniform import (
     _broadcast_view,
     _check_qparams_torch,
     _check_tensor_x,

@@ -25,7 +25,7 @@ the input (CPU or CUDA). :class:`GoboWeight` is the same dataclass, here holding
   ``bool(torch.isfinite(x).all())`` is a device sync on CUDA, once per layer and token of a decode loop. A
   token holding a NaN or inf is found with a mask and zeroed before quantization, and its output row is set to
   NaN with ``masked_fill`` (the NumPy module's rule, the same rows); they quantize through the uniform
-  quantizer's unchecked core (``torch_ops._symmetric_unchecked``: the same arithmetic, without the value
+  quantizer's unchecked core (``_torch_uniform._symmetric_unchecked``: the same arithmetic, without the value
   checks). The one exception is :func:`llm_int8_linear`, which reads back the number of outlier columns
   it gathers (inherent to the method; see its docstring). ``w``, ``b`` and a calibrated ``act_absmax`` are still
   checked for finite values, once per call (made once, they are validated like every quantizer input).
@@ -46,7 +46,7 @@ from effx_lab._validate import (
     check_choice,
     check_float,
     check_int,
-    describe,
+    require_tensor,
 )
 
 from ._np_outliers import (
@@ -66,6 +66,8 @@ from ._np_outliers import (
     _check_threshold,
     gobo_bits_per_weight,
 )
+from ._np_uniform import _check_config
+from ._torch_uniform import _symmetric_unchecked, compute_qparams, dequantize, quantize
 
 __all__ = [
     "GoboWeight",
@@ -90,17 +92,9 @@ __all__ = [
 
 
 # =========================================================================== validation
-def _require_tensor(name: str, value: Any) -> torch.Tensor:
-    if not isinstance(value, torch.Tensor):
-        raise TypeError(
-            f"{name} must be a torch tensor (torch_ops takes tensors; use torch.from_numpy), got {describe(value)}"
-        )
-    return value
-
-
 def _tensor(name: str, value: Any, like: torch.Tensor | None = None, **kw: Any) -> torch.Tensor:
     """A finite float tensor (checked like the NumPy side), on ``like``'s device if given."""
-    _check_float(name, _require_tensor(name, value), allow_torch=True, **kw)
+    _check_float(name, require_tensor(name, value), allow_torch=True, **kw)
     if like is not None and value.device != like.device:
         raise ValueError(f"{name} must be on the device of {like.device}, got {value.device}")
     return value
@@ -116,7 +110,7 @@ def _linear_inputs(x: Any, w: Any, b: Any):
     the mask ``bad [tokens]`` of those tokens, and ``w``, ``b`` in the compute dtype of ``x``; the rule of
     :func:`effx_lab.quant._np_outliers._linear_inputs`, with masks (nothing of ``x`` is read back)."""
     for name, value in (("x", x), ("w", w)) + ((("b", b),) if b is not None else ()):
-        _require_tensor(name, value)
+        require_tensor(name, value)
     _check_linear(x, w, b, allow_torch=True)
     for name, value in (("w", w), ("b", b)):
         if value is not None and value.device != x.device:
@@ -141,12 +135,12 @@ def _finish(
 def _symmetric(
     x: torch.Tensor, bits: int, granularity: str, axis: int = -1, group_size: int | None = None, fake: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``torch_ops._symmetric_unchecked`` with the configuration validated as ``compute_qparams`` does: codes
+    """``_torch_uniform._symmetric_unchecked`` with the configuration validated as ``compute_qparams`` does: codes
     (or, with ``fake``, the fake-quantized values) and scales of a finite ``x``, with no read-back."""
-    uq = _uniform()
-    bits, _, granularity, axis, group_size = uq._check_config(tuple(x.shape), bits, True, granularity, axis,
-                                                              group_size)
-    return uq._symmetric_unchecked(x, bits, granularity, axis, group_size, fake)
+    bits, _, granularity, axis, group_size = _check_config(
+        tuple(x.shape), bits, True, granularity, axis, group_size
+    )
+    return _symmetric_unchecked(x, bits, granularity, axis, group_size, fake)
 
 
 def _fake_symmetric(
@@ -154,17 +148,6 @@ def _fake_symmetric(
 ) -> torch.Tensor:
     """``fake_quantize(x, bits, True, granularity, axis, group_size)`` for a finite ``x``, with no read-back."""
     return _symmetric(x, bits, granularity, axis, group_size, fake=True)[0]
-
-
-def _uniform():
-    """The uniform quantizers of :mod:`effx_lab.quant.torch_ops`, imported on first use.
-
-    ``torch_ops`` re-exports this module at its end, so importing it here at the top would be circular when
-    this module is imported first; a call-time import works in either order.
-    """
-    from . import torch_ops
-
-    return torch_ops
 
 
 # =========================================================================== GOBO (section 02.2)
@@ -237,9 +220,8 @@ def absmax_quantize(x: torch.Tensor, axis: int = -1, bits: int = 8) -> tuple[tor
     if not -x.ndim <= axis < x.ndim:
         raise ValueError(f"axis must be in [{-x.ndim}, {x.ndim - 1}] for x of shape {tuple(x.shape)}, got {axis}")
     bits = _check_bits("bits", bits)
-    uq = _uniform()
-    qp = uq.compute_qparams(x, bits, True, "group", axis=axis, group_size=x.shape[axis])
-    return uq.quantize(x, qp), qp.scale
+    qp = compute_qparams(x, bits, True, "group", axis=axis, group_size=x.shape[axis])
+    return quantize(x, qp), qp.scale
 
 
 def _int_mm_applies(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -259,8 +241,8 @@ def int8_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     features summed in int32 (``torch._int_mm`` measured about 10x slower than float64 on an AVX2 CPU without
     VNNI); otherwise (or if ``_int_mm`` raises) a float64 GEMM rounded to int32, exact because every partial sum
     is an integer of magnitude ``< 2**31`` (module docstring)."""
-    _require_tensor("a", a)
-    _require_tensor("b", b)
+    require_tensor("a", a)
+    require_tensor("b", b)
     _check_int8_pair(a, b, allow_torch=True)
     if b.device != a.device:
         raise ValueError(f"b must be on the device of a ({a.device}), got {b.device}")
@@ -395,10 +377,9 @@ def peg_fake_quantize(
         x2, c2 = x2[:, order], c2[:, order]
     size = d // n_groups
     # [tokens, n_groups, size]: "channel" on axis 1 = one (scale, zero point) per group over tokens and dims
-    uq = _uniform()
-    qp = uq.compute_qparams(c2.reshape(-1, n_groups, size), bits, False, "channel", axis=1)
+    qp = compute_qparams(c2.reshape(-1, n_groups, size), bits, False, "channel", axis=1)
     xg = x2.reshape(-1, n_groups, size)
-    y = uq.dequantize(uq.quantize(xg, qp), qp, dtype=x.dtype).reshape(-1, d)
+    y = dequantize(quantize(xg, qp), qp, dtype=x.dtype).reshape(-1, d)
     if order is not None:
         out = torch.empty_like(y)
         out[:, order] = y
@@ -435,7 +416,7 @@ def smooth_scales(act_absmax: torch.Tensor, w: torch.Tensor, alpha: float = 0.5)
     """``s_j = max(max|X_j|, 1e-5)^alpha / max(max|W_j|, 1e-5)^(1 - alpha)``; same contract as
     :func:`effx_lab.quant._np_outliers.smooth_scales`."""
     _tensor("w", w, ndim=2)
-    _require_tensor("act_absmax", act_absmax)
+    require_tensor("act_absmax", act_absmax)
     _check_act_absmax(act_absmax, w.shape[1], allow_torch=True)
     if act_absmax.device != w.device:
         raise ValueError(f"act_absmax must be on the device of w ({w.device}), got {act_absmax.device}")
@@ -452,7 +433,7 @@ def _smooth_scales(act_absmax: torch.Tensor, w: torch.Tensor, alpha: float) -> t
 
 
 def _scales_for(s: Any, d: int, like: torch.Tensor) -> torch.Tensor:
-    _require_tensor("s", s)
+    require_tensor("s", s)
     _check_scales(s, d, allow_torch=True)
     if s.device != like.device:
         raise ValueError(f"s must be on the device {like.device}, got {s.device}")
@@ -516,7 +497,7 @@ def smoothquant_linear(
     if act_absmax is None:
         act_absmax = x2.abs().amax(dim=0)  # over the finite tokens (the others are zeroed)
     else:
-        _require_tensor("act_absmax", act_absmax)
+        require_tensor("act_absmax", act_absmax)
         _check_act_absmax(act_absmax, wc.shape[1], allow_torch=True)
         if act_absmax.device != wc.device:
             raise ValueError(f"act_absmax must be on the device of w ({wc.device}), got {act_absmax.device}")

@@ -67,7 +67,6 @@ from effx_lab import _triton
 from effx_lab import device as _device
 from effx_lab._validate import check_int, describe
 
-from effx_lab._triton import IMPORT_ERROR as _IMPORT_ERROR
 from effx_lab._triton import jit as _jit
 from effx_lab._triton import kernel_source
 from effx_lab._triton import tl, triton
@@ -115,7 +114,7 @@ def _quantize_rows_kernel(
     q_ptr,  # (R, L) int8
     scale_ptr,  # (R,) float32
     R, L,  # rows, row length
-    scale_cap,  # largest scale whose grid end QMAX * scale fits x's dtype (reference._fit_grid)
+    scale_cap,  # largest scale whose grid end QMAX * scale fits x's dtype (_np_uniform._fit_grid)
     QMAX: tl.constexpr,  # 2^(bits-1) - 1
     BLOCK_R: tl.constexpr,  # rows per program
     BLOCK_L: tl.constexpr,  # columns per tile
@@ -509,7 +508,7 @@ def _scale_cap(qmax: int, dtype: torch.dtype) -> float:
     """The largest float32 scale ``s`` with ``qmax * s`` within ``dtype``'s largest value: the cap that
     :func:`effx_lab.quant.reference.compute_qparams` applies (its ``_fit_grid``, zero point 0), so that a row
     reaching the dtype's limit gets the reference's scale and dequantizes to finite values."""
-    from effx_lab.quant.reference import _fit_grid  # NumPy, only here
+    from effx_lab.quant._np_uniform import _fit_grid  # NumPy, only here
 
     cap = _fit_grid(np.full(1, np.inf, dtype=np.float32), np.zeros(1, dtype=np.int32), -qmax, qmax,
                     float(torch.finfo(dtype).max))
@@ -985,8 +984,8 @@ def compile_report(
         raise TypeError(f"match must be None or a str, got {describe(match)}")
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
         raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
-    if _IMPORT_ERROR is not None:
-        raise RuntimeError(_IMPORT_ERROR)
+    if _triton.IMPORT_ERROR is not None:
+        raise RuntimeError(_triton.IMPORT_ERROR)
     names = [c["name"] for c in _report_cases() if match is None or match in c["name"]]
     if not names:
         raise ValueError(f"match={match!r} selects no case; the cases are {[c['name'] for c in _report_cases()]}")
