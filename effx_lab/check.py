@@ -46,9 +46,62 @@ most common complaint about puzzle courses; one that crashes the notebook is the
 :func:`report` prints the result and records it in :data:`RESULTS`; with the environment variable
 ``EFFX_CHECK_STRICT=1`` it also raises :class:`CheckerError` when the exercise failed or was not
 attempted, so running the solution notebooks in CI fails the build when a solution is wrong.
+
+Writing a checker for a new chapter
+-----------------------------------
+Imitate :mod:`effx_lab.flash.exercises` (one module per chapter, or one per notebook
+in a package such as :mod:`effx_lab.quant.exercises`). Everything a chapter needs is
+public here (``__all__``); a chapter module never imports a name starting with ``_``
+from this module. For each exercise:
+
+1. A reference: the library function itself, or a thin wrapper decorated with
+   :func:`named`, so that the messages show the name the student uses::
+
+       @named("glu")
+       def _glu_reference(x, params):
+           return R.glu(x, params)
+
+2. A case generator ``_glu_cases(rng) -> list[Case]``: fixed edge cases with
+   plain-words labels (``"kind: details"``) and seeded random draws
+   (:func:`random_arrays`); float64 inputs, plus one float32 case.
+3. Optionally a list of :class:`Mistake` (the classic wrong answers, a hint for each).
+4. The public checker, registered with :func:`checker`, returning the reported result::
+
+       @checker(reference=_glu_reference)
+       def check_glu(student_fn: Any) -> CheckResult:
+           return check_with_hints(
+               student_fn, _glu_reference, _glu_cases, _GLU_MISTAKES, name="glu"
+           )
+
+   Without mistakes: ``report(check_function(student_fn, reference, cases, name=...))``.
+
+Extension points, when the built-in comparison is not the right judge:
+
+* ``prepare=`` of :func:`check_with_hints` / :class:`Diagnosis`: accept another form
+  of the answer (a scale of shape ``[M, 1]`` for ``[M]``, an array for a list), as
+  :mod:`effx_lab.quant.exercises.llm_int8` does.
+* A subclass of :class:`Diagnosis` overriding :meth:`Diagnosis.close` (when two
+  answers are the same mistake) or :meth:`Diagnosis.problem` (when an answer is
+  right), passed to :func:`check_function` as ``reference_fn=diag.reference,
+  compare=diag.compare``.
+* :class:`ReferenceRecorder`: any ``compare(got, expected)`` hook that needs the
+  case's arguments; :mod:`effx_lab.quant.exercises.fine_grained` judges a
+  permutation by the groups it makes.
+* :func:`as_numpy` / :func:`is_tensor` read a NumPy or torch answer alike;
+  :func:`time_limit` caps the time limit of the checks run inside a ``with`` block.
+
+Every checker registered with :func:`checker` is listed in :data:`CHECKERS`.
+``tests/test_checkers_survive_bad_code.py`` finds every ``check_*`` of every
+``effx_lab.<chapter>.exercises`` module, fails if one is not registered, and feeds
+each the bad code students write (a crash, ``None``, a wrong type, shape or dtype, a
+wrong signature, a modified input, an endless loop, a flood of prints, NaN): each must
+come back as a failed result that names the problem. Each checker also has its own
+test with the chapter's known-wrong answers.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import copy
 import dataclasses
 import functools
@@ -65,25 +118,34 @@ import traceback
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
 from ._validate import check_bool, check_float, check_int, describe
 
 __all__ = [
+    "CHECKERS",
     "Case",
     "CheckResult",
     "CheckerError",
+    "Diagnosis",
+    "Mistake",
     "RESULTS",
+    "ReferenceRecorder",
+    "RegisteredChecker",
     "STRICT_ENV_VAR",
+    "as_numpy",
     "check_function",
     "check_value",
     "check_with_hints",
-    "Mistake",
+    "checker",
+    "is_tensor",
+    "named",
     "random_arrays",
     "report",
     "summary",
+    "time_limit",
 ]
 
 #: Name of the environment variable that turns on strict mode in :func:`report`.
@@ -91,6 +153,11 @@ STRICT_ENV_VAR = "EFFX_CHECK_STRICT"
 
 #: Every result passed to :func:`report` in this process, in order.
 RESULTS: list["CheckResult"] = []
+
+#: The cap set by :func:`time_limit` on every check's time limit (None: no cap).
+_TIME_LIMIT_CAP: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+    "effx_check_time_cap", default=None
+)
 
 _NOT_ATTEMPTED_HINT = "replace the placeholder in the exercise cell with your code"
 _MAX_TEXT = 300
@@ -245,7 +312,8 @@ def _torch_tensor_type() -> type | None:
     return getattr(torch, "Tensor", None) if torch is not None else None
 
 
-def _is_tensor(value: Any) -> bool:
+def is_tensor(value: Any) -> bool:
+    """Whether ``value`` is a torch tensor (False without importing torch)."""
     tensor_type = _torch_tensor_type()
     return tensor_type is not None and isinstance(value, tensor_type)
 
@@ -266,8 +334,13 @@ def _tensor_to_numpy(t: Any) -> np.ndarray:
         return t.long().numpy()
 
 
-def _as_numpy(value: Any) -> np.ndarray:
-    return _tensor_to_numpy(value) if _is_tensor(value) else np.asarray(value)
+def as_numpy(value: Any) -> np.ndarray:
+    """``value`` as a NumPy array.
+
+    A torch tensor is copied to the CPU (detached, dense, bfloat16 and float8 widened to
+    float32); anything else goes through :func:`numpy.asarray`.
+    """
+    return _tensor_to_numpy(value) if is_tensor(value) else np.asarray(value)
 
 
 def _dtype_name(value: Any) -> str:
@@ -280,7 +353,7 @@ def _what(value: Any) -> str:
         return "None"
     if isinstance(value, np.ndarray):
         return "a NumPy array"
-    if _is_tensor(value):
+    if is_tensor(value):
         return "a torch tensor"
     if isinstance(value, (bool, np.bool_)):
         return "a bool"
@@ -318,7 +391,7 @@ def _describe_input(value: Any) -> str:
     """Arrays as 'array of shape (2, 7) float32', scalars as their value, containers briefly."""
     if isinstance(value, np.ndarray):
         return f"array of shape {tuple(value.shape)} {value.dtype}"
-    if _is_tensor(value):
+    if is_tensor(value):
         return f"tensor of shape {tuple(value.shape)} {_dtype_name(value)} on {value.device}"
     if isinstance(value, (list, tuple)):
         text = _short(value)
@@ -399,7 +472,7 @@ class _Comparer:
             return None if got is None else f"{at}{self.verb} {_what(got)}, expected None"
         if got is None:
             return self.none_message if path == self.root else f"{at}{self.verb} None, expected {_what(expected)}"
-        if isinstance(expected, np.ndarray) or _is_tensor(expected):
+        if isinstance(expected, np.ndarray) or is_tensor(expected):
             return self._array(got, expected, at)
         if isinstance(expected, (bool, np.bool_)):
             return self._bool(got, expected, at)
@@ -476,8 +549,8 @@ class _Comparer:
     # -- scalars ---------------------------------------------------------------------------------
 
     def _bool(self, got: Any, expected: Any, at: str) -> str | None:
-        if isinstance(got, np.ndarray) or _is_tensor(got):
-            arr = _as_numpy(got)
+        if isinstance(got, np.ndarray) or is_tensor(got):
+            arr = as_numpy(got)
             if self.exact or arr.ndim != 0:
                 return f"{at}{self.verb} {_what(got)} of shape {tuple(arr.shape)}, expected a bool (True or False)"
             got = arr[()]
@@ -496,8 +569,8 @@ class _Comparer:
             want_kind = "a number (float)"
         else:
             want_kind = "a complex number"
-        if isinstance(got, np.ndarray) or _is_tensor(got):
-            arr = _as_numpy(got)
+        if isinstance(got, np.ndarray) or is_tensor(got):
+            arr = as_numpy(got)
             if self.exact or arr.ndim != 0:
                 shape = f" of shape {tuple(arr.shape)}" if arr.ndim else ""
                 return (
@@ -568,10 +641,10 @@ class _Comparer:
     # -- arrays ----------------------------------------------------------------------------------
 
     def _array(self, got: Any, expected: Any, at: str) -> str | None:
-        e = _as_numpy(expected)
-        exp_what = "a torch tensor" if _is_tensor(expected) else "a NumPy array"
-        if isinstance(got, np.ndarray) or _is_tensor(got):
-            g = _as_numpy(got)
+        e = as_numpy(expected)
+        exp_what = "a torch tensor" if is_tensor(expected) else "a NumPy array"
+        if isinstance(got, np.ndarray) or is_tensor(got):
+            g = as_numpy(got)
         elif e.ndim == 0 and not self.exact and isinstance(got, (numbers.Number, np.bool_)):
             g = np.asarray(got)
         else:
@@ -708,10 +781,10 @@ def _unchanged(before: Any, after: Any) -> bool:
     Only types whose contents we understand are inspected; anything else counts as unchanged.
     """
     try:
-        if isinstance(before, np.ndarray) or _is_tensor(before):
-            if not (isinstance(after, np.ndarray) or _is_tensor(after)):
+        if isinstance(before, np.ndarray) or is_tensor(before):
+            if not (isinstance(after, np.ndarray) or is_tensor(after)):
                 return False
-            b, a = _as_numpy(before), _as_numpy(after)
+            b, a = as_numpy(before), as_numpy(after)
             if b.shape != a.shape or b.dtype != a.dtype:
                 return False
             return bool(np.array_equal(b, a, equal_nan=b.dtype.kind in "fc"))
@@ -1077,6 +1150,30 @@ def _copy_case(case: Case, i: int) -> tuple[tuple, dict]:
         raise TypeError(f"the arguments of cases[{i}] ({case.label!r}) cannot be deep-copied: {exc}") from exc
 
 
+@contextlib.contextmanager
+def time_limit(seconds: float) -> Iterator[float]:
+    """Cap the time limit of every check run inside the ``with`` block at ``seconds``.
+
+    A chapter's ``check_<name>(student_fn)`` takes only the student's function; this is
+    how a test (or a teacher grading many submissions) makes a student's endless loop
+    cost less than the default 10 s::
+
+        with time_limit(0.5):
+            check_glu(looping_glu)   # "took longer than 0.5 s ..."
+
+    Each check uses ``min(its own time_limit_s, seconds)``; nested blocks keep the
+    smallest cap. Yields the cap in force.
+    """
+    seconds = check_float("seconds", seconds, min_value=0.0, min_inclusive=False)
+    outer = _TIME_LIMIT_CAP.get()
+    cap = seconds if outer is None else min(outer, seconds)
+    token = _TIME_LIMIT_CAP.set(cap)
+    try:
+        yield cap
+    finally:
+        _TIME_LIMIT_CAP.reset(token)
+
+
 def check_function(
     student_fn: Any,
     reference_fn: Callable,
@@ -1096,9 +1193,10 @@ def check_function(
     Floats must satisfy ``|got - expected| <= atol + rtol·|expected|`` element-wise; integers must be
     equal; with ``exact=True`` everything must be equal and of the same kind (int vs float vs bool).
     ``compare(got, expected) -> str | None`` replaces the built-in value comparison (return ``None``
-    when the answer is right, else a plain-words message). Returns a :class:`CheckResult`; never raises
-    for anything the student does. Raises ``TypeError``/``ValueError`` when the checker's own
-    arguments are wrong.
+    when the answer is right, else a plain-words message). Each call of the student's function may
+    run ``time_limit_s`` seconds (at most the cap of an enclosing :func:`time_limit` block).
+    Returns a :class:`CheckResult`; never raises for anything the student does. Raises
+    ``TypeError``/``ValueError`` when the checker's own arguments are wrong.
     """
     if not isinstance(name, str) or not name.strip():
         raise TypeError(f"name must be a non-empty str naming the exercise, got {describe(name)}")
@@ -1108,6 +1206,9 @@ def check_function(
     atol = check_float("atol", atol, min_value=0.0)
     exact = check_bool("exact", exact)
     time_limit_s = check_float("time_limit_s", time_limit_s, min_value=0.0, min_inclusive=False)
+    cap = _TIME_LIMIT_CAP.get()
+    if cap is not None:
+        time_limit_s = min(time_limit_s, cap)
     if compare is not None and not callable(compare):
         raise TypeError(f"compare must be a callable (got, expected) -> str | None, or None; got {describe(compare)}")
     case_list = _resolve_cases(cases, name)
@@ -1331,26 +1432,51 @@ def summary() -> str:
 class Mistake:
     """A classic wrong answer and what to tell a student who made it.
 
-    ``wrong(*args, **kwargs)`` computes the wrong answer on a case's arguments (``None`` where the mistake
-    does not apply, e.g. a causal-mask mistake on a non-causal case).
+    ``wrong(*args, **kwargs)`` computes the wrong answer on a case's arguments (``None``
+    where the mistake does not apply, e.g. a causal-mask mistake on a non-causal case).
+    ``hint`` is the sentence appended to the verdict (``hint: ...``) when the student's
+    answer equals this wrong answer.
     """
 
     wrong: Callable[..., Any]
     hint: str
 
+    def __post_init__(self) -> None:
+        if not callable(self.wrong):
+            raise TypeError(
+                f"Mistake wrong must be a function (*args, **kwargs) -> answer, "
+                f"got {describe(self.wrong)}"
+            )
+        if not isinstance(self.hint, str) or not self.hint.strip():
+            raise TypeError(
+                f"Mistake hint must be a non-empty str, got {describe(self.hint)}"
+            )
 
-class _Diagnosis:
-    """A reference wrapper and a ``compare`` for :func:`check_function` that name known mistakes.
 
-    ``reference`` records each case's arguments (check_function calls it just before comparing that case);
-    ``compare`` runs the usual comparison and, when the answer is wrong and equals one of ``mistakes`` on
-    the same arguments (and the mistake differs from the right answer there), appends the mistake's hint.
+class ReferenceRecorder:
+    """A reference wrapper that remembers its last call, for a ``compare`` hook.
+
+    :func:`check_function` calls ``reference_fn`` on a case just before it compares the
+    student's answer for that case, so a ``compare(got, expected)`` hook that needs the
+    case's arguments (to recompute a classic mistake, or to judge an answer that has
+    several right forms) passes ``recorder.reference`` as ``reference_fn`` and asks
+    :meth:`arguments` for them::
+
+        recorder = ReferenceRecorder(_peg_order_reference)
+
+        def compare(got, expected):
+            args, kwargs = recorder.arguments(expected)
+            ...
+
+        check_function(fn, recorder.reference, cases, name="peg_order", compare=compare)
+
+    ``recorder.reference`` keeps the reference's name and signature (the messages show
+    them).
     """
 
-    def __init__(self, reference: Callable, mistakes: list[Mistake], *, rtol: float, atol: float, exact: bool):
-        self._mistakes = mistakes
-        self._rtol, self._atol = rtol, atol
-        self._base = _Comparer(rtol=rtol, atol=atol, exact=exact)
+    def __init__(self, reference: Callable) -> None:
+        if not callable(reference):
+            raise TypeError(f"reference must be a function, got {describe(reference)}")
         self._last: tuple[Any, tuple, dict] | None = None
 
         @functools.wraps(reference)
@@ -1359,35 +1485,121 @@ class _Diagnosis:
             self._last = (expected, args, kwargs)
             return expected
 
-        self.reference = recorded
+        self.reference: Callable = recorded
+
+    def arguments(self, expected: Any) -> tuple[tuple, dict] | None:
+        """``(args, kwargs)`` of the reference call that returned ``expected``.
+
+        ``expected`` must be the very object the reference returned (as
+        :func:`check_function` passes it to ``compare``); None otherwise.
+        """
+        if self._last is None or self._last[0] is not expected:
+            return None
+        return self._last[1], self._last[2]
+
+
+class Diagnosis(ReferenceRecorder):
+    """The ``compare`` hook of :func:`check_with_hints`: the usual verdict, plus a hint.
+
+    ``compare(got, expected)`` runs the built-in comparison (the rules of
+    :func:`check_function` with ``rtol``, ``atol``, ``exact``) and, when the answer is
+    wrong and equals one of ``mistakes`` on the same arguments (and that mistake differs
+    from the right answer there), appends ``hint: ...``. Pass ``diagnosis.reference``
+    as the reference of :func:`check_function`.
+
+    Extension points, for answers that need them:
+
+    * ``prepare(got, expected) -> got`` (argument): turns an accepted alternative form
+      of the answer into the expected one before anything is compared, e.g. a scale of
+      shape ``[M, 1]`` read as ``[M]``, or an integer array read as a list.
+    * :meth:`close` (``a, b -> bool``): when two answers count as the same for matching
+      a mistake. Tuples and lists are compared element by element, ``None`` only equals
+      ``None``, dicts key by key, anything else as float64 (or complex) arrays within
+      ``rtol``/``atol``, NaN equal to NaN. Override it for answers of another kind.
+    * :meth:`problem` (``got, expected -> str | None``): the plain-words verdict before
+      the hint; override it to judge answers that have several right forms.
+    """
+
+    def __init__(
+        self,
+        reference: Callable,
+        mistakes: list[Mistake],
+        *,
+        rtol: float = 1e-4,
+        atol: float = 1e-6,
+        exact: bool = False,
+        prepare: Callable[[Any, Any], Any] | None = None,
+    ) -> None:
+        super().__init__(reference)
+        if not isinstance(mistakes, list) or not all(
+            isinstance(m, Mistake) for m in mistakes
+        ):
+            raise TypeError(
+                f"mistakes must be a list of Mistake, got {describe(mistakes)}"
+            )
+        self.rtol = check_float("rtol", rtol, min_value=0.0)
+        self.atol = check_float("atol", atol, min_value=0.0)
+        self.exact = check_bool("exact", exact)
+        if prepare is not None and not callable(prepare):
+            raise TypeError(
+                f"prepare must be a callable (got, expected) -> got, or None; "
+                f"got {describe(prepare)}"
+            )
+        self.mistakes = mistakes
+        self.prepare = prepare
+        self._base = _Comparer(rtol=self.rtol, atol=self.atol, exact=self.exact)
 
     def compare(self, got: Any, expected: Any) -> str | None:
-        problem = self._base(got, expected)
-        if problem is None or self._last is None or self._last[0] is not expected:
-            return problem
-        _, args, kwargs = self._last
-        for mistake in self._mistakes:
+        """None when ``got`` is right, else the verdict (and a ``hint:`` line)."""
+        if self.prepare is not None:
+            got = self.prepare(got, expected)
+        problem = self.problem(got, expected)
+        if problem is None:
+            return None
+        hint = self.hint(got, expected)
+        return problem if hint is None else f"{problem}\n   hint: {hint}"
+
+    def problem(self, got: Any, expected: Any) -> str | None:
+        """The built-in comparison of :func:`check_function`: None when right."""
+        return self._base(got, expected)
+
+    def hint(self, got: Any, expected: Any) -> str | None:
+        """The hint of the first mistake whose answer on this case equals ``got``."""
+        case = self.arguments(expected)
+        if case is None:
+            return None
+        args, kwargs = case
+        for mistake in self.mistakes:
             try:
                 with np.errstate(all="ignore"):
                     wrong = mistake.wrong(*args, **kwargs)
-            except Exception:
+            except Exception:  # noqa: BLE001, S112 - a mistake that cannot run: no hint
                 continue
-            if wrong is not None and not self._close(wrong, expected) and self._close(got, wrong):
-                return f"{problem}\n   hint: {mistake.hint}"
-        return problem
+            if wrong is None or self.close(wrong, expected):
+                continue
+            if self.close(got, wrong):
+                return mistake.hint
+        return None
 
-    def _close(self, a: Any, b: Any) -> bool:
-        if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)):  # e.g. (q, scale): element by element
-            return len(a) == len(b) and all(self._close(x, y) for x, y in zip(a, b))
+    def close(self, a: Any, b: Any) -> bool:
+        """Whether ``a`` and ``b`` count as the same answer (see the class doc)."""
+        if a is None or b is None:
+            return a is None and b is None
+        if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)):
+            return len(a) == len(b) and all(self.close(x, y) for x, y in zip(a, b))
+        if isinstance(a, Mapping) and isinstance(b, Mapping):
+            return list(a) == list(b) and all(self.close(a[k], b[k]) for k in a)
         try:
-            x = np.asarray(a, dtype=np.float64)
-            y = np.asarray(b, dtype=np.float64)
-        except Exception:
+            x, y = np.asarray(as_numpy(a)), np.asarray(as_numpy(b))
+            wide = np.complex128 if "c" in (x.dtype.kind, y.dtype.kind) else np.float64
+            x, y = x.astype(wide), y.astype(wide)
+        except Exception:  # noqa: BLE001 - not numbers: not the same answer
             return False
         if x.shape != y.shape:
             return False
         with np.errstate(all="ignore"):
-            return bool(np.allclose(x, y, rtol=self._rtol, atol=self._atol, equal_nan=True))
+            same = np.isclose(x, y, rtol=self.rtol, atol=self.atol, equal_nan=True)
+            return bool(np.all(same))
 
 
 def check_with_hints(
@@ -1400,15 +1612,105 @@ def check_with_hints(
     rtol: float = 1e-4,
     atol: float = 1e-6,
     exact: bool = False,
+    prepare: Callable[[Any, Any], Any] | None = None,
+    time_limit_s: float = 10.0,
 ) -> CheckResult:
-    """:func:`check_function` + :func:`report`, and when a wrong answer equals a known :class:`Mistake` on the
-    failing case, the verdict gets a ``hint:`` line naming that mistake."""
+    """:func:`check_function` + :func:`report`, with a ``hint:`` naming a known mistake.
+
+    When a wrong answer equals a known :class:`Mistake` on the failing case, the verdict
+    gets a ``hint:`` line naming that mistake. ``prepare(got, expected) -> got`` turns
+    an accepted alternative form of the answer into the expected one first (see
+    :class:`Diagnosis`). The other arguments are those of :func:`check_function`.
+    """
     if not isinstance(mistakes, list) or not all(isinstance(m, Mistake) for m in mistakes):
         raise TypeError(f"mistakes must be a list of Mistake, got {describe(mistakes)}")
     if not callable(reference_fn):
         raise TypeError(f"reference_fn must be callable, got {describe(reference_fn)}")
-    diag = _Diagnosis(reference_fn, mistakes, rtol=rtol, atol=atol, exact=exact)
+    diag = Diagnosis(
+        reference_fn, mistakes, rtol=rtol, atol=atol, exact=exact, prepare=prepare
+    )
     result = check_function(
-        student_fn, diag.reference, cases, name=name, rtol=rtol, atol=atol, exact=exact, compare=diag.compare
+        student_fn,
+        diag.reference,
+        cases,
+        name=name,
+        rtol=rtol,
+        atol=atol,
+        exact=exact,
+        time_limit_s=time_limit_s,
+        compare=diag.compare,
     )
     return report(result)
+
+
+# ----------------------------------------------------------------------------------- naming, registry
+def named(name: str) -> Callable[[Callable], Callable]:
+    """Decorator: give a reference wrapper the exercise's name.
+
+    The messages show it (``it should accept the same parameters as glu(x, params)``),
+    so a wrapper ``_glu_reference`` reads as the function the student writes::
+
+        @named("glu")
+        def _glu_reference(x, params):
+            return R.glu(x, params)
+    """
+    if not isinstance(name, str) or not name.isidentifier():
+        raise TypeError(
+            f"name must be the exercise's function name (a Python identifier), "
+            f"got {describe(name)}"
+        )
+
+    def rename(fn: Callable) -> Callable:
+        if not callable(fn):
+            raise TypeError(
+                f"@named({name!r}) must decorate a function, got {describe(fn)}"
+            )
+        fn.__name__ = fn.__qualname__ = name
+        return fn
+
+    return rename
+
+
+@dataclass(frozen=True)
+class RegisteredChecker:
+    """An entry of :data:`CHECKERS`: a public ``check_<name>`` and its reference."""
+
+    qualname: str
+    function: Callable[[Any], CheckResult]
+    reference: Callable
+
+
+#: Every checker decorated with :func:`checker`, by ``"<module>.<function name>"``.
+#: ``tests/test_checkers_survive_bad_code.py`` feeds each the bad code students write.
+CHECKERS: dict[str, RegisteredChecker] = {}
+
+
+def checker(*, reference: Callable) -> Callable[[Callable], Callable]:
+    """Decorator: register a chapter's public ``check_<name>`` in :data:`CHECKERS`.
+
+    ``reference`` is the function the checker compares against (the one it passes to
+    :func:`check_function` / :func:`check_with_hints`): the shared test builds right
+    answers with it (e.g. a right answer from a function that also modifies its input).
+    The checker itself is returned unchanged::
+
+        @checker(reference=_glu_reference)
+        def check_glu(student_fn):
+            ...
+    """
+    if not callable(reference):
+        raise TypeError(
+            f"reference must be the function the checker compares against, "
+            f"got {describe(reference)}"
+        )
+
+    def register(fn: Callable) -> Callable:
+        if not callable(fn) or not getattr(fn, "__name__", "").startswith("check_"):
+            raise TypeError(
+                f"@checker must decorate a function named check_<exercise>, "
+                f"got {describe(fn)}"
+            )
+        qualname = f"{fn.__module__}.{fn.__qualname__}"
+        CHECKERS[qualname] = RegisteredChecker(qualname, fn, reference)
+        return fn
+
+    return register

@@ -462,3 +462,85 @@ def test_cli_module_entry_point(monkeypatch, capsys):
             runpy.run_module("effx_lab.bench", run_name="__main__")
     assert exc.value.code == 2
     assert "valid chapters: ch01, ch02, ch07, costs, flash, quant" in capsys.readouterr().err
+
+
+
+# ---------------------------------------------------------------- threads, goals, machine
+
+
+def test_limit_threads_sets_and_restores_torch_and_blas_threads():
+    before = torch.get_num_threads()
+    with bench.limit_threads(1) as applied:
+        assert torch.get_num_threads() == 1 and applied.torch == 1
+        try:
+            from threadpoolctl import threadpool_info
+        except ImportError:
+            assert applied.blas is None
+        else:
+            assert applied.blas == 1
+            info = threadpool_info()
+            blas = [p["num_threads"] for p in info if p["user_api"] == "blas"]
+            assert blas and all(n == 1 for n in blas)
+    assert torch.get_num_threads() == before
+    with bench.limit_threads(1, blas=False) as applied:
+        assert applied == bench.ThreadLimits(1, None)
+    with bench.limit_threads(None) as applied:  # None: nothing changes
+        assert applied == (before, None) and torch.get_num_threads() == before
+    with pytest.raises(RuntimeError, match="inside"):
+        with bench.limit_threads(1):
+            raise RuntimeError("inside")
+    assert torch.get_num_threads() == before  # restored after an error too
+
+
+def test_check_threads_and_limit_threads_validate():
+    assert bench.check_threads(None) is None and bench.check_threads(np.int64(2)) == 2
+    wrong_type = "threads must be None or an int >= 1"
+    bad_threads = [
+        (0, ValueError, "threads must be an int >= 1, got 0"),
+        (1.5, TypeError, wrong_type),
+        (True, TypeError, wrong_type),
+        ("2", TypeError, wrong_type),
+    ]
+    for bad, error, text in bad_threads:
+        with pytest.raises(error, match=text):
+            bench.check_threads(bad)
+        with pytest.raises(error, match=text):
+            with bench.limit_threads(bad):
+                pass
+    with pytest.raises(TypeError, match="blas must be a bool"):
+        with bench.limit_threads(1, blas="yes"):
+            pass
+
+
+def test_goal_is_a_reported_ratio_never_an_assertion():
+    assert bench.goal(3.2, 3.0) == {"value": 3.2, "goal": ">= 3", "met": True}
+    assert bench.goal(2.9, 3) == {"value": 2.9, "goal": ">= 3", "met": False}
+    at_most = {"value": 9.0, "goal": "<= 10", "met": True}
+    assert bench.goal(9.0, 10.0, op="<=") == at_most
+    assert bench.goal(0.625 * 64, 0.625 * 64)["goal"] == ">= 40"
+    assert bench.goal(1.0, 1.23456)["goal"] == ">= 1.235"
+    # not measured: reported, not met
+    assert bench.goal(None, 5.0) == {"value": None, "goal": ">= 5", "met": False}
+    assert bench.goal(float("nan"), 5.0)["met"] is False
+    per_path = {"int4_triton": 4.5}
+    g = bench.goal(np.float64(4.5), 5.0, op="<=", path="int4_triton", per_path=per_path)
+    assert list(g) == ["value", "goal", "met", "path", "per_path"] and g["met"] is True
+    json.dumps(to_jsonable(g), allow_nan=False)
+    with pytest.raises(TypeError, match="value must be a real number or None"):
+        bench.goal("3", 3.0)
+    with pytest.raises(TypeError, match="value must be a real number or None"):
+        bench.goal(True, 3.0)
+    with pytest.raises(ValueError, match="target must be finite"):
+        bench.goal(1.0, float("inf"))
+    with pytest.raises(ValueError, match="op must be one of"):
+        bench.goal(1.0, 2.0, op=">")
+    with pytest.raises(ValueError, match="extra keys must not be one of"):
+        bench.goal(1.0, 2.0, met=True)
+
+
+def test_cpu_cores_and_load_average():
+    assert isinstance(bench.cpu_cores(), int) and bench.cpu_cores() >= 1
+    load = bench.load_average()
+    if load is not None:
+        assert len(load) == 3 and all(isinstance(v, float) and v >= 0 for v in load)
+    assert f"({bench.cpu_cores()} cores)" in device_name() or torch.cuda.is_available()

@@ -831,3 +831,223 @@ def test_check_with_hints_names_the_matching_mistake_only():
     assert right.passed
     with pytest.raises(TypeError, match="mistakes"):
         check_with_hints(reference, reference, cases, ["not a Mistake"], name="double")
+
+
+
+# --------------------------------------------------------------------------------------
+# The public extension points used by the chapters' checker modules
+# --------------------------------------------------------------------------------------
+def test_mistake_validates():
+    from effx_lab.check import Mistake
+
+    with pytest.raises(TypeError, match="Mistake wrong must be a function"):
+        Mistake("x + 2", "a hint")
+    with pytest.raises(TypeError, match="Mistake hint must be a non-empty str"):
+        Mistake(lambda x: x, "  ")
+
+
+def test_reference_recorder_gives_the_arguments_of_the_case_being_compared():
+    from effx_lab.check import ReferenceRecorder
+
+    def scale(x, factor=2.0):
+        return x * factor
+
+    rec = ReferenceRecorder(scale)
+    assert rec.reference.__name__ == "scale" and rec.arguments(None) is None
+    x = np.arange(3.0)
+    out = rec.reference(x, factor=3.0)
+    args, kwargs = rec.arguments(out)
+    assert args[0] is x and kwargs == {"factor": 3.0}
+    assert rec.arguments(out.copy()) is None  # the very object, not an equal one
+
+    seen = []
+
+    def compare(got, expected):
+        seen.append(rec.arguments(expected))
+        return None
+
+    cases = [Case("a", (x,), {"factor": 1.0})]
+    res = check_function(
+        lambda x, factor=2.0: x, rec.reference, cases, name="scale", compare=compare
+    )
+    assert res.passed and seen[0][1] == {"factor": 1.0}
+    with pytest.raises(TypeError, match="reference must be a function"):
+        ReferenceRecorder(42)
+
+
+def test_diagnosis_close_handles_tuples_none_dicts_and_complex():
+    from effx_lab.check import Diagnosis
+
+    diag = Diagnosis(lambda: None, [], rtol=1e-6, atol=0.0)
+    assert diag.close((np.arange(3.0), None), [np.arange(3.0), None])
+    assert not diag.close((np.arange(3.0), None), (np.arange(3.0), np.zeros(3)))
+    assert not diag.close(None, np.nan) and diag.close(None, None)
+    assert diag.close({"a": 1.0, "b": (2, 3)}, {"a": 1.0 + 1e-9, "b": (2, 3)})
+    assert not diag.close({"a": 1.0}, {"b": 1.0})
+    assert not diag.close(np.array([1.0 + 1.0j]), np.array([1.0]))  # not by real parts
+    assert diag.close(torch.tensor([1.0, 2.0]), np.array([1.0, 2.0]))
+    assert not diag.close(np.ones(3), np.ones(4)) and not diag.close("text", np.ones(2))
+    assert diag.close(np.array([np.nan, 1.0]), np.array([np.nan, 1.0]))
+
+
+def test_diagnosis_prepare_and_problem_are_extension_points():
+    from effx_lab.check import Diagnosis, Mistake
+
+    def reference(x):
+        return [int(v) for v in np.argsort(x)]
+
+    def descending(x):
+        return [int(v) for v in np.argsort(-x)]
+
+    mistakes = [Mistake(descending, "sort ascending, not descending")]
+
+    def as_list(got, expected):
+        return got.tolist() if isinstance(got, np.ndarray) else got
+
+    cases = [Case("three", (np.array([3.0, 1.0, 2.0]),))]
+
+    def run(student, diag):
+        return check_function(
+            student, diag.reference, cases, name="order", compare=diag.compare
+        )
+
+    with_prepare = Diagnosis(reference, mistakes, rtol=0.0, atol=0.0, prepare=as_list)
+    res = run(lambda x: np.argsort(x), with_prepare)
+    assert res.passed, res.message  # an integer array read as the expected list
+    res = run(lambda x: np.argsort(-x), with_prepare)
+    assert not res.passed and "hint: sort ascending, not descending" in res.message
+    without = Diagnosis(reference, mistakes, rtol=0.0, atol=0.0)
+    res = run(lambda x: np.argsort(x), without)
+    assert not res.passed and "expected a list" in res.message
+
+    class AnyPermutation(Diagnosis):
+        def problem(self, got, expected):
+            return None if sorted(got) == sorted(expected) else "not a permutation"
+
+    lenient = AnyPermutation(reference, mistakes, prepare=as_list)
+    assert run(lambda x: [2, 0, 1], lenient).passed
+    res = run(lambda x: [0, 0, 1], lenient)
+    assert not res.passed and "not a permutation" in res.message
+
+
+def test_diagnosis_validates():
+    from effx_lab.check import Diagnosis, Mistake
+
+    with pytest.raises(TypeError, match="mistakes must be a list of Mistake"):
+        Diagnosis(abs, (Mistake(abs, "h"),))
+    with pytest.raises(ValueError, match="rtol must be >= 0.0"):
+        Diagnosis(abs, [], rtol=-1.0)
+    with pytest.raises(TypeError, match="exact must be a bool"):
+        Diagnosis(abs, [], exact=1)
+    with pytest.raises(TypeError, match="prepare must be a callable"):
+        Diagnosis(abs, [], prepare="squeeze")
+    with pytest.raises(TypeError, match="reference must be a function"):
+        Diagnosis(None, [])
+
+
+def test_check_with_hints_prepare_and_time_limit(capsys):
+    from effx_lab.check import Mistake, check_with_hints
+
+    def reference(x):
+        return x.sum(axis=1)
+
+    def keep_dims(x):  # the same numbers, shape [M, 1]
+        return x.sum(axis=1, keepdims=True)
+
+    def squeeze(got, expected):
+        return got.reshape(-1) if getattr(got, "shape", None) == (2, 1) else got
+
+    cases = [Case("rows", (np.arange(6.0).reshape(2, 3),))]
+    assert check_with_hints(
+        keep_dims, reference, cases, [], name="rowsum", prepare=squeeze
+    ).passed
+    assert not check_with_hints(keep_dims, reference, cases, [], name="rowsum").passed
+
+    def endless(x):
+        while True:
+            pass
+
+    mistakes = [Mistake(lambda x: x.sum(axis=0), "sum over the rows")]
+    res = check_with_hints(
+        endless, reference, cases, mistakes, name="rowsum", time_limit_s=0.1
+    )
+    assert not res.passed and "took longer than 0.1 s" in res.message
+    capsys.readouterr()
+
+
+def test_time_limit_caps_every_check_inside_the_block():
+    from effx_lab.check import time_limit
+
+    def endless(x):
+        while True:
+            pass
+
+    def identity(x):
+        return x
+
+    cases = [Case("one", (1.0,))]
+    start = time.perf_counter()
+    with time_limit(0.2) as cap:
+        assert cap == 0.2
+        with time_limit(5.0) as inner:  # nested: the smallest cap stays
+            assert inner == 0.2
+            res = check_function(endless, identity, cases, name="f")
+        # a limit already below the cap stays as it is
+        res2 = check_function(endless, identity, cases, name="f", time_limit_s=0.1)
+    assert time.perf_counter() - start < 5.0
+    assert "took longer than 0.2 s" in res.message
+    assert "took longer than 0.1 s" in res2.message
+    # the cap is gone after the block
+    assert check_function(identity, identity, cases, name="f").passed
+    bad_seconds = [(0, ValueError), (-1.0, ValueError), (math.nan, ValueError)]
+    for bad, error in [*bad_seconds, ("1", TypeError)]:
+        with pytest.raises(error, match="seconds must"):
+            with time_limit(bad):
+                pass
+
+
+def test_named_renames_a_reference():
+    from effx_lab.check import named
+
+    @named("glu")
+    def _glu_reference(x, params):
+        return x
+
+    assert _glu_reference.__name__ == _glu_reference.__qualname__ == "glu"
+    res = check_function(lambda: 0, _glu_reference, [Case("a", (1, 2))], name="glu")
+    assert "it should accept the same parameters as glu(x, params)" in res.message
+    with pytest.raises(TypeError, match="name must be the exercise's function name"):
+        named("not a name")
+    with pytest.raises(TypeError, match="must decorate a function"):
+        named("glu")(42)
+
+
+def test_checker_registers_public_checkers(monkeypatch):
+    from effx_lab import check as C
+
+    monkeypatch.setattr(C, "CHECKERS", {})
+
+    def ref(x):
+        return x
+
+    @C.checker(reference=ref)
+    def check_identity(student_fn):
+        return check_function(student_fn, ref, [Case("a", (1,))], name="identity")
+
+    entry = C.CHECKERS[f"{__name__}.{check_identity.__qualname__}"]
+    assert entry.function is check_identity and entry.reference is ref
+    assert check_identity(lambda x: x).passed  # returned unchanged
+    with pytest.raises(TypeError, match="named check_<exercise>"):
+        C.checker(reference=ref)(ref)
+    with pytest.raises(TypeError, match="reference must be the function"):
+        C.checker(reference="ref")
+
+
+def test_as_numpy_and_is_tensor():
+    from effx_lab.check import as_numpy, is_tensor
+
+    t = torch.arange(3, dtype=torch.bfloat16)
+    assert is_tensor(t) and not is_tensor(np.arange(3)) and not is_tensor([1, 2])
+    arr = as_numpy(t)
+    assert isinstance(arr, np.ndarray) and arr.dtype == np.float32
+    assert arr.tolist() == [0.0, 1.0, 2.0] and as_numpy([1, 2]).tolist() == [1, 2]

@@ -7,7 +7,7 @@ import pytest
 import torch
 from _checks import fails as _fails
 
-from effx_lab.check import Case, _Diagnosis
+from effx_lab.check import Case, Diagnosis
 from effx_lab.quant import reference as R
 from effx_lab.quant.exercises import fine_grained as E
 
@@ -198,7 +198,7 @@ def test_every_hint_is_reachable():
     """Each listed mistake differs from the right answer on at least one case (else its hint is dead)."""
     for name, (ref, make, mistakes) in E._cases_for_tests().items():
         cases = make(np.random.default_rng(7))
-        diag = _Diagnosis(ref, mistakes, rtol=1e-5, atol=1e-12, exact=False)
+        diag = Diagnosis(ref, mistakes, rtol=1e-5, atol=1e-12, exact=False)
         for m in mistakes:
             reachable = False
             for c in cases:
@@ -211,7 +211,7 @@ def test_every_hint_is_reachable():
                     part = E._GroupCheck._partition
                     differs = part(np.asarray(wrong), n_groups) != part(ref(*c.args), n_groups)
                 else:
-                    differs = not diag._close(wrong, ref(*c.args, **c.kwargs))
+                    differs = not diag.close(wrong, ref(*c.args, **c.kwargs))
                 if differs:
                     reachable = True
                     break

@@ -7,10 +7,7 @@ import pytest
 import torch
 from _checks import fails as _fails
 
-from effx_lab.check import (
-    Case,
-    _Diagnosis,  # tuple-aware since chapter 2
-)
+from effx_lab.check import Case, Diagnosis
 from effx_lab.quant import reference as R
 from effx_lab.quant.exercises import fundamentals as E
 
@@ -193,13 +190,13 @@ def test_every_hint_is_reachable():
     for name, mistakes in lists.items():
         ref, make = E._cases_for_tests()[name]
         cases = make(np.random.default_rng(7))
-        diag = _Diagnosis(ref, mistakes, rtol=1e-5, atol=1e-12, exact=False)
+        diag = Diagnosis(ref, mistakes, rtol=1e-5, atol=1e-12, exact=False)
         for m in mistakes:
             reachable = False
             for c in cases:
                 with np.errstate(all="ignore"):
                     wrong = m.wrong(*c.args, **c.kwargs)
-                if wrong is not None and not diag._close(wrong, ref(*c.args, **c.kwargs)):
+                if wrong is not None and not diag.close(wrong, ref(*c.args, **c.kwargs)):
                     reachable = True
                     break
             assert reachable, (name, m.hint)
@@ -336,11 +333,11 @@ def test_quantize_per_group_shape_of_scales_is_checked():
 
 
 def test_diagnosis_compares_tuples_element_by_element():
-    diag = _Diagnosis(lambda: None, [], rtol=1e-5, atol=0.0, exact=False)
-    assert diag._close((np.arange(3), 1.0), (np.arange(3), 1.0))
-    assert not diag._close((np.arange(3), 1.0), (np.arange(3), 2.0))
-    assert not diag._close((np.arange(3), 1.0), np.arange(3))
-    assert not diag._close((np.arange(3),), (np.arange(3), 1.0))
+    diag = Diagnosis(lambda: None, [], rtol=1e-5, atol=0.0, exact=False)
+    assert diag.close((np.arange(3), 1.0), (np.arange(3), 1.0))
+    assert not diag.close((np.arange(3), 1.0), (np.arange(3), 2.0))
+    assert not diag.close((np.arange(3), 1.0), np.arange(3))
+    assert not diag.close((np.arange(3),), (np.arange(3), 1.0))
 
 
 def test_all_names_exported():

@@ -7,7 +7,7 @@ import pytest
 import torch
 from _checks import fails as _fails
 
-from effx_lab.check import Case, _Diagnosis
+from effx_lab.check import Case, Diagnosis
 from effx_lab.quant import reference as R
 from effx_lab.quant.exercises import llm_int8 as E
 
@@ -200,7 +200,7 @@ def test_every_hint_is_reachable():
     """Each listed mistake differs from the right answer on at least one case (else its hint is dead)."""
     for name, (ref, make, mistakes) in E._cases_for_tests().items():
         cases = make(np.random.default_rng(7))
-        diag = _Diagnosis(ref, [], rtol=1e-4, atol=1e-5, exact=False)
+        diag = Diagnosis(ref, [], rtol=1e-4, atol=1e-5, exact=False)
         for m in mistakes:
             reachable = False
             for c in cases:
@@ -216,7 +216,7 @@ def test_every_hint_is_reachable():
 def _close_any(diag, a, b) -> bool:
     if isinstance(a, tuple) and isinstance(b, tuple):
         return len(a) == len(b) and all(_close_any(diag, x, y) for x, y in zip(a, b))
-    return diag._close(a, b)
+    return diag.close(a, b)
 
 
 # ---------------------------------------------------------------------------------- vectorwise_quantize mistakes

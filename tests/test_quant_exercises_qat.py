@@ -128,17 +128,17 @@ def test_cases_cover_the_edges():
 
 def test_every_hint_is_reachable():
     """Each listed mistake differs from the right answer on at least one case (else its hint is dead)."""
-    from effx_lab.check import _Diagnosis
+    from effx_lab.check import Diagnosis
 
     for name, (ref, make, mistakes) in E._cases_for_tests().items():
         cases = make(np.random.default_rng(7))
-        diag = _Diagnosis(ref, mistakes, rtol=1e-5, atol=1e-6, exact=False)
+        diag = Diagnosis(ref, mistakes, rtol=1e-5, atol=1e-6, exact=False)
         for m in mistakes:
             reachable = False
             for c in cases:
                 with np.errstate(all="ignore"):
                     wrong = m.wrong(*c.args, **c.kwargs)
-                if wrong is not None and not diag._close(wrong, ref(*c.args, **c.kwargs)):
+                if wrong is not None and not diag.close(wrong, ref(*c.args, **c.kwargs)):
                     reachable = True
                     break
             assert reachable, (name, m.hint)

@@ -9,7 +9,7 @@ import pytest
 import torch
 from _checks import fails as _fails
 
-from effx_lab.check import Case, _Diagnosis
+from effx_lab.check import Case, Diagnosis
 from effx_lab.quant import _np_hawq as H  # _brute_force_allocation (private)
 from effx_lab.quant import reference as R
 from effx_lab.quant.exercises import second_order as E
@@ -271,7 +271,7 @@ def test_every_hint_is_reachable():
     """Each listed mistake differs from the right answer on at least one case (else its hint is dead)."""
     for name, (ref, make, mistakes) in E._cases_for_tests().items():
         cases = make(np.random.default_rng(7))
-        diag = _Diagnosis(ref, [], rtol=1e-6, atol=1e-9, exact=False)
+        diag = Diagnosis(ref, [], rtol=1e-6, atol=1e-9, exact=False)
         for m in mistakes:
             reachable = False
             for c in cases:
@@ -281,7 +281,7 @@ def test_every_hint_is_reachable():
                 except IndexError:  # e.g. a mistake that ignores `choices` on a case with 3 choices
                     continue
                 expected = ref(*c.args, **c.kwargs)
-                if wrong is not None and not diag._close(wrong, expected):
+                if wrong is not None and not diag.close(wrong, expected):
                     reachable = True
                     break
             assert reachable, (name, m.hint)

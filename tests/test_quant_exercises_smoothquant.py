@@ -6,6 +6,7 @@ import pytest
 import torch
 from _checks import fails as _fails
 
+from effx_lab.check import Diagnosis
 from effx_lab.quant import reference as R
 from effx_lab.quant.exercises import smoothquant as E
 
@@ -91,7 +92,7 @@ def test_every_hint_is_reachable():
     """Each listed mistake differs from the right answer on at least one case (else its hint is dead)."""
     for name, (ref, make, mistakes) in E._cases_for_tests().items():
         cases = make(np.random.default_rng(7))
-        diag = E._TupleDiagnosis(ref, mistakes, rtol=1e-5, atol=1e-12, exact=False)
+        diag = Diagnosis(ref, mistakes, rtol=1e-5, atol=1e-12, exact=False)
         for m in mistakes:
             reachable = False
             for c in cases:
@@ -100,7 +101,7 @@ def test_every_hint_is_reachable():
                         wrong = m.wrong(*c.args, **c.kwargs)
                 except ValueError:  # e.g. the axis mistake cannot broadcast on a non-square weight
                     continue
-                if wrong is not None and not diag._close(wrong, ref(*c.args, **c.kwargs)):
+                if wrong is not None and not diag.close(wrong, ref(*c.args, **c.kwargs)):
                     reachable = True
                     break
             assert reachable, (name, m.hint)
@@ -181,11 +182,11 @@ def test_fold_smoothing_in_place_is_reported():
 
 
 def test_diagnosis_compares_tuples_element_by_element():
-    diag = E._TupleDiagnosis(lambda: None, [], rtol=1e-5, atol=0.0, exact=False)
-    assert diag._close((np.arange(3.0), None), (np.arange(3.0), None))
-    assert not diag._close((np.arange(3.0), None), (np.arange(3.0), np.zeros(3)))
-    assert not diag._close((np.arange(3.0), 1.0), np.arange(3.0))
-    assert diag._close(np.arange(1.0, 4.0), np.arange(1.0, 4.0) * (1 + 1e-7))
+    diag = Diagnosis(lambda: None, [], rtol=1e-5, atol=0.0, exact=False)
+    assert diag.close((np.arange(3.0), None), (np.arange(3.0), None))
+    assert not diag.close((np.arange(3.0), None), (np.arange(3.0), np.zeros(3)))
+    assert not diag.close((np.arange(3.0), 1.0), np.arange(3.0))
+    assert diag.close(np.arange(1.0, 4.0), np.arange(1.0, 4.0) * (1 + 1e-7))
 
 
 def test_all_names_exported():

@@ -17,6 +17,20 @@ the same way:
   Patterson 2009, "Roofline: An Insightful Visual Performance Model for Multicore Architectures").
 * :func:`save_results` writes results as JSON tagged with the device they came from: absolute times
   mean nothing without it.
+
+What every chapter's ``bench.py`` shares besides the timers:
+
+* :func:`limit_threads` (a context manager) runs a measurement with ``threads``
+  PyTorch threads and, with ``blas=True`` and threadpoolctl installed, as many BLAS
+  threads for NumPy, and restores both afterwards; :func:`check_threads` validates a
+  ``threads`` argument up front (``None`` or an int >= 1). One thread measures the work
+  without waiting on a descheduled second thread of a busy small CPU.
+* :func:`goal` turns a measured ratio and the chapter's target into
+  ``{"value", "goal", "met"}`` (plus any extra keys): goals are *reported* in
+  ``run()``'s results, never asserted, because whether they are met depends on the
+  device (docs/ARCHITECTURE.md, "Timings are shown, not asserted").
+* :func:`cpu_cores` and :func:`load_average` say what the machine had to offer while
+  it was measured.
 """
 from __future__ import annotations
 
@@ -36,7 +50,7 @@ import time
 import tracemalloc
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, NamedTuple
 
 import numpy as np
 import torch
@@ -52,9 +66,15 @@ __all__ = [
     "Roofline",
     "RooflinePoint",
     "Timing",
+    "ThreadLimits",
     "cache_dir",
+    "check_threads",
     "compare",
+    "cpu_cores",
     "device_name",
+    "goal",
+    "limit_threads",
+    "load_average",
     "measure_ceilings",
     "memory_by_source",
     "peak_memory",
@@ -96,11 +116,20 @@ def _cpu_model() -> str:
     return cpu_name()
 
 
-def _cpu_count() -> int:
+def cpu_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask, else all cores)."""
     try:
         return len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         return os.cpu_count() or 1
+
+
+def load_average() -> list[float] | None:
+    """The 1, 5 and 15 minute load averages, or None where the OS has none."""
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
 
 
 def device_name() -> str:
@@ -111,7 +140,7 @@ def device_name() -> str:
     """
     if _has_cuda():
         return torch.cuda.get_device_name(0)
-    return f"{_cpu_model()} ({_cpu_count()} cores)"
+    return f"{_cpu_model()} ({cpu_cores()} cores)"
 
 
 def _slug(text: str) -> str:
@@ -121,6 +150,103 @@ def _slug(text: str) -> str:
 def _sync(device: str) -> None:
     if device == "cuda":
         torch.cuda.synchronize()
+
+
+# --------------------------------------------------------------------------------------------- threads
+
+
+class ThreadLimits(NamedTuple):
+    """What :func:`limit_threads` applied inside its block.
+
+    ``torch``: PyTorch's thread count; ``blas``: the BLAS limit set for NumPy, or
+    ``None`` when BLAS was left alone (``threads=None``, ``blas=False`` or no
+    threadpoolctl).
+    """
+
+    torch: int
+    blas: int | None
+
+
+def check_threads(threads: Any) -> int | None:
+    """``threads`` as a thread count (an int >= 1), or None (leave the settings alone).
+
+    A benchmark validates its ``threads`` argument with this before any expensive
+    setup. Raises ``TypeError``/``ValueError`` naming ``threads``.
+    """
+    if threads is None:
+        return None
+    integer = isinstance(threads, numbers.Integral)
+    if isinstance(threads, (bool, np.bool_)) or not integer:
+        raise TypeError(f"threads must be None or an int >= 1, got {describe(threads)}")
+    return check_int("threads", threads, min_value=1)
+
+
+@contextlib.contextmanager
+def limit_threads(threads: int | None, *, blas: bool = True) -> Iterator[ThreadLimits]:
+    """Run the ``with`` block with ``threads`` PyTorch (and BLAS) threads, then restore.
+
+    ``threads=None`` changes nothing. With ``blas=True`` NumPy's BLAS is limited too,
+    through threadpoolctl when it is installed (else it keeps its own count and
+    :attr:`ThreadLimits.blas` is None). Yields the :class:`ThreadLimits` in force::
+
+        with limit_threads(1) as applied:
+            comparison = compare({"numpy": ..., "torch": ...}, baseline="numpy")
+        config["threads"], config["numpy_blas_threads"] = applied.torch, applied.blas
+    """
+    threads = check_threads(threads)
+    blas = check_bool("blas", blas)
+    old = torch.get_num_threads()
+    with contextlib.ExitStack() as stack:
+        blas_limit = None
+        if threads is not None and blas:
+            try:
+                from threadpoolctl import threadpool_limits
+            except ImportError:
+                pass
+            else:
+                stack.enter_context(threadpool_limits(limits=threads, user_api="blas"))
+                blas_limit = threads
+        try:
+            if threads is not None:
+                torch.set_num_threads(threads)
+            yield ThreadLimits(torch.get_num_threads(), blas_limit)
+        finally:
+            torch.set_num_threads(old)
+
+
+# ------------------------------------------------------------------------------------------------ goals
+_GOAL_OPS = (">=", "<=")
+_GOAL_KEYS = ("value", "goal", "met")
+
+
+def goal(
+    value: float | None, target: float, *, op: str = ">=", **extra: Any
+) -> dict[str, Any]:
+    """A chapter's goal as a computed ratio: ``{"value", "goal", "met"}``.
+
+    ``value`` is the measured number (``None`` when it could not be measured: then not
+    met), ``target`` the goal, ``op`` ``">="`` (at least) or ``"<="`` (at most).
+    ``extra`` keys are added to the dict (e.g. ``path="int8_triton"``, the candidate
+    that reached the value). The dict goes into ``run()``'s results: a goal is
+    reported, never asserted. A NaN value is not met (and becomes ``null`` in JSON).
+    """
+    real = isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+    if value is not None and not real:
+        raise TypeError(
+            f"value must be a real number or None (not measured), got {describe(value)}"
+        )
+    target = check_float("target", target)
+    op = check_choice("op", op, _GOAL_OPS)
+    clash = [key for key in extra if key in _GOAL_KEYS]
+    if clash:
+        raise ValueError(
+            f"extra keys must not be one of {list(_GOAL_KEYS)}, got {clash}"
+        )
+    if value is None or math.isnan(float(value)):
+        met = False
+    else:
+        met = float(value) >= target if op == ">=" else float(value) <= target
+    return {"value": value, "goal": f"{op} {target:.4g}", "met": bool(met), **extra}
 
 
 # ---------------------------------------------------------------------------------------------- timing

@@ -22,14 +22,13 @@ Every value returned is a plain Python number, string, list or dict (JSON-serial
 """
 from __future__ import annotations
 
-import dataclasses
-import numbers
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 
 from effx_lab._validate import check_bool, check_float, check_int, describe
+from effx_lab.bench import check_threads, limit_threads, to_jsonable
 from effx_lab.device import resolve_torch_device
 
 from . import reference as R
@@ -37,29 +36,6 @@ from . import torch_ops as T
 from .flops import matmul_bytes, matmul_flops
 
 __all__ = ["gemm_gemv_points", "prefill_decode_times", "run"]
-
-
-def _plain(obj: Any) -> Any:
-    """Turn dataclasses / objects with ``to_dict`` / NumPy scalars into JSON-serialisable values."""
-    if hasattr(obj, "to_dict") and callable(obj.to_dict):
-        return _plain(obj.to_dict())
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return _plain(dataclasses.asdict(obj))
-    if isinstance(obj, dict):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    if isinstance(obj, (bool, np.bool_)):
-        return bool(obj)
-    if isinstance(obj, numbers.Integral):
-        return int(obj)
-    if isinstance(obj, numbers.Real):
-        return float(obj)
-    if obj is None or isinstance(obj, str):
-        return obj
-    return str(obj)
-
-
 
 
 def gemm_gemv_points(
@@ -137,9 +113,9 @@ def _gemm_vs_gemv(
                 "n": n,
                 "dtype": "float32",
                 "gemv_stack": pts["stack"],
-                "gemm": _plain(gemm),
-                "gemv": _plain(gemv),
-                "gemv_cache_resident": _plain(pts["gemv_cache_resident"]),
+                "gemm": to_jsonable(gemm),
+                "gemv": to_jsonable(gemv),
+                "gemv_cache_resident": to_jsonable(pts["gemv_cache_resident"]),
                 "gemm_over_gemv_achieved_flops": float(gemm.achieved_flops / gemv.achieved_flops),
             }
         )
@@ -186,8 +162,7 @@ def prefill_decode_times(
     prompt_len = check_int("prompt_len", prompt_len, min_value=1, max_value=max_len - 1)
     min_run_time = check_float("min_run_time", min_run_time, min_value=0.0, min_inclusive=False)
     rounds = check_int("rounds", rounds, min_value=1)
-    if threads is not None:
-        threads = check_int("threads", threads, min_value=1)
+    threads = check_threads(threads)
     seed = check_int("seed", seed, min_value=0)
 
     device = model.tok_emb.weight.device
@@ -202,39 +177,33 @@ def prefill_decode_times(
         for batch in batch_sizes
     ]
     best = [[float("inf"), float("inf")] for _ in batch_sizes]
-    old_threads = torch.get_num_threads()
-    try:
-        if threads is not None:
-            torch.set_num_threads(threads)
-        with torch.inference_mode():
-            for _ in range(rounds):
-                for i, (prompt, new, cache) in enumerate(inputs):
+    timing = {"min_run_time": min_run_time, "device": device}
+    with limit_threads(threads, blas=False), torch.inference_mode():
+        for _ in range(rounds):
+            for i, (prompt, new, cache) in enumerate(inputs):
 
-                    def prefill(prompt=prompt, cache=cache) -> torch.Tensor:
-                        cache.length = 0
-                        return model(prompt, cache)
+                def prefill(prompt=prompt, cache=cache) -> torch.Tensor:
+                    cache.length = 0
+                    return model(prompt, cache)
 
-                    def decode_step(new=new, cache=cache) -> torch.Tensor:
-                        cache.length = prompt_len
-                        return model(new, cache)
+                def decode_step(new=new, cache=cache) -> torch.Tensor:
+                    cache.length = prompt_len
+                    return model(new, cache)
 
-                    t_pre = time_fn(prefill, min_run_time=min_run_time, device=device).median_s
-                    t_dec = time_fn(decode_step, min_run_time=min_run_time, device=device).median_s
-                    best[i] = [min(best[i][0], t_pre), min(best[i][1], t_dec)]
-        rows = [
-            {
-                "batch_size": batch,
-                "prompt_len": prompt_len,
-                "prefill_s": t_pre,
-                "decode_step_s": t_dec,
-                "prefill_tokens_per_s": batch * prompt_len / t_pre,
-                "decode_tokens_per_s": batch / t_dec,
-            }
-            for batch, (t_pre, t_dec) in zip(batch_sizes, best)
-        ]
-    finally:
-        torch.set_num_threads(old_threads)
-    return rows
+                t_pre = time_fn(prefill, **timing).median_s
+                t_dec = time_fn(decode_step, **timing).median_s
+                best[i] = [min(best[i][0], t_pre), min(best[i][1], t_dec)]
+    return [
+        {
+            "batch_size": batch,
+            "prompt_len": prompt_len,
+            "prefill_s": t_pre,
+            "decode_step_s": t_dec,
+            "prefill_tokens_per_s": batch * prompt_len / t_pre,
+            "decode_tokens_per_s": batch / t_dec,
+        }
+        for batch, (t_pre, t_dec) in zip(batch_sizes, best)
+    ]
 
 
 def _ffn_inputs(batch: int, max_len: int, min_len: int, d_model: int, d_ff: int, device: torch.device):
@@ -273,7 +242,7 @@ def _padded_vs_packed(cfg: dict, device: torch.device, min_run_time: float, roun
         "ideal_speedup": stats["total_slots"] / stats["real_tokens"],
         "measured_speedup": float(comparison.speedup("packed")),
         "max_abs_diff": float(diff),
-        "timings": _plain(comparison.to_dict()),
+        "timings": to_jsonable(comparison.to_dict()),
     }
 
 
@@ -298,7 +267,7 @@ def _pack_numpy_vs_torch(cfg: dict, device: torch.device, min_run_time: float, r
         "torch_device": str(device),
         "same_result": same,
         "speedup_torch_over_numpy": float(comparison.speedup("torch")),
-        "timings": _plain(comparison.to_dict()),
+        "timings": to_jsonable(comparison.to_dict()),
     }
 
 
@@ -344,7 +313,7 @@ def run(quick: bool = False) -> dict:
         "device": dev.summary(),
         "torch_device": str(device),
         "torch_threads": torch.get_num_threads(),
-        "ceilings": _plain(ceilings),
+        "ceilings": to_jsonable(ceilings),
         "gemm_vs_gemv": _gemm_vs_gemv(sizes, roofline, device, min_run_time, stream_bytes),
         "padded_vs_packed_ffn": _padded_vs_packed(ffn_cfg, device, min_run_time, rounds),
         "pack_numpy_vs_torch": _pack_numpy_vs_torch(ffn_cfg, device, min_run_time, rounds),

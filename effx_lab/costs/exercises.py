@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from effx_lab.check import Case, CheckResult, check_function, report
+from effx_lab.check import Case, CheckResult, check_function, checker, report
 
 from . import reference as R
 from .flops import matmul_flops_bytes, roofline_time
@@ -72,6 +72,7 @@ def _kv_cases(rng: np.random.Generator) -> list[Case]:
     return cases
 
 
+@checker(reference=kv_cache_bytes)
 def check_kv_cache_bytes(student_fn: Any) -> CheckResult:
     """Check ``kv_cache_bytes(n_layers, n_kv_heads, head_dim, seq_len, batch_size, bytes_per_elem) -> int``.
 
@@ -138,6 +139,7 @@ def _batch_cases(rng: np.random.Generator) -> list[Case]:
     return cases
 
 
+@checker(reference=max_batch_size)
 def check_max_batch_size(student_fn: Any) -> CheckResult:
     """Check ``max_batch_size(memory_bytes, shape, seq_len, weight_bytes_per_param, kv_bytes_per_elem) -> int``."""
     return report(check_function(student_fn, max_batch_size, _batch_cases, name="max_batch_size", exact=True))
@@ -161,6 +163,7 @@ def _matmul_cases(rng: np.random.Generator) -> list[Case]:
     return cases
 
 
+@checker(reference=matmul_flops_bytes)
 def check_matmul_flops_bytes(student_fn: Any) -> CheckResult:
     """Check ``matmul_flops_bytes(m, n, k, bytes_per_elem) -> (flops, bytes)`` (two ints, in that order)."""
     return report(
@@ -187,6 +190,7 @@ def _roofline_cases(rng: np.random.Generator) -> list[Case]:
     return cases
 
 
+@checker(reference=roofline_time)
 def check_roofline_time(student_fn: Any) -> CheckResult:
     """Check ``roofline_time(flops, bytes_moved, peak_flops, peak_bandwidth) -> seconds`` (relative tolerance 1e-9)."""
     return report(
@@ -223,6 +227,7 @@ def _pack_cases(rng: np.random.Generator) -> list[Case]:
     return cases
 
 
+@checker(reference=R.pack)
 def check_pack(student_fn: Any) -> CheckResult:
     """Check ``pack(x, lengths) -> (packed[T, ...], cu[B + 1])`` against :func:`effx_lab.costs.reference.pack`."""
     return report(check_function(student_fn, R.pack, _pack_cases, name="pack", exact=True))
@@ -239,6 +244,7 @@ def _unpack_cases(rng: np.random.Generator) -> list[Case]:
     return cases
 
 
+@checker(reference=R.unpack)
 def check_unpack(student_fn: Any) -> CheckResult:
     """Check ``unpack(packed, cu, max_len, pad_value=0) -> [B, max_len, ...]`` (padding filled with ``pad_value``)."""
     return report(check_function(student_fn, R.unpack, _unpack_cases, name="unpack", exact=True))
@@ -255,6 +261,7 @@ def _cu_cases(rng: np.random.Generator) -> list[Case]:
     return cases
 
 
+@checker(reference=R.cu_seqlens)
 def check_cu_seqlens(student_fn: Any) -> CheckResult:
     """Check ``cu_seqlens(lengths) -> [0, l_0, l_0 + l_1, ..., sum]`` (``B + 1`` integers)."""
     return report(check_function(student_fn, R.cu_seqlens, _cu_cases, name="cu_seqlens", exact=True))

@@ -23,16 +23,16 @@ Every public function returns plain JSON-able values (converted by :func:`effx_l
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import warnings
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from effx_lab._validate import check_bool, check_choice, check_float, check_int, describe
+from effx_lab.bench import check_threads, goal, limit_threads
 from effx_lab.device import resolve_torch_device
 
 __all__ = [
@@ -118,17 +118,6 @@ def _inference(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Callable[[]
     return call
 
 
-@contextlib.contextmanager
-def _num_threads(threads: int | None) -> Iterator[None]:
-    old = torch.get_num_threads()
-    try:
-        if threads is not None:
-            torch.set_num_threads(threads)
-        yield
-    finally:
-        torch.set_num_threads(old)
-
-
 # ----------------------------------------------------------------------------------------------------------
 # inputs and the operators to time
 # ----------------------------------------------------------------------------------------------------------
@@ -162,8 +151,8 @@ def transformer_layer_sdpa(
     def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, scale: float) -> torch.Tensor:
         return F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scale)
 
-    # the same validation, projections, norms and FFN as transformer_layer: only the attention core differs
-    return AT._transformer_layer(x, params, n_heads, causal, core=sdpa)
+    # the same validation, projections, norms and FFN as transformer_layer: only the core differs
+    return AT.transformer_layer_with_core(x, params, n_heads, causal, core=sdpa)
 
 
 def mixing_fns(
@@ -362,8 +351,7 @@ def time_vs_length(
         rounds_at = [check_int(f"rounds[{i}]", r, min_value=1) for i, r in enumerate(rounds)]
     else:
         rounds_at = [check_int("rounds", rounds, min_value=1)] * len(lengths)
-    if threads is not None:
-        threads = check_int("threads", threads, min_value=1)
+    threads = check_threads(threads)
     if max_seconds_per_call is not None:
         max_seconds_per_call = check_float(
             "max_seconds_per_call", max_seconds_per_call, min_value=0.0, min_inclusive=False
@@ -381,8 +369,8 @@ def time_vs_length(
     times: dict[str, list[float | None]] = {k: [] for k in kinds}
     comparisons: dict[str, Any] = {}
     skipped_from: dict[str, int] = {}
-    with _num_threads(threads):
-        used_threads = torch.get_num_threads()
+    with limit_threads(threads, blas=False) as applied:
+        used_threads = applied.torch
         for n, n_rounds in zip(lengths, rounds_at):
             active = [k for k in kinds if k not in skipped_from]
             for k in kinds:
@@ -468,8 +456,7 @@ def numpy_vs_torch(
     dev = resolve_torch_device(device)
     seed = check_int("seed", seed, min_value=0)
     std = check_float("std", std, min_value=0.0, min_inclusive=False)
-    if threads is not None:
-        threads = check_int("threads", threads, min_value=1)
+    threads = check_threads(threads)
 
     params = init_flash_params(d_model, expansion, s, seed=seed, std=std)
     x = np.random.default_rng(seed).standard_normal((1, n, d_model)).astype(np.float32)
@@ -480,8 +467,8 @@ def numpy_vs_torch(
         got = FT.flash_layer(xt, tparams, chunk_size, causal).cpu().numpy()
     diff = float(np.abs(ref - got).max())
     update = float(np.abs(ref - x).max())  # size of the layer's own contribution (the rest is the residual)
-    with _num_threads(threads):
-        used_threads = torch.get_num_threads()
+    with limit_threads(threads, blas=False) as applied:
+        used_threads = applied.torch
         comp = compare(
             {
                 "numpy": lambda: R.flash_layer(x, params, chunk_size, causal),
@@ -651,14 +638,6 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None or b <= 0 else a / b
 
 
-def _goal(value: float | None, op: str, target: float) -> dict[str, Any]:
-    if value is None:
-        met = False
-    else:
-        met = value <= target if op == "<=" else value >= target
-    return {"value": value, "goal": f"{op} {target:.4g}", "met": bool(met)}
-
-
 def _goals(sweep: dict[str, Any], level: str, lo: int, hi: int) -> dict[str, Any]:
     """The chapter's goals at one level: growth of FLASH and of softmax from ``lo`` to ``hi``, and their ratio.
 
@@ -669,9 +648,15 @@ def _goals(sweep: dict[str, Any], level: str, lo: int, hi: int) -> dict[str, Any
     r = hi / lo
     flash, soft = roles["flash"], roles["softmax"]
     return {
-        f"{flash}_growth_{hi}_over_{lo}": _goal(_ratio(_at(sweep, flash, hi), _at(sweep, flash, lo)), "<=", 1.25 * r),
-        f"{soft}_growth_{hi}_over_{lo}": _goal(_ratio(_at(sweep, soft, hi), _at(sweep, soft, lo)), ">=", 0.625 * r * r),
-        f"{soft}_over_{flash}_at_{hi}": _goal(_ratio(_at(sweep, soft, hi), _at(sweep, flash, hi)), ">=", 5.0),
+        f"{flash}_growth_{hi}_over_{lo}": goal(
+            _ratio(_at(sweep, flash, hi), _at(sweep, flash, lo)), 1.25 * r, op="<="
+        ),
+        f"{soft}_growth_{hi}_over_{lo}": goal(
+            _ratio(_at(sweep, soft, hi), _at(sweep, soft, lo)), 0.625 * r * r, op=">="
+        ),
+        f"{soft}_over_{flash}_at_{hi}": goal(
+            _ratio(_at(sweep, soft, hi), _at(sweep, flash, hi)), 5.0, op=">="
+        ),
     }
 
 
@@ -764,7 +749,7 @@ def run(quick: bool = False, *, triton_dtype: torch.dtype | None = None) -> dict
         cfg["numpy_n"], shape["d_model"], shape["chunk_size"], shape["s"], shape["causal"],
         expansion=shape["expansion"], min_run_time=cfg["min_run_time"], rounds=2, threads=threads,
     )  # fmt: skip
-    goals["torch_over_numpy_flash_layer"] = _goal(nvt["speedup"], ">=", 10.0)
+    goals["torch_over_numpy_flash_layer"] = goal(nvt["speedup"], 10.0, op=">=")
     triton_shape = {k: shape[k] for k in ("d_model", "expansion", "s", "chunk_size", "causal")}
     return to_jsonable(
         {

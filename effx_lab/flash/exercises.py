@@ -36,7 +36,15 @@ from typing import Any, Callable
 import numpy as np
 
 from effx_lab.attention.reference import feature_map, linear_attention
-from effx_lab.check import Case, CheckResult, Mistake, check_with_hints, random_arrays
+from effx_lab.check import (
+    Case,
+    CheckResult,
+    Mistake,
+    check_with_hints,
+    checker,
+    named,
+    random_arrays,
+)
 from effx_lab.models.reference import softmax
 
 from . import reference as R
@@ -55,16 +63,6 @@ __all__ = [
 
 _RTOL = 1e-4  # array exercises (one case is float32)
 _ATOL = 1e-6
-
-
-def _named(name: str) -> Callable[[Callable], Callable]:
-    """Give a reference wrapper the exercise's name (it appears in "it should accept ..." messages)."""
-
-    def rename(fn: Callable) -> Callable:
-        fn.__name__ = fn.__qualname__ = name
-        return fn
-
-    return rename
 
 
 def _normal(rng: np.random.Generator, shape: tuple[int, ...], scale: float = 1.0) -> np.ndarray:
@@ -157,7 +155,7 @@ _RELU2_MISTAKES = [
 ]
 
 
-@_named("relu2_attention")
+@named("relu2_attention")
 def _relu2_reference(q, k, bias=None, causal=False):
     return R.relu2_attention(q, k, bias, causal)
 
@@ -217,6 +215,7 @@ def _relu2_cases(rng: np.random.Generator) -> list[Case]:
     return cases
 
 
+@checker(reference=_relu2_reference)
 def check_relu2_attention(student_fn: Any) -> CheckResult:
     """Check ``relu2_attention(q, k, bias=None, causal=False) -> A`` of shape ``(..., n, m)``."""
     return check_with_hints(student_fn, _relu2_reference, _relu2_cases, _RELU2_MISTAKES, name="relu2_attention")
@@ -255,7 +254,7 @@ _GLU_MISTAKES = [
 ]
 
 
-@_named("glu")
+@named("glu")
 def _glu_reference(x, params):
     return R.glu(x, params)
 
@@ -293,13 +292,14 @@ def _glu_cases(rng: np.random.Generator) -> list[Case]:
     return cases
 
 
+@checker(reference=_glu_reference)
 def check_glu(student_fn: Any) -> CheckResult:
     """Check ``glu(x, params) -> (swish(x W_u + b_u) * swish(x W_v + b_v)) W_o + b_o``."""
     return check_with_hints(student_fn, _glu_reference, _glu_cases, _GLU_MISTAKES, name="glu")
 
 
 # =========================================================================== 07.1 GAU parameters
-@_named("gau_param_count")
+@named("gau_param_count")
 def _gau_param_count_reference(d_model, expansion, s, max_rel):
     return layer_params("gau", d_model, expansion=expansion, s=s, max_rel=max_rel)
 
@@ -357,6 +357,7 @@ def _gau_count_cases(rng: np.random.Generator) -> list[Case]:
     return cases
 
 
+@checker(reference=_gau_param_count_reference)
 def check_gau_param_count(student_fn: Any) -> CheckResult:
     """Check ``gau_param_count(d_model, expansion, s, max_rel) -> int`` (exact)."""
     return check_with_hints(
@@ -413,7 +414,7 @@ _CHUNK_MISTAKES = [
 ]
 
 
-@_named("chunk_linear_states")
+@named("chunk_linear_states")
 def _chunk_reference(lin_k, v, chunk_size, causal):
     return R.chunk_linear_states(lin_k, v, chunk_size, causal)
 
@@ -446,13 +447,14 @@ def _chunk_cases(rng: np.random.Generator) -> list[Case]:
     return cases
 
 
+@checker(reference=_chunk_reference)
 def check_chunk_linear_states(student_fn: Any) -> CheckResult:
     """Check ``chunk_linear_states(lin_k, v, chunk_size, causal) -> states`` of shape ``(..., G, s, e)``."""
     return check_with_hints(student_fn, _chunk_reference, _chunk_cases, _CHUNK_MISTAKES, name="chunk_linear_states")
 
 
 # =========================================================================== 07.2 FLOPs
-@_named("mixed_chunk_flops")
+@named("mixed_chunk_flops")
 def _mixed_flops_reference(n, d_model, expansion, s, chunk_size):
     return layer_flops("flash", n, d_model, expansion=expansion, s=s, chunk_size=chunk_size)["mixing"]
 
@@ -506,6 +508,7 @@ def _flops_cases(rng: np.random.Generator) -> list[Case]:
     return cases
 
 
+@checker(reference=_mixed_flops_reference)
 def check_mixed_chunk_flops(student_fn: Any) -> CheckResult:
     """Check ``mixed_chunk_flops(n, d_model, expansion, s, chunk_size) -> int`` (exact, padding counted)."""
     return check_with_hints(
@@ -527,7 +530,7 @@ def _endpoints(lengths, times):
     return float(np.log(t[j] / t[i]) / np.log(n[j] / n[i]))
 
 
-@_named("scaling_exponent")
+@named("scaling_exponent")
 def _scaling_reference(lengths, times):
     return scaling_exponent(lengths, times)
 
@@ -585,6 +588,7 @@ def _scaling_cases(rng: np.random.Generator) -> list[Case]:
     return cases
 
 
+@checker(reference=_scaling_reference)
 def check_scaling_exponent(student_fn: Any) -> CheckResult:
     """Check ``scaling_exponent(lengths, times) -> float``, the least-squares slope in log-log (rtol 1e-6)."""
     return check_with_hints(
@@ -596,7 +600,7 @@ def check_scaling_exponent(student_fn: Any) -> CheckResult:
 _EPS = 1e-6
 
 
-@_named("causal_linear_attention")
+@named("causal_linear_attention")
 def _cla_reference(q, k, v):
     return linear_attention(q, k, v, causal=True, normalize=True, eps=_EPS)
 
@@ -664,6 +668,7 @@ def _cla_cases(rng: np.random.Generator) -> list[Case]:
     return cases
 
 
+@checker(reference=_cla_reference)
 def check_causal_linear_attention(student_fn: Any) -> CheckResult:
     """Check ``causal_linear_attention(q, k, v) -> (..., n, e)`` (q, k already feature-mapped, eps = 1e-6)."""
     return check_with_hints(student_fn, _cla_reference, _cla_cases, _CLA_MISTAKES, name="causal_linear_attention")

@@ -36,12 +36,10 @@ Every public function returns plain JSON-able values (converted by :func:`effx_l
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import math
-import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -49,6 +47,7 @@ import torch
 import torch.nn.functional as F
 
 from effx_lab._validate import check_bool, check_float, check_int, describe
+from effx_lab.bench import check_threads, cpu_cores, goal, limit_threads, load_average
 from effx_lab.device import resolve_torch_device
 
 __all__ = [
@@ -130,51 +129,6 @@ _ROWBLOCK_BYTES = 4 * 2**20  # float32 rows converted at a time by the row-block
 # ----------------------------------------------------------------------------------------------------------
 # small helpers
 # ----------------------------------------------------------------------------------------------------------
-@contextlib.contextmanager
-def _num_threads(threads: int | None) -> Iterator[None]:
-    old = torch.get_num_threads()
-    try:
-        if threads is not None:
-            torch.set_num_threads(threads)
-        yield
-    finally:
-        torch.set_num_threads(old)
-
-
-@contextlib.contextmanager
-def _numpy_threads(threads: int | None) -> Iterator[int | None]:
-    """Limit NumPy's BLAS to ``threads`` with threadpoolctl when it is installed; yields the limit applied."""
-    if threads is None:
-        yield None
-        return
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        yield None
-        return
-    with threadpool_limits(limits=threads, user_api="blas"):
-        yield threads
-
-
-def _load() -> list[float] | None:
-    """The 1, 5 and 15 minute load averages (how busy the machine was), or None where the OS has none."""
-    try:
-        return [round(v, 2) for v in os.getloadavg()]
-    except (AttributeError, OSError):
-        return None
-
-
-def _all_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
-
-
-def _threads_arg(threads: Any) -> int | None:
-    return None if threads is None else check_int("threads", threads, min_value=1)
-
-
 def _rel_err(y: torch.Tensor, ref: torch.Tensor) -> float:
     """``||y - ref|| / ||ref||`` in float64 (on CPU)."""
     y64 = y.detach().to("cpu", torch.float64).reshape(ref.shape)
@@ -527,18 +481,18 @@ def decode_gemv(
     from effx_lab.bench import compare, to_jsonable
 
     n, k, group_size, seed, cold_bytes = _gemv_args(n, k, group_size, seed, cold_bytes)
-    threads = _threads_arg(threads)
+    threads = check_threads(threads)
     min_run_time = check_float("min_run_time", min_run_time, min_value=0.0, min_inclusive=False)
     rounds = check_int("rounds", rounds, min_value=1)
     dev = resolve_torch_device(device)
-    with _num_threads(threads if dev.type == "cpu" else None):
-        used = torch.get_num_threads()
+    with limit_threads(threads if dev.type == "cpu" else None, blas=False) as applied:
+        used = applied.torch
         fns, meta, skipped = gemv_fns(
             n, k, group_size=group_size, device=dev, seed=seed, cold_bytes=cold_bytes, paths=paths
         )
-        load_before = _load()
+        load_before = load_average()
         comp = compare(fns, baseline="fp32", min_run_time=min_run_time, rounds=rounds, device=dev.type)
-        load_after = _load()
+        load_after = load_average()
     del fns
     half = "fp16" if dev.type == "cuda" else "bf16"
     base = meta["fp32"]["bytes_moved"]
@@ -653,7 +607,7 @@ def gptq_numpy_vs_torch(
             raise ValueError(f"group_size must divide cols = {cols}, got {group_size}")
     min_run_time = check_float("min_run_time", min_run_time, min_value=0.0, min_inclusive=False)
     rounds = check_int("rounds", rounds, min_value=1)
-    threads = _threads_arg(threads)
+    threads = check_threads(threads)
     seed = check_int("seed", seed, min_value=0)
     R, why = _ours_numpy()
     T, why_t = _ours()
@@ -663,8 +617,8 @@ def gptq_numpy_vs_torch(
     w, x = _calibration(rows, cols, tokens, seed)
     wt, xt = torch.from_numpy(w), torch.from_numpy(x)
     kw = {"bits": bits, "group_size": group_size, "symmetric": False}
-    with _num_threads(threads), _numpy_threads(threads) as blas_threads:
-        used = torch.get_num_threads()
+    with limit_threads(threads) as applied:
+        used, blas_threads = applied.torch, applied.blas
         h_np = R.gptq_hessian(x)
         with torch.inference_mode():
             h_t = T.gptq_hessian(xt)
@@ -673,7 +627,7 @@ def gptq_numpy_vs_torch(
         first_numpy_s = time.perf_counter() - t0
         with torch.inference_mode():
             res_t = T.gptq_quantize(wt, h_t, **kw)
-        load_before = _load()
+        load_before = load_average()
 
         def torch_call() -> Any:
             with torch.inference_mode():
@@ -686,7 +640,7 @@ def gptq_numpy_vs_torch(
             rounds=rounds,
             device="cpu",
         )
-        load_after = _load()
+        load_after = load_average()
         rtn = R.rtn_quantize_weight(w, bits=bits, group_size=group_size, symmetric=False)
         err_np = float(R.layer_output_error(w, np.asarray(res_np.weight), x))
         err_t = float(R.layer_output_error(w, res_t.weight.detach().cpu().numpy(), x))
@@ -814,22 +768,16 @@ def int8_gemm_vs_int_mm(
 # ----------------------------------------------------------------------------------------------------------
 # the chapter's run
 # ----------------------------------------------------------------------------------------------------------
-def _goal(value: float | None, target: float, path: str | None = None) -> dict[str, Any]:
-    out = {"value": value, "goal": f">= {target:g}", "met": bool(value is not None and value >= target)}
-    if path is not None:
-        out["path"] = path
-    return out
-
-
 def _gemv_goals(res: dict[str, Any]) -> dict[str, Any]:
     """Best int8 and best int4 path's speed-up over float32 in one :func:`decode_gemv` result, vs :data:`GOALS`."""
     goals = {}
     for bits in ("int8", "int4"):
         cands = {k: v["speedup_vs_fp32"] for k, v in res["paths"].items() if k.startswith(bits)}
         best = max(cands, key=cands.get) if cands else None
-        g = _goal(cands[best] if best else None, GOALS[f"{bits}_over_fp32"], best)
-        g["per_path"] = cands
-        goals[f"{bits}_over_fp32"] = g
+        where = {"path": best} if best is not None else {}
+        value = cands[best] if best is not None else None
+        target = GOALS[f"{bits}_over_fp32"]
+        goals[f"{bits}_over_fp32"] = goal(value, target, **where, per_path=cands)
     return goals
 
 
@@ -884,12 +832,12 @@ def run(quick: bool = False) -> dict[str, Any]:
     from effx_lab.bench import device_name, to_jsonable
 
     cfg = RUN_CONFIG[quick]
-    load_start = _load()
+    load_start = load_average()
     timing = {"min_run_time": cfg["min_run_time"], "rounds": cfg["rounds"]}
     cpu: dict[str, Any] = {}
     goals: dict[str, Any] = {"decode_gemv_cpu": {}}
     for setting in cfg["cpu_settings"]:
-        threads = setting["threads"] if setting["threads"] is not None else _all_cores()
+        threads = setting["threads"] if setting["threads"] is not None else cpu_cores()
         label = f"threads_{threads}_{'cold' if setting['cold'] else 'warm'}"
         res = decode_gemv(
             **cfg["gemv"],
@@ -907,7 +855,9 @@ def run(quick: bool = False) -> dict[str, Any]:
     else:
         cuda_gemv = {"skipped": "no CUDA GPU"}
     gptq = gptq_numpy_vs_torch(**cfg["gptq"], **cfg["gptq_timing"])
-    goals["gptq_torch_over_numpy"] = _goal(gptq.get("speedup"), GOALS["gptq_torch_over_numpy"])
+    goals["gptq_torch_over_numpy"] = goal(
+        gptq.get("speedup"), GOALS["gptq_torch_over_numpy"]
+    )
     if "speedup" in gptq:
         print(
             f"GPTQ {cfg['gptq']['rows']}x{cfg['gptq']['cols']}, {cfg['gptq']['tokens']} tokens: numpy "
@@ -931,9 +881,9 @@ def run(quick: bool = False) -> dict[str, Any]:
             "torch_version": torch.__version__,
             "numpy_version": np.__version__,
             "torch_threads": torch.get_num_threads(),
-            "cpu_cores": _all_cores(),
+            "cpu_cores": cpu_cores(),
             "load_start": load_start,
-            "load_end": _load(),
+            "load_end": load_average(),
             "goals": goals,
             "decode_gemv_cpu": cpu,
             "decode_gemv_cuda": cuda_gemv,

@@ -31,7 +31,6 @@ is accepted for ``q``), scales with ``rtol=1e-5``.
 """
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -41,15 +40,17 @@ from effx_lab.check import (
     Case,
     CheckResult,
     Mistake,
-    _as_numpy,
-    _is_tensor,
+    ReferenceRecorder,
+    as_numpy,
     check_function,
     check_with_hints,
+    checker,
+    is_tensor,
+    named,
     report,
 )
 
 from .. import reference as R
-from ._common import _named
 
 __all__ = [
     "check_head_quantize",
@@ -59,8 +60,6 @@ __all__ = [
 
 _RTOL = 1e-5  # scales; integers are always compared exactly
 _ATOL = 1e-12
-
-
 
 
 def _qmax(bits: int) -> int:
@@ -86,7 +85,7 @@ def _symmetric_blocks(blocks: np.ndarray, bits: int, *, peak: str = "absmax", le
 
 
 # =========================================================================== head_quantize (Q-BERT)
-@_named("head_quantize")
+@named("head_quantize")
 def _head_quantize_reference(w, n_heads, bits):
     blocks = w.reshape(n_heads, -1)  # head h = rows h*d .. (h+1)*d - 1, flattened: one "channel" per head
     qp = R.compute_qparams(blocks, bits, symmetric=True, granularity="channel", axis=0)
@@ -217,13 +216,14 @@ def _head_cases(rng: np.random.Generator) -> list[Case]:
     return cases
 
 
+@checker(reference=_head_quantize_reference)
 def check_head_quantize(student_fn: Any) -> CheckResult:
     """Check ``head_quantize(w, n_heads, bits) -> (q [out, in], scales [n_heads])`` (Q-BERT's per-head groups)."""
     return _check_with_hints(student_fn, _head_quantize_reference, _head_cases, _HEAD_MISTAKES, name="head_quantize")
 
 
 # =========================================================================== peg_order (PEG)
-@_named("peg_order")
+@named("peg_order")
 def _peg_order_reference(calib, n_groups):
     ranges = calib.max(axis=0) - calib.min(axis=0)  # one range per embedding dimension, over the tokens
     return R.peg_permutation(ranges, n_groups)
@@ -260,7 +260,7 @@ _PEG_MISTAKES = [
 ]
 
 
-class _GroupCheck:
+class _GroupCheck(ReferenceRecorder):
     """Reference wrapper + ``compare`` for :func:`check_function` that judge the *partition* into groups.
 
     ``perm`` is valid when it holds each of ``0..D-1`` once; two permutations are equivalent when they cut the
@@ -268,16 +268,8 @@ class _GroupCheck:
     """
 
     def __init__(self, reference: Callable, mistakes: list[Mistake]):
+        super().__init__(reference)
         self._mistakes = mistakes
-        self._last: tuple[Any, tuple, dict] | None = None
-
-        @functools.wraps(reference)
-        def recorded(*args: Any, **kwargs: Any) -> Any:
-            expected = reference(*args, **kwargs)
-            self._last = (expected, args, kwargs)
-            return expected
-
-        self.reference = recorded
 
     @staticmethod
     def _partition(perm: np.ndarray, n_groups: int) -> frozenset[frozenset[int]]:
@@ -288,8 +280,8 @@ class _GroupCheck:
     def _as_perm(value: Any, d: int) -> tuple[np.ndarray | None, str | None]:
         if value is None:
             return None, "your function returned None — did you forget `return`?"
-        if isinstance(value, (list, tuple, np.ndarray)) or _is_tensor(value):
-            arr = _as_numpy(value) if _is_tensor(value) else np.asarray(value)
+        if isinstance(value, (list, tuple, np.ndarray)) or is_tensor(value):
+            arr = as_numpy(value)
         else:
             return None, f"you returned a {type(value).__name__}, expected an array of {d} integer indices"
         if arr.ndim != 1 or arr.shape[0] != d:
@@ -307,8 +299,9 @@ class _GroupCheck:
         return arr.astype(np.int64), None
 
     def compare(self, got: Any, expected: Any) -> str | None:
-        assert self._last is not None and self._last[0] is expected
-        _, args, kwargs = self._last
+        case = self.arguments(expected)
+        assert case is not None  # check_function calls the reference just before
+        args, kwargs = case
         calib, n_groups = args[0], args[1]
         d = np.shape(calib)[1]
         perm, problem = self._as_perm(got, d)
@@ -384,6 +377,7 @@ def _peg_cases(rng: np.random.Generator) -> list[Case]:
     return cases
 
 
+@checker(reference=_peg_order_reference)
 def check_peg_order(student_fn: Any) -> CheckResult:
     """Check ``peg_order(calib, n_groups) -> perm [D]`` (PEG's range-based permutation; judged by its groups)."""
     diag = _GroupCheck(_peg_order_reference, _PEG_MISTAKES)
@@ -392,7 +386,7 @@ def check_peg_order(student_fn: Any) -> CheckResult:
 
 
 # =========================================================================== tokenwise_quantize (ZeroQuant)
-@_named("tokenwise_quantize")
+@named("tokenwise_quantize")
 def _tokenwise_quantize_reference(x, bits):
     q, scale = R.absmax_quantize(x, axis=-1, bits=bits)  # reduce along the features: one scale per token
     return q, scale.reshape(-1)
@@ -477,6 +471,7 @@ def _token_cases(rng: np.random.Generator) -> list[Case]:
     return cases
 
 
+@checker(reference=_tokenwise_quantize_reference)
 def check_tokenwise_quantize(student_fn: Any) -> CheckResult:
     """Check ``tokenwise_quantize(x, bits) -> (q [tokens, D], scales [tokens])`` (ZeroQuant's activations)."""
     return _check_with_hints(

@@ -36,15 +36,9 @@ from typing import Any
 
 import numpy as np
 
-from effx_lab.check import (
-    Case,
-    CheckResult,
-    Mistake,
-    check_with_hints,
-)
+from effx_lab.check import Case, CheckResult, Mistake, check_with_hints, checker, named
 
 from .. import reference as R
-from ._common import _named
 
 __all__ = [
     "check_affine_qparams",
@@ -54,8 +48,6 @@ __all__ = [
 
 _RTOL = 1e-5  # scales; integers are always compared exactly
 _ATOL = 1e-12
-
-
 
 
 def _check_with_hints(
@@ -70,7 +62,7 @@ def _qmax(bits: int) -> int:
 
 
 # =========================================================================== quantize_symmetric
-@_named("quantize_symmetric")
+@named("quantize_symmetric")
 def _quantize_symmetric_reference(x, bits, clip_ratio=1.0):
     qp = R.compute_qparams(x, bits, symmetric=True, granularity="tensor")  # scale = max|x| / qmax (1 if all 0)
     if np.any(x != 0):
@@ -205,6 +197,7 @@ def _symmetric_cases(rng: np.random.Generator) -> list[Case]:
     return cases
 
 
+@checker(reference=_quantize_symmetric_reference)
 def check_quantize_symmetric(student_fn: Any) -> CheckResult:
     """Check ``quantize_symmetric(x, bits, clip_ratio=1.0) -> (q, scale)`` (per tensor, restricted range)."""
     return _check_with_hints(
@@ -213,7 +206,7 @@ def check_quantize_symmetric(student_fn: Any) -> CheckResult:
 
 
 # =========================================================================== affine_qparams
-@_named("affine_qparams")
+@named("affine_qparams")
 def _affine_qparams_reference(x, bits):
     qp = R.compute_qparams(x, bits, symmetric=False, granularity="tensor")
     return float(qp.scale.reshape(-1)[0]), int(qp.zero_point.reshape(-1)[0])
@@ -319,13 +312,14 @@ def _affine_cases(rng: np.random.Generator) -> list[Case]:
     return cases
 
 
+@checker(reference=_affine_qparams_reference)
 def check_affine_qparams(student_fn: Any) -> CheckResult:
     """Check ``affine_qparams(x, bits) -> (scale, zero_point)`` (per tensor, range widened to contain 0)."""
     return _check_with_hints(student_fn, _affine_qparams_reference, _affine_cases, _AFFINE_MISTAKES, name="affine_qparams")
 
 
 # =========================================================================== quantize_per_group
-@_named("quantize_per_group")
+@named("quantize_per_group")
 def _quantize_per_group_reference(w, bits, group_size):
     qp = R.compute_qparams(w, bits, symmetric=True, granularity="group", axis=-1, group_size=group_size)
     return R.quantize(w, qp), qp.scale
@@ -434,6 +428,7 @@ def _group_cases(rng: np.random.Generator) -> list[Case]:
     return cases
 
 
+@checker(reference=_quantize_per_group_reference)
 def check_quantize_per_group(student_fn: Any) -> CheckResult:
     """Check ``quantize_per_group(w, bits, group_size) -> (q [out, in], scales [out, in // group_size])``."""
     return _check_with_hints(

@@ -32,10 +32,9 @@ from typing import Any
 
 import numpy as np
 
-from effx_lab.check import Case, CheckResult, Mistake, _Diagnosis, check_function, report
+from effx_lab.check import Case, CheckResult, Mistake, check_with_hints, checker, named
 
 from .. import reference as R
-from ._common import _named
 
 __all__ = [
     "check_llm_int8_matmul",
@@ -49,25 +48,12 @@ _RTOL = 1e-4  # the two matmul exercises (one case is float32)
 _ATOL = 1e-5
 
 
-
-
-class _TupleDiagnosis(_Diagnosis):
-    """:class:`effx_lab.check._Diagnosis` for ``(q, scale)`` answers: tuples are compared element by element
-    (the base class turns a whole answer into one array), and a scale of shape ``[M, 1]`` is read as ``[M]``."""
-
-    def compare(self, got: Any, expected: Any) -> str | None:
-        return super().compare(_squeeze_scale(got, expected), expected)
-
-    def _close(self, a: Any, b: Any) -> bool:
-        if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)):
-            return len(a) == len(b) and all(self._close(x, y) for x, y in zip(a, b))
-        if isinstance(a, (tuple, list)) or isinstance(b, (tuple, list)):
-            return False
-        return super()._close(a, b)
-
-
 def _squeeze_scale(got: Any, expected: Any) -> Any:
-    """``(q, scale [M, 1])`` -> ``(q, scale [M])`` when ``[M]`` is expected; anything else unchanged."""
+    """``(q, scale [M, 1])`` -> ``(q, scale [M])`` when ``[M]`` is expected, else unchanged.
+
+    The ``prepare`` of :func:`effx_lab.check.check_with_hints`: both shapes of the scale
+    are accepted.
+    """
     if not (isinstance(got, (tuple, list)) and len(got) == 2 and isinstance(expected, tuple) and len(expected) == 2):
         return got
     scale, want = got[1], expected[1]
@@ -86,7 +72,7 @@ def _normal(rng: np.random.Generator, *shape: int, scale: float = 1.0) -> np.nda
 
 
 # =========================================================================== vectorwise_quantize
-@_named("vectorwise_quantize")
+@named("vectorwise_quantize")
 def _vectorwise_quantize_reference(x, bits=8):
     q, scale = R.absmax_quantize(x, axis=-1, bits=bits)  # scale [M, 1]: reduce over the columns of each row
     return q, scale.reshape(-1)
@@ -205,20 +191,23 @@ def _quantize_cases(rng: np.random.Generator) -> list[Case]:
     return cases
 
 
+@checker(reference=_vectorwise_quantize_reference)
 def check_vectorwise_quantize(student_fn: Any) -> CheckResult:
     """Check ``vectorwise_quantize(x, bits=8) -> (q [M, K], scale [M])`` (one absmax scale per row)."""
-    diag = _TupleDiagnosis(
-        _vectorwise_quantize_reference, _QUANTIZE_MISTAKES, rtol=_SCALE_RTOL, atol=_SCALE_ATOL, exact=False
+    return check_with_hints(
+        student_fn,
+        _vectorwise_quantize_reference,
+        _quantize_cases,
+        _QUANTIZE_MISTAKES,
+        name="vectorwise_quantize",
+        rtol=_SCALE_RTOL,
+        atol=_SCALE_ATOL,
+        prepare=_squeeze_scale,
     )
-    result = check_function(
-        student_fn, diag.reference, _quantize_cases, name="vectorwise_quantize", rtol=_SCALE_RTOL,
-        atol=_SCALE_ATOL, compare=diag.compare,
-    )
-    return report(result)
 
 
 # =========================================================================== vectorwise_matmul
-@_named("vectorwise_matmul")
+@named("vectorwise_matmul")
 def _vectorwise_matmul_reference(x, w):
     return R.vectorwise_linear(x, w)
 
@@ -344,18 +333,22 @@ def _matmul_cases(rng: np.random.Generator) -> list[Case]:
     ]
 
 
+@checker(reference=_vectorwise_matmul_reference)
 def check_vectorwise_matmul(student_fn: Any) -> CheckResult:
     """Check ``vectorwise_matmul(x, w) -> y [T, N]`` (int8 per row of x and of w, int32 product, epilogue)."""
-    diag = _Diagnosis(_vectorwise_matmul_reference, _MATMUL_MISTAKES, rtol=_RTOL, atol=_ATOL, exact=False)
-    result = check_function(
-        student_fn, diag.reference, _matmul_cases, name="vectorwise_matmul", rtol=_RTOL, atol=_ATOL,
-        compare=diag.compare,
+    return check_with_hints(
+        student_fn,
+        _vectorwise_matmul_reference,
+        _matmul_cases,
+        _MATMUL_MISTAKES,
+        name="vectorwise_matmul",
+        rtol=_RTOL,
+        atol=_ATOL,
     )
-    return report(result)
 
 
 # =========================================================================== llm_int8_matmul
-@_named("llm_int8_matmul")
+@named("llm_int8_matmul")
 def _llm_int8_matmul_reference(x, w, threshold=6.0):
     return R.llm_int8_linear(x, w, threshold=threshold)
 
@@ -494,14 +487,18 @@ def _llm_int8_cases(rng: np.random.Generator) -> list[Case]:
     ]
 
 
+@checker(reference=_llm_int8_matmul_reference)
 def check_llm_int8_matmul(student_fn: Any) -> CheckResult:
     """Check ``llm_int8_matmul(x, w, threshold=6.0) -> y [T, N]`` (outlier columns in float, the rest int8)."""
-    diag = _Diagnosis(_llm_int8_matmul_reference, _LLM_INT8_MISTAKES, rtol=_RTOL, atol=_ATOL, exact=False)
-    result = check_function(
-        student_fn, diag.reference, _llm_int8_cases, name="llm_int8_matmul", rtol=_RTOL, atol=_ATOL,
-        compare=diag.compare,
+    return check_with_hints(
+        student_fn,
+        _llm_int8_matmul_reference,
+        _llm_int8_cases,
+        _LLM_INT8_MISTAKES,
+        name="llm_int8_matmul",
+        rtol=_RTOL,
+        atol=_ATOL,
     )
-    return report(result)
 
 
 def _cases_for_tests() -> dict[str, tuple[Callable, Callable[[np.random.Generator], list[Case]], list[Mistake]]]:

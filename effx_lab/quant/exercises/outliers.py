@@ -31,11 +31,10 @@ from typing import Any
 
 import numpy as np
 
-from effx_lab.check import Case, CheckResult, Mistake, check_with_hints
+from effx_lab.check import Case, CheckResult, Mistake, check_with_hints, checker, named
 
 from .. import _np_outliers
 from .. import reference as R
-from ._common import _named
 
 __all__ = [
     "check_gobo_split",
@@ -47,14 +46,12 @@ _RTOL = 1e-5
 _ATOL = 1e-12
 
 
-
-
 def _check(student_fn: Any, reference_fn: Callable, cases: Any, mistakes: list[Mistake], *, name: str) -> CheckResult:
     return check_with_hints(student_fn, reference_fn, cases, mistakes, name=name, rtol=_RTOL, atol=_ATOL)
 
 
 # =========================================================================== outlier_ratio
-@_named("outlier_ratio")
+@named("outlier_ratio")
 def _outlier_ratio_reference(x):
     a = np.asarray(x, dtype=np.float64)
     ranges = np.abs(a).reshape(-1, a.shape[-1]).max(axis=0)  # max |x| of every dimension, over all tokens
@@ -159,6 +156,7 @@ def _ratio_cases(rng: np.random.Generator) -> list[Case]:
     return cases
 
 
+@checker(reference=_outlier_ratio_reference)
 def check_outlier_ratio(student_fn: Any) -> CheckResult:
     """Check ``outlier_ratio(x) -> (dim, ratio)``: the dimension with the largest ``max |x|`` and how many times
     the median dimension's ``max |x|`` it is."""
@@ -166,7 +164,7 @@ def check_outlier_ratio(student_fn: Any) -> CheckResult:
 
 
 # =========================================================================== gobo_split
-@_named("gobo_split")
+@named("gobo_split")
 def _gobo_split_reference(w, outlier_sigma=3.0):
     # the package's GOBO: bits=1 and n_iter=0 only skip work that does not change the mask
     return R.gobo_quantize(w, bits=1, outlier_sigma=outlier_sigma, n_iter=0).outlier_mask
@@ -300,6 +298,7 @@ def _split_cases(rng: np.random.Generator) -> list[Case]:
     return cases
 
 
+@checker(reference=_gobo_split_reference)
 def check_gobo_split(student_fn: Any) -> CheckResult:
     """Check ``gobo_split(w, outlier_sigma=3.0) -> mask``: GOBO's outliers, ``|w - mean| > sigma * std`` over
     the whole layer."""
@@ -307,7 +306,7 @@ def check_gobo_split(student_fn: Any) -> CheckResult:
 
 
 # =========================================================================== lloyd_step
-@_named("lloyd_step")
+@named("lloyd_step")
 def _lloyd_step_reference(values, centroids):
     v = np.asarray(values, dtype=np.float64)
     c = np.asarray(centroids, dtype=np.float64)
@@ -420,6 +419,7 @@ def _lloyd_cases(rng: np.random.Generator) -> list[Case]:
     return cases
 
 
+@checker(reference=_lloyd_step_reference)
 def check_lloyd_step(student_fn: Any) -> CheckResult:
     """Check ``lloyd_step(values, centroids) -> (assign, new_centroids)``: one Lloyd iteration of 1-D k-means."""
     return _check(student_fn, _lloyd_step_reference, _lloyd_cases, _LLOYD_MISTAKES, name="lloyd_step")

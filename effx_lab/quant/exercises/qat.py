@@ -30,18 +30,15 @@ from typing import Any
 
 import numpy as np
 
-from effx_lab.check import Case, CheckResult, Mistake, check_with_hints
+from effx_lab.check import Case, CheckResult, Mistake, check_with_hints, checker, named
 
 from .. import reference as R
-from ._common import _named
 
 __all__ = ["check_distillation_loss", "check_ste_grad"]
 
 _STE_RTOL = 1e-6
 _KD_RTOL = 1e-4
 _KD_ATOL = 1e-6
-
-
 
 
 # =========================================================================== ste_grad
@@ -67,7 +64,7 @@ def _qparams(x: np.ndarray, scale: Any, qmin: int, qmax: int, zero_point: Any) -
     return R.QParams(s, zp, bits, symmetric, "channel" if wide else "tensor", axis)
 
 
-@_named("ste_grad")
+@named("ste_grad")
 def _ste_grad_reference(x, grad_out, scale, qmin, qmax, zero_point=0):
     return R.ste_grad(x, grad_out, _qparams(x, scale, qmin, qmax, zero_point))
 
@@ -211,6 +208,7 @@ def _ste_cases(rng: np.random.Generator) -> list[Case]:
     return cases
 
 
+@checker(reference=_ste_grad_reference)
 def check_ste_grad(student_fn: Any) -> CheckResult:
     """Check ``ste_grad(x, grad_out, scale, qmin, qmax, zero_point=0) -> grad_x`` (the clipped STE)."""
     return check_with_hints(student_fn, _ste_grad_reference, _ste_cases, _STE_MISTAKES, name="ste_grad",
@@ -218,7 +216,7 @@ def check_ste_grad(student_fn: Any) -> CheckResult:
 
 
 # =========================================================================== distillation_loss
-@_named("distillation_loss")
+@named("distillation_loss")
 def _distillation_loss_reference(student_logits, teacher_logits, temperature=1.0):
     import torch  # torch only when this exercise is checked
 
@@ -385,6 +383,7 @@ def _kd_cases(rng: np.random.Generator) -> list[Case]:
     return cases
 
 
+@checker(reference=_distillation_loss_reference)
 def check_distillation_loss(student_fn: Any) -> CheckResult:
     """Check ``distillation_loss(student_logits, teacher_logits, temperature=1.0) -> float`` (T^2 KL)."""
     return check_with_hints(student_fn, _distillation_loss_reference, _kd_cases, _KD_MISTAKES,

@@ -36,17 +36,9 @@ from typing import Any
 
 import numpy as np
 
-from effx_lab.check import (
-    Case,
-    CheckResult,
-    Mistake,
-    _Diagnosis,
-    check_function,
-    report,
-)
+from effx_lab.check import Case, CheckResult, Mistake, check_with_hints, checker, named
 
 from .. import reference as R
-from ._common import _named
 
 __all__ = [
     "check_allocate_bits",
@@ -56,8 +48,6 @@ __all__ = [
 
 _TRACE_RTOL, _TRACE_ATOL = 1e-8, 1e-10
 _GPTQ_RTOL, _GPTQ_ATOL = 1e-6, 1e-9
-
-
 
 
 class _MatrixHVP:
@@ -93,7 +83,7 @@ class _KronHVP:
 
 
 # =========================================================================== hutchinson_trace
-@_named("hutchinson_trace")
+@named("hutchinson_trace")
 def _hutchinson_reference(hvp, dim, n_samples=64, seed=0):
     return R.hutchinson_trace(hvp, dim, n_samples=n_samples, seed=seed)
 
@@ -208,18 +198,22 @@ def _hutch_cases(rng: np.random.Generator) -> list[Case]:
     ]
 
 
+@checker(reference=_hutchinson_reference)
 def check_hutchinson_trace(student_fn: Any) -> CheckResult:
     """Check ``hutchinson_trace(hvp, dim, n_samples=64, seed=0) -> float`` (mean of ``v^T H v``, Rademacher)."""
-    diag = _Diagnosis(_hutchinson_reference, _HUTCH_MISTAKES, rtol=_TRACE_RTOL, atol=_TRACE_ATOL, exact=False)
-    result = check_function(
-        student_fn, diag.reference, _hutch_cases, name="hutchinson_trace", rtol=_TRACE_RTOL, atol=_TRACE_ATOL,
-        compare=diag.compare,
+    return check_with_hints(
+        student_fn,
+        _hutchinson_reference,
+        _hutch_cases,
+        _HUTCH_MISTAKES,
+        name="hutchinson_trace",
+        rtol=_TRACE_RTOL,
+        atol=_TRACE_ATOL,
     )
-    return report(result)
 
 
 # =========================================================================== allocate_bits
-@_named("allocate_bits")
+@named("allocate_bits")
 def _allocate_reference(sensitivity, n_params, budget_bits, choices=(2, 3, 4, 8)):
     return [int(b) for b in R.allocate_bits(sensitivity, n_params, budget_bits, choices)]
 
@@ -328,8 +322,9 @@ def _alloc_cases(rng: np.random.Generator) -> list[Case]:
     return cases
 
 
-def _as_list(got: Any) -> Any:
-    """An array or tensor answer as a list (``[8, 4, 3]`` is expected; an integer array is just as good)."""
+def _as_list(got: Any, expected: Any) -> Any:
+    """An array or tensor answer as a list (``[8, 4, 3]`` is expected; an integer array
+    is just as good): the ``prepare`` of :func:`effx_lab.check.check_with_hints`."""
     if isinstance(got, np.ndarray) or (hasattr(got, "tolist") and hasattr(got, "shape")):
         return got.tolist() if len(got.shape) == 1 else got
     if isinstance(got, tuple):
@@ -337,22 +332,23 @@ def _as_list(got: Any) -> Any:
     return got
 
 
-class _ListDiagnosis(_Diagnosis):
-    def compare(self, got: Any, expected: Any) -> str | None:
-        return super().compare(_as_list(got), expected)
-
-
+@checker(reference=_allocate_reference)
 def check_allocate_bits(student_fn: Any) -> CheckResult:
     """Check ``allocate_bits(sensitivity, n_params, budget_bits, choices=(2, 3, 4, 8)) -> [bits per layer]``."""
-    diag = _ListDiagnosis(_allocate_reference, _ALLOC_MISTAKES, rtol=0.0, atol=0.0, exact=False)
-    result = check_function(
-        student_fn, diag.reference, _alloc_cases, name="allocate_bits", compare=diag.compare
+    return check_with_hints(
+        student_fn,
+        _allocate_reference,
+        _alloc_cases,
+        _ALLOC_MISTAKES,
+        name="allocate_bits",
+        rtol=0.0,
+        atol=0.0,
+        prepare=_as_list,
     )
-    return report(result)
 
 
 # =========================================================================== gptq_quantize_simple
-@_named("gptq_quantize_simple")
+@named("gptq_quantize_simple")
 def _gptq_reference(w, h, scale, zero_point, bits=4, damp=0.01):
     # the package's GPTQ measures the same per-row min/max grid of w that the cases pass in
     return R.gptq_quantize(w, h, bits=bits, damp=damp).weight
@@ -485,14 +481,18 @@ def _gptq_cases(rng: np.random.Generator) -> list[Case]:
     return cases
 
 
+@checker(reference=_gptq_reference)
 def check_gptq_quantize_simple(student_fn: Any) -> CheckResult:
     """Check ``gptq_quantize_simple(w, h, scale, zero_point, bits=4, damp=0.01) -> w_hat [out, in]``."""
-    diag = _Diagnosis(_gptq_reference, _GPTQ_MISTAKES, rtol=_GPTQ_RTOL, atol=_GPTQ_ATOL, exact=False)
-    result = check_function(
-        student_fn, diag.reference, _gptq_cases, name="gptq_quantize_simple", rtol=_GPTQ_RTOL, atol=_GPTQ_ATOL,
-        compare=diag.compare,
+    return check_with_hints(
+        student_fn,
+        _gptq_reference,
+        _gptq_cases,
+        _GPTQ_MISTAKES,
+        name="gptq_quantize_simple",
+        rtol=_GPTQ_RTOL,
+        atol=_GPTQ_ATOL,
     )
-    return report(result)
 
 
 def _cases_for_tests() -> dict[str, tuple[Callable, Callable[[np.random.Generator], list[Case]], list[Mistake]]]:

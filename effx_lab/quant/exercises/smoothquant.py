@@ -25,17 +25,9 @@ from typing import Any
 
 import numpy as np
 
-from effx_lab.check import (
-    Case,
-    CheckResult,
-    Mistake,
-    _Diagnosis,  # the hint machinery of check_with_hints, made tuple-aware below
-    check_function,
-    report,
-)
+from effx_lab.check import Case, CheckResult, Mistake, check_with_hints, checker, named
 
 from .. import reference as R
-from ._common import _named
 
 __all__ = ["check_fold_smoothing", "check_smooth_scales"]
 
@@ -44,39 +36,21 @@ _ATOL = 1e-12
 _EPS = 1e-5  # SmoothQuant clamps both maxima to >= 1e-5 (reference.smooth_scales)
 
 
-
-
-class _TupleDiagnosis(_Diagnosis):
-    """:class:`effx_lab.check._Diagnosis` whose closeness test handles tuples such as ``(weight, None)``.
-
-    The base class turns a whole answer into one float array, which fails for a tuple holding ``None``, so
-    no hint could match; here tuples and lists are compared element by element and ``None`` only equals
-    ``None``.
-    """
-
-    def _close(self, a: Any, b: Any) -> bool:
-        if a is None or b is None:
-            return a is None and b is None
-        if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)):
-            return len(a) == len(b) and all(self._close(x, y) for x, y in zip(a, b))
-        if isinstance(a, (tuple, list)) or isinstance(b, (tuple, list)):
-            return False
-        return super()._close(a, b)
-
-
 def _check_with_hints(
     student_fn: Any, reference_fn: Callable, cases: Any, mistakes: list[Mistake], *, name: str
 ) -> CheckResult:
-    """:func:`effx_lab.check.check_with_hints` with the tuple-aware diagnosis."""
-    diag = _TupleDiagnosis(reference_fn, mistakes, rtol=_RTOL, atol=_ATOL, exact=False)
-    result = check_function(
-        student_fn, diag.reference, cases, name=name, rtol=_RTOL, atol=_ATOL, compare=diag.compare
+    """:func:`effx_lab.check.check_with_hints` with this module's tolerances.
+
+    Its diagnosis compares tuples such as ``(weight, None)`` element by element, ``None``
+    only equal to ``None``.
+    """
+    return check_with_hints(
+        student_fn, reference_fn, cases, mistakes, name=name, rtol=_RTOL, atol=_ATOL
     )
-    return report(result)
 
 
 # =========================================================================== smooth_scales
-@_named("smooth_scales")
+@named("smooth_scales")
 def _smooth_scales_reference(act_absmax, w, alpha=0.5):
     return R.smooth_scales(act_absmax, w, alpha)
 
@@ -188,6 +162,7 @@ def _scales_cases(rng: np.random.Generator) -> list[Case]:
     return cases
 
 
+@checker(reference=_smooth_scales_reference)
 def check_smooth_scales(student_fn: Any) -> CheckResult:
     """Check ``smooth_scales(act_absmax, w, alpha=0.5) -> s [in]`` (SmoothQuant's smoothing factors)."""
     return _check_with_hints(student_fn, _smooth_scales_reference, _scales_cases, _SCALES_MISTAKES,
@@ -195,7 +170,7 @@ def check_smooth_scales(student_fn: Any) -> CheckResult:
 
 
 # =========================================================================== fold_smoothing
-@_named("fold_smoothing")
+@named("fold_smoothing")
 def _fold_smoothing_reference(ln_weight, ln_bias, s):
     return R.fold_smoothing(ln_weight, ln_bias, s)
 
@@ -259,6 +234,7 @@ def _fold_cases(rng: np.random.Generator) -> list[Case]:
     return cases
 
 
+@checker(reference=_fold_smoothing_reference)
 def check_fold_smoothing(student_fn: Any) -> CheckResult:
     """Check ``fold_smoothing(ln_weight, ln_bias, s) -> (ln_weight / s, ln_bias / s)`` (``None`` bias kept)."""
     return _check_with_hints(student_fn, _fold_smoothing_reference, _fold_cases, _FOLD_MISTAKES,
