@@ -338,3 +338,18 @@ def test_mqar_accuracy_bad_inputs():
 def test_mqar_bad_inputs(kwargs, exc, match):
     with pytest.raises(exc, match=match):
         mqar(**kwargs)
+
+
+# ----------------------------------------------------------------------------------------------- pools
+def test_pools_are_exported_by_the_package():
+    """The shared pools (tested in tests/test_pools.py) are importable from effx_lab.data, the same objects."""
+    import effx_lab.data as D
+    from effx_lab.data import pools
+
+    for name in pools.__all__:
+        assert name in D.__all__ and getattr(D, name) is getattr(pools, name), name
+    assert set(pools.__all__) == {
+        "calibration_sentences", "calibration_tokens", "check_token_stream", "eval_sentences", "eval_tokens",
+        "token_splits", "tokenize_sentences",
+    }
+    assert sorted(D.__all__) == sorted(set(D.__all__)) and all(hasattr(D, n) for n in D.__all__)

@@ -1,4 +1,5 @@
-"""Tests of effx_lab.quant.models: quantizing whole models (TinyLM, MiniLM), calibration data, evaluation."""
+"""Tests of effx_lab.quant.models: quantizing whole models (TinyLM, MiniLM) and evaluating them. The surgery and
+the data they build on are tested in tests/test_surgery.py and tests/test_pools.py."""
 
 from __future__ import annotations
 
@@ -9,11 +10,13 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from _backends import abs_matmul, assert_within, gamma, quantized_linear_bound, unit_roundoff
+from _backends import assert_within, gamma, quantized_linear_bound, unit_roundoff
 from torch import nn
 
-from effx_lab.data import ByteTokenizer, load_corpus_splits
+import effx_lab.data as D
+from effx_lab.data import calibration_sentences, calibration_tokens, eval_sentences, eval_tokens, tokenize_sentences
 from effx_lab.models import load_minilm, load_pretrained_tinylm
+from effx_lab.models import surgery as S
 from effx_lab.models.torch_ops import minilm_forward
 from effx_lab.quant import models as M
 
@@ -44,15 +47,15 @@ def _params64(params: dict) -> dict:
 @pytest.fixture(scope="module")
 def sentences():
     """Small evaluation and calibration sets (short sentences keep MiniLM fast)."""
-    ids, mask = M.tokenize_sentences(M.eval_sentences(8), max_length=24)
-    cids, cmask = M.tokenize_sentences(M.calibration_sentences(8), max_length=24)
+    ids, mask = tokenize_sentences(eval_sentences(8), max_length=24)
+    cids, cmask = tokenize_sentences(calibration_sentences(8), max_length=24)
     return ids, mask, cids, cmask
 
 
 @pytest.fixture(scope="module")
 def calib(minilm, sentences):
     cfg, params = minilm
-    return M.record_minilm_linears(params, cfg, sentences[2], sentences[3])
+    return S.record_minilm_linears(params, cfg, sentences[2], sentences[3])
 
 
 @pytest.fixture(scope="module")
@@ -65,28 +68,24 @@ def _distinct_per_row(w: torch.Tensor) -> int:
     return max(len(torch.unique(row)) for row in w)
 
 
-# ---------------------------------------------------------------------------------------------------- replace_linears
-def test_linear_names_and_replace_linears_copy(tiny):
-    assert M.linear_names(tiny) == TINY_LINEARS
+def _is_float_linear(m: nn.Module) -> bool:
+    return isinstance(m, nn.Linear)
+
+
+# ---------------------------------------------------------------------------------------------------- QuantizedLinear
+def test_replace_linears_with_quantized_linear(tiny):
+    """QuantizedLinear in the shared surgery (tests/test_surgery.py): still a linear layer, no longer nn.Linear."""
     before = {k: v.clone() for k, v in tiny.state_dict().items()}
-    seen = []
-
-    def make(name, lin):
-        seen.append(name)
-        lin.weight.data.zero_()  # mutating the layer handed over must not reach the original model
-        return M.QuantizedLinear(lin.weight, lin.bias, name=name, scheme="zero")
-
-    q = M.replace_linears(tiny, make)
-    assert seen == TINY_LINEARS
-    assert M.linear_names(q) == []  # every nn.Linear replaced
+    q = S.replace_linears(tiny, lambda name, lin: M.QuantizedLinear(lin.weight, lin.bias, name=name, scheme="zero"))
     assert all(isinstance(q.get_submodule(n), M.QuantizedLinear) for n in TINY_LINEARS)
-    assert M.linear_names(tiny) == TINY_LINEARS
+    assert S.linear_names(q) == TINY_LINEARS and S.linear_names(q, is_linear=_is_float_linear) == []
     for k, v in tiny.state_dict().items():
         assert torch.equal(v, before[k]), k
     assert "scheme='zero'" in repr(q.get_submodule("layers.0.mlp.fc1"))
-
-    kept = M.replace_linears(tiny, lambda n, lin: M.QuantizedLinear(lin.weight, lin.bias), skip=["layers.1.mlp.fc2"])
-    assert M.linear_names(kept) == ["layers.1.mlp.fc2"]
+    # its inputs are recorded like those of the nn.Linear it replaced (the same model: the same values)
+    tokens = calibration_tokens(256)
+    got, ref = S.collect_linear_inputs(q, tokens), S.collect_linear_inputs(tiny, tokens)
+    assert list(got) == TINY_LINEARS and all(torch.equal(got[n], ref[n]) for n in TINY_LINEARS)
 
 
 def test_quantized_linear_default_is_linear():
@@ -101,17 +100,7 @@ def test_quantized_linear_default_is_linear():
     assert {n for n, _ in q.named_buffers()} == {"weight", "bias"}
 
 
-def test_replace_linears_bad_inputs(tiny):
-    with pytest.raises(TypeError, match="model"):
-        M.replace_linears("not a model", lambda n, lin: lin)
-    with pytest.raises(TypeError, match="make"):
-        M.replace_linears(tiny, 3)
-    with pytest.raises(ValueError, match="skip"):
-        M.replace_linears(tiny, lambda n, lin: lin, skip=["layers.0.attn.qkvv"])
-    with pytest.raises(TypeError, match="skip"):
-        M.replace_linears(tiny, lambda n, lin: lin, skip="layers.0.attn.qkv")
-    with pytest.raises(TypeError, match="make"):
-        M.replace_linears(tiny, lambda n, lin: lin.weight)
+def test_quantized_linear_bad_inputs():
     with pytest.raises(TypeError, match="weight"):
         M.QuantizedLinear(torch.ones(3))
     with pytest.raises(ValueError, match="bias"):
@@ -120,48 +109,15 @@ def test_replace_linears_bad_inputs(tiny):
         M.QuantizedLinear(torch.ones(3, 2), None, matmul="F.linear")
 
 
-# ---------------------------------------------------------------------------------------------------- calibration stats
-def test_collect_linear_inputs_tinylm(tiny):
-    tokens = M.calibration_tokens(300)
-    xs = M.collect_linear_inputs(tiny, tokens, batch_size=2, seq_len=64)
-    assert list(xs) == TINY_LINEARS
-    n = (300 // 64) * 64  # the 44-token tail is dropped
-    for name, x in xs.items():
-        assert x.shape == (n, tiny.get_submodule(name).in_features) and x.dtype == torch.float32
-    # values: on a float64 copy (batches of 2 vs 3 vs all windows are different float32 GEMMs), recorded in
-    # float32 (rounded once: the copies agree to one float32 ulp)
-    tiny64 = copy.deepcopy(tiny).double()
-    xs = M.collect_linear_inputs(tiny64, tokens, batch_size=2, seq_len=64)
-    assert all(x.dtype == torch.float32 for x in xs.values())
-    # the first layer's input is ln1 of the embeddings, window by window
-    win = torch.from_numpy(tokens[:n].reshape(-1, 64))
-    with torch.no_grad():
-        h = tiny64.layers[0].ln1(tiny64.tok_emb(win) + tiny64.pos_emb(torch.arange(64)))
-    torch.testing.assert_close(xs["layers.0.attn.qkv"], h.reshape(n, -1).float(), rtol=ULP32, atol=0)
-    capped = M.collect_linear_inputs(tiny64, tokens, max_tokens=100, names=["layers.1.mlp.fc2"])
-    assert list(capped) == ["layers.1.mlp.fc2"]
-    torch.testing.assert_close(capped["layers.1.mlp.fc2"], xs["layers.1.mlp.fc2"][:100], rtol=ULP32, atol=0)
-    amax = M.linear_input_absmax(tiny64, tokens, batch_size=3)
-    for name in TINY_LINEARS:
-        torch.testing.assert_close(amax[name], xs[name].abs().amax(dim=0), rtol=ULP32, atol=0)
-    with pytest.raises(ValueError, match="tokens"):
-        M.collect_linear_inputs(tiny, tokens[:10], seq_len=64)
-    with pytest.raises(TypeError, match="tokens"):
-        M.collect_linear_inputs(tiny, tokens.astype(np.float32))
-    with pytest.raises(ValueError, match="names"):
-        M.collect_linear_inputs(tiny, tokens, names=["layers.9.mlp.fc1"])
-    with pytest.raises(ValueError, match="seq_len"):
-        M.collect_linear_inputs(tiny, tokens, seq_len=1000)
-
-
 # ---------------------------------------------------------------------------------------------------- TinyLM
 def test_quantize_tinylm_methods(tiny):
-    calib, ev = M.calibration_tokens(1024), M.eval_tokens(641)
+    calib, ev = calibration_tokens(1024), eval_tokens(641)
     base = M.tinylm_perplexity(tiny, ev, seq_len=64)
     before = tiny.layers[0].mlp.fc1.weight.clone()
     for method in M.TINYLM_METHODS:
         q = M.quantize_tinylm(tiny, method, calib_tokens=calib, bits=8)
-        assert M.linear_names(q) == [], method
+        assert S.linear_names(q, is_linear=_is_float_linear) == [], method
+        assert all(isinstance(q.get_submodule(n), M.QuantizedLinear) for n in TINY_LINEARS), method
         ppl = M.tinylm_perplexity(q, ev, seq_len=64)
         assert base * 0.98 < ppl < base * 1.05, (method, ppl, base)
     assert torch.equal(tiny.layers[0].mlp.fc1.weight, before)
@@ -170,7 +126,7 @@ def test_quantize_tinylm_methods(tiny):
     assert sq.get_submodule("layers.0.mlp.fc1").scheme.startswith("smoothquant")
     assert sq.get_submodule("layers.0.mlp.fc2").scheme.startswith("w8a8")
     sq_all = M.quantize_tinylm(tiny, "smoothquant", calib_tokens=calib, smooth_layers="all")
-    assert M.linear_names(sq_all) == [] and sq_all.get_submodule("layers.0.mlp.fc2").scheme.startswith("smoothquant")
+    assert S.linear_names(sq_all, is_linear=_is_float_linear) == [] and sq_all.get_submodule("layers.0.mlp.fc2").scheme.startswith("smoothquant")
     # threshold 0: every input column is an outlier, kept in float: the exact model (proved in float64: in
     # float32 the outlier GEMM and nn.Linear's are different kernels, rounding differently)
     tiny64 = copy.deepcopy(tiny).double()
@@ -181,7 +137,7 @@ def test_quantize_tinylm_methods(tiny):
 
 
 def test_gptq_beats_rtn_on_tinylm(tiny):
-    calib, ev = M.calibration_tokens(1024), M.eval_tokens(2048)
+    calib, ev = calibration_tokens(1024), eval_tokens(2048)
     for kw in ({"bits": 4}, {"bits": 3, "group_size": 32}):
         q_rtn = M.quantize_tinylm(tiny, "rtn", **kw)
         q_gptq = M.quantize_tinylm(tiny, "gptq", calib_tokens=calib, **kw)
@@ -208,22 +164,14 @@ def test_quantize_tinylm_bad_inputs(tiny):
     with pytest.raises(ValueError, match="threshold"):
         M.quantize_tinylm(tiny, "llm_int8", threshold=-1.0)
     with pytest.raises(ValueError, match="alpha"):
-        M.quantize_tinylm(tiny, "smoothquant", calib_tokens=M.calibration_tokens(256), alpha=1.5)
+        M.quantize_tinylm(tiny, "smoothquant", calib_tokens=calibration_tokens(256), alpha=1.5)
     with pytest.raises(ValueError, match="act_granularity"):
         M.quantize_tinylm(tiny, "w8a8", act_granularity="channel")
     with pytest.raises(TypeError, match="model"):
-        M.tinylm_perplexity("model", M.eval_tokens(300))
+        M.tinylm_perplexity("model", eval_tokens(300))
 
 
 # ---------------------------------------------------------------------------------------------------- MiniLM
-def test_minilm_linear_names(minilm):
-    cfg, params = minilm
-    names = M.minilm_linear_names(cfg)
-    assert len(names) == 36 and names[0] == "encoder.layer.0.attention.self.query"
-    assert names[-1] == "encoder.layer.5.output.dense"
-    assert all(n + ".weight" in params for n in names)
-
-
 def test_identity_hook_reproduces_minilm_forward(minilm, sentences):
     cfg, params = minilm
     ids, mask = torch.from_numpy(sentences[0][:6]), torch.from_numpy(sentences[1][:6])
@@ -238,45 +186,7 @@ def test_identity_hook_reproduces_minilm_forward(minilm, sentences):
         assert torch.equal(minilm_forward(params, cfg, ids, mask, linear=plain), ref)
         hook = M.minilm_quant_hook("float", params=params, config=cfg)
         assert torch.equal(minilm_forward(params, cfg, ids, mask, linear=hook), ref)
-    assert called == M.minilm_linear_names(cfg)
-
-
-def test_record_minilm_linears(minilm, sentences, calib):
-    cfg, params = minilm
-    cids, cmask = sentences[2], sentences[3]
-    assert list(calib) == M.minilm_linear_names(cfg)
-    n_real = int(cmask.sum())
-    q = calib["encoder.layer.0.attention.self.query"]
-    assert q["inputs"].shape == (n_real, 384) and q["in_absmax"].shape == (384,) and q["out_absmax"].shape == (384,)
-    torch.testing.assert_close(q["in_absmax"], q["inputs"].abs().amax(dim=0), rtol=0, atol=0)
-    out = calib["encoder.layer.0.output.dense"]
-    assert out["inputs"].shape == (n_real, 1536)
-    # the recorded inputs are the real tokens' rows: the query output rebuilt from them matches the forward's
-    # (two float32 GEMMs of different batch shapes: each output within gamma_{K+1} (|x| @ |w|^T + |b|) of the
-    # exact one, so each column's max within twice the largest such bound of that column)
-    w = torch.from_numpy(params["encoder.layer.0.attention.self.query.weight"])
-    b = torch.from_numpy(params["encoder.layer.0.attention.self.query.bias"])
-    bound = 2 * gamma(384 + 1, U32) * (abs_matmul(q["inputs"], w.T) + np.abs(b.numpy()))
-    assert_within(F.linear(q["inputs"], w, b).abs().amax(dim=0), q["out_absmax"], bound.max(axis=0), "out_absmax")
-    # a different batch size and cap: proved on float64 parameters (recorded in float32, rounded once: the two
-    # recordings agree to one float32 ulp; in float32 the batch shapes change the GEMMs' rounding)
-    p64 = _params64(params)
-    full = M.record_minilm_linears(p64, cfg, cids, cmask)
-    small = M.record_minilm_linears(p64, cfg, cids, cmask, max_tokens=10, keep_inputs=True, batch_size=5)
-    assert small["encoder.layer.3.intermediate.dense"]["inputs"].shape == (10, 384)
-    assert small["encoder.layer.3.intermediate.dense"]["inputs"].dtype == torch.float32
-    key = "encoder.layer.0.attention.self.key"
-    torch.testing.assert_close(small[key]["inputs"], full[key]["inputs"][:10], rtol=ULP32, atol=0)
-    torch.testing.assert_close(
-        small["encoder.layer.4.output.dense"]["in_absmax"], full["encoder.layer.4.output.dense"]["in_absmax"],
-        rtol=ULP32, atol=0,
-    )
-    assert (
-        "inputs"
-        not in M.record_minilm_linears(params, cfg, cids[:2], cmask[:2], keep_inputs=False)[
-            "encoder.layer.0.output.dense"
-        ]
-    )
+    assert called == S.minilm_linear_names(cfg)
 
 
 def test_embedding_agreement():
@@ -417,7 +327,7 @@ def test_gptq_minilm_sequential(minilm, sentences, ref_emb):
     new = M.gptq_minilm(params, cfg, sentences[2][:3], sentences[3][:3], bits=4, group_size=128, max_tokens=64)
     assert set(new) == set(params)
     assert np.array_equal(params["encoder.layer.0.attention.self.query.weight"], before)
-    for n in M.minilm_linear_names(cfg):
+    for n in S.minilm_linear_names(cfg):
         w = torch.from_numpy(new[n + ".weight"])
         assert w.dtype == torch.float32 and w.shape == params[n + ".weight"].shape
         groups = w.reshape(w.shape[0], -1, 128)
@@ -461,37 +371,30 @@ def test_minilm_hook_bad_inputs(minilm, sentences, calib):
         M.minilm_embeddings(params, cfg, sentences[0], sentences[1], hook=3)
 
 
-# ---------------------------------------------------------------------------------------------------- data
-def test_sentences_disjoint_and_deterministic():
-    cal, ev = M.calibration_sentences(64), M.eval_sentences(256)
-    assert len(cal) == 64 and len(ev) == 256 and len(set(ev)) == 256
-    assert cal == M.calibration_sentences(64) and ev == M.eval_sentences(256)
-    assert not set(M.calibration_sentences(150, seed=3)) & set(M.eval_sentences(300, seed=0))
-    assert M.calibration_sentences(64, seed=1) != cal
-    assert all(isinstance(s, str) and 8 <= len(s.split()) <= 40 and "\n" not in s for s in cal + ev)
-    ids, mask = M.tokenize_sentences(ev[:50], max_length=64)
-    assert ids.shape == mask.shape and ids.shape[1] <= 64 and ids.dtype == np.int64
-    with pytest.raises(ValueError, match="n"):
-        M.calibration_sentences(10_000)
-    with pytest.raises(TypeError, match="seed"):
-        M.eval_sentences(4, seed=0.5)
+# ---------------------------------------------------------------------------------------------------- re-exports
+NOTEBOOK_NAMES = {  # what chapter 2's notebooks read as models.<name>, from where it now lives
+    D: ("calibration_sentences", "calibration_tokens", "eval_sentences", "eval_tokens", "tokenize_sentences"),
+    S: ("collect_linear_inputs", "linear_input_absmax", "linear_names", "minilm_linear_names",
+        "record_minilm_linears", "replace_linears"),
+}
 
 
-def test_tokens_disjoint_and_deterministic():
-    train, val = load_corpus_splits()
-    tok = ByteTokenizer()
-    cal = M.calibration_tokens(4096, seed=0)
-    assert cal.dtype == np.int64 and cal.shape == (4096,)
-    assert np.array_equal(cal, M.calibration_tokens(4096, seed=0))
-    assert not np.array_equal(cal, M.calibration_tokens(4096, seed=1))
-    assert tok.decode(cal) in train
-    ev = M.eval_tokens(2000)
-    assert np.array_equal(ev, tok.encode(val)[:2000])
-    assert np.array_equal(M.eval_tokens(), tok.encode(val))
-    again = cal.copy()
-    cal[:] = 0  # a copy is returned: the cached stream is not touched
-    assert np.array_equal(M.calibration_tokens(4096, seed=0), again)
-    with pytest.raises(ValueError, match="n_tokens"):
-        M.eval_tokens(10**7)
-    with pytest.raises(ValueError, match="n_tokens"):
-        M.calibration_tokens(0)
+def test_names_re_exported_for_notebooks_are_the_shared_ones():
+    for home, names in NOTEBOOK_NAMES.items():
+        for name in names:
+            assert getattr(M, name) is getattr(home, name), name
+            assert name not in M.__all__, name  # quant.models' own names only
+    assert all(callable(getattr(M, n)) for n in M.__all__ if not n.isupper())
+
+
+def test_quantize_tinylm_leaves_quantized_layers_alone(tiny):
+    """quantize_tinylm replaces the model's nn.Linear layers only: a QuantizedLinear already there is kept."""
+    first = "layers.0.attn.qkv"
+    part = S.replace_linears(tiny, lambda n, lin: M.QuantizedLinear(lin.weight, lin.bias, name=n, scheme="kept"),
+                             skip=TINY_LINEARS[1:])
+    q = M.quantize_tinylm(part, "rtn", bits=4)
+    assert q.get_submodule(first).scheme == "kept"
+    assert torch.equal(q.get_submodule(first).weight, tiny.get_submodule(first).weight)
+    assert all(q.get_submodule(n).scheme.startswith("rtn 4-bit") for n in TINY_LINEARS[1:])
+    with pytest.raises(ValueError, match="skip"):  # the kept layer is no longer an nn.Linear to skip
+        M.quantize_tinylm(part, "rtn", skip=[first])

@@ -12,15 +12,36 @@ The later sections' methods live in topic modules and are re-exported by both fa
 02.2-02.4, 02.6), ``_np_gptq`` / ``_torch_gptq`` (round-to-nearest, GPTQ, int4/int8 weight-only storage; 02.5),
 ``_np_hawq`` / ``_torch_hawq`` (Hutchinson traces, bit allocation, the straight-through gradient; 02.5, 02.7).
 Beside them: :mod:`.kernels` (Triton), :mod:`.qat` (quantization-aware training), :mod:`.models` (whole
-TinyLM and MiniLM, calibration and evaluation data), :mod:`.exercises` and :mod:`.bench`.
+TinyLM and MiniLM), :mod:`.exercises` and :mod:`.bench`.
 
-Both public faces are imported here (``import effx_lab`` has already imported torch), so any topic module
-(``_np_*``/``_torch_*``) may be imported first without a circular-import error.
+Whole models, torchao's way: ``quantize_(model, config)`` quantizes a TinyLM **in
+place** (and returns it) with a small config from :mod:`.configs` (:class:`RTNConfig`,
+:class:`GPTQConfig`, :class:`W8A8Config`, :class:`LLMInt8Config`,
+:class:`SmoothQuantConfig`, :class:`ZeroQuantConfig`); ``calib_tokens=`` feeds the
+methods that calibrate (GPTQ, SmoothQuant). It is built on
+:func:`.models.quantize_tinylm`, which returns a quantized copy instead. The pruning and
+sparsity chapters add ``prune_`` / ``sparsify_`` in the same shape. The model surgery
+and the data every chapter shares live outside this package
+(:mod:`effx_lab.models.surgery`, :mod:`effx_lab.data.pools`).
+
+The topic modules (``_np_*``/``_torch_*``) take their primitives from ``_np_uniform`` /
+``_torch_uniform`` and never import the faces, so any of them may be imported first; each
+face's ``__all__`` is built from its topic modules' ``__all__``.
 """
 
 from __future__ import annotations
 
 from . import reference, torch_ops
+from .configs import (
+    GPTQConfig,
+    LLMInt8Config,
+    QuantConfig,
+    RTNConfig,
+    SmoothQuantConfig,
+    W8A8Config,
+    ZeroQuantConfig,
+)
+from .models import quantize_
 from .reference import (
     GRANULARITIES,
     QParams,
@@ -35,8 +56,15 @@ from .reference import (
 )
 
 __all__ = [
+    "GPTQConfig",
     "GRANULARITIES",
+    "LLMInt8Config",
     "QParams",
+    "QuantConfig",
+    "RTNConfig",
+    "SmoothQuantConfig",
+    "W8A8Config",
+    "ZeroQuantConfig",
     "compute_qparams",
     "dequantize",
     "expand_qparams",
@@ -45,6 +73,7 @@ __all__ = [
     "qrange",
     "quant_error",
     "quantize",
+    "quantize_",
     "reference",
     "torch_ops",
 ]

@@ -1,32 +1,44 @@
-"""Quantizing whole models: TinyLM (an ``nn.Module``) and MiniLM (a functional encoder), chapter 2.
+"""Quantizing whole models: TinyLM (an ``nn.Module``) and MiniLM (a functional encoder),
+chapter 2.
 
-The layer-level methods live in :mod:`effx_lab.quant.torch_ops` (uniform fake quantization; LLM.int8,
-SmoothQuant and ZeroQuant from ``_torch_outliers``; RTN and GPTQ from ``_torch_gptq``). This module
-applies them to every linear layer of a model and measures what the model as a whole loses. PyTorch only.
+The layer-level methods live in :mod:`effx_lab.quant.torch_ops` (uniform fake
+quantization; LLM.int8, SmoothQuant and ZeroQuant from ``_torch_outliers``; RTN and GPTQ
+from ``_torch_gptq``). This module applies them to every linear layer of a model and
+measures what the model as a whole loses. PyTorch only. The model surgery it builds on
+(finding, replacing and recording linear layers) is shared by every chapter and lives in
+:mod:`effx_lab.models.surgery`; the calibration and evaluation data in
+:mod:`effx_lab.data.pools`.
 
 Two ways of swapping a model's linear layers, one per model:
 
-* **TinyLM** (:class:`effx_lab.models.torch_ops.TinyLM`) is an ``nn.Module`` whose eight linear layers are
-  ``nn.Linear`` modules named ``layers.{i}.attn.qkv``, ``layers.{i}.attn.proj``, ``layers.{i}.mlp.fc1`` and
-  ``layers.{i}.mlp.fc2``. :func:`replace_linears` deep-copies the model and puts a :class:`QuantizedLinear`
-  (a weight, a bias and the scheme's ``matmul(x, weight, bias)``) in place of each. The output head is tied
-  to the token embedding (``logits = h @ tok_emb.weight.T``, an ``F.linear`` call, not an ``nn.Linear``):
-  it stays in float32, as do the embeddings and LayerNorms, as in the papers.
+* **TinyLM** (:class:`effx_lab.models.torch_ops.TinyLM`) is an ``nn.Module`` whose eight
+  linear layers are ``nn.Linear`` modules named ``layers.{i}.attn.qkv``,
+  ``layers.{i}.attn.proj``, ``layers.{i}.mlp.fc1`` and ``layers.{i}.mlp.fc2``.
+  :func:`quantize_tinylm` (on a copy) and :func:`quantize_` (in place, torchao's verb,
+  with a config from :mod:`effx_lab.quant.configs`) put a :class:`QuantizedLinear` (a
+  weight, a bias and the scheme's ``matmul(x, weight, bias)``) in place of each. The
+  output head is tied to the token embedding (``logits = h @ tok_emb.weight.T``, an
+  ``F.linear`` call, not an ``nn.Linear``): it stays in float32, as do the embeddings
+  and LayerNorms, as in the papers.
 * **MiniLM** (all-MiniLM-L6-v2) is a parameter dict run by
-  :func:`effx_lab.models.torch_ops.minilm_forward`, which calls a hook ``linear(name, x, weight, bias)``
-  for each of its 36 linear layers. :func:`minilm_quant_hook` returns such a hook for a method;
-  :func:`minilm_embeddings` and :func:`embedding_agreement` measure the damage on sentence embeddings.
+  :func:`effx_lab.models.torch_ops.minilm_forward`, which calls a hook ``linear(name, x,
+  weight, bias)`` for each of its 36 linear layers. :func:`minilm_quant_hook` returns
+  such a hook for a method; :func:`minilm_embeddings` and :func:`embedding_agreement`
+  measure the damage on sentence embeddings.
 
-Activation quantization is *dynamic* and *simulated* everywhere: a per-tensor scale is the absmax of the
-tensor the layer receives in this call (for MiniLM, one batch of sentences, padding included: results depend
-a little on the batching, which :func:`minilm_embeddings` keeps deterministic), a per-token scale the absmax
-of each row; values are quantized, dequantized and multiplied in float. SmoothQuant's per-channel smoothing
-factors, by contrast, come from calibration data (``act_absmax``), and by default only the layers fed by a
-LayerNorm are smoothed, as in the paper's code (the others cannot fold ``1/s`` anywhere offline and get
-plain W8A8). Model weights never change in place: every function returns a copy. Calibration and evaluation data are
-disjoint and deterministic: :func:`calibration_sentences` / :func:`eval_sentences` (paragraphs of CPython's
-help text, split once into two pools) and :func:`calibration_tokens` / :func:`eval_tokens` (the training and
-validation splits of :func:`effx_lab.data.load_corpus_splits`).
+Activation quantization is *dynamic* and *simulated* everywhere: a per-tensor scale is
+the absmax of the tensor the layer receives in this call (for MiniLM, one batch of
+sentences, padding included: results depend a little on the batching, which
+:func:`minilm_embeddings` keeps deterministic), a per-token scale the absmax of each
+row; values are quantized, dequantized and multiplied in float. SmoothQuant's
+per-channel smoothing factors, by contrast, come from calibration data (``act_absmax``),
+and by default only the layers fed by a LayerNorm are smoothed, as in the paper's code
+(the others cannot fold ``1/s`` anywhere offline and get plain W8A8). Model weights
+never change in place, except under :func:`quantize_`, which says so: every other
+function returns a copy. Calibration and evaluation data are disjoint and deterministic
+(:func:`effx_lab.data.calibration_sentences` / :func:`effx_lab.data.eval_sentences` for
+MiniLM, :func:`effx_lab.data.calibration_tokens` / :func:`effx_lab.data.eval_tokens` for
+TinyLM).
 """
 
 from __future__ import annotations
@@ -34,7 +46,6 @@ from __future__ import annotations
 import copy
 import functools
 import math
-import re
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -43,51 +54,86 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from effx_lab._validate import check_array, check_bool, check_choice, check_float, check_int, describe
-from effx_lab.models.config import MiniLMConfig
+from effx_lab._validate import (
+    check_array,
+    check_bool,
+    check_choice,
+    check_float,
+    check_int,
+    describe,
+)
+
+# re-exported for notebooks: chapter 2's notebooks read the shared data and surgery as
+# `models.<name>` until they import effx_lab.data and effx_lab.models.surgery
+from effx_lab.data.pools import (  # noqa: F401
+    calibration_sentences,
+    calibration_tokens,
+    eval_sentences,
+    eval_tokens,
+    tokenize_sentences,
+)
+from effx_lab.models.config import MiniLMConfig, check_minilm_config
+from effx_lab.models.surgery import (
+    check_ids_mask,
+    check_minilm_linear_weights,
+    collect_linear_inputs,  # also re-exported for notebooks
+    linear_input_absmax,  # also re-exported for notebooks
+    linear_names,  # also re-exported for notebooks
+    minilm_batches,
+    minilm_layer_inputs,
+    minilm_linear_names,  # also re-exported for notebooks
+    record_minilm_linears,  # noqa: F401  (re-exported for notebooks)
+    replace_linears,  # also re-exported for notebooks
+)
+
+from effx_lab.models.surgery import set_submodule
 
 from . import torch_ops as T
-from ._np_outliers import _check_bits, _check_threshold  # the same validation as the layer-level functions
+
+# the same validation as the layer-level functions
+from ._np_outliers import _check_bits, _check_threshold
+from ._np_outliers import ACT_GRANULARITIES, WEIGHT_GRANULARITIES
+from .configs import SMOOTH_LAYERS, QuantConfig
 
 __all__ = [
     "MINILM_METHODS",
     "SMOOTH_LAYERS",
     "TINYLM_METHODS",
     "QuantizedLinear",
-    "calibration_sentences",
-    "calibration_tokens",
-    "collect_linear_inputs",
     "embedding_agreement",
-    "eval_sentences",
-    "eval_tokens",
     "gptq_minilm",
-    "linear_input_absmax",
-    "linear_names",
     "minilm_embeddings",
-    "minilm_linear_names",
     "minilm_quant_hook",
+    "quantize_",
     "quantize_tinylm",
-    "record_minilm_linears",
-    "replace_linears",
     "tinylm_perplexity",
-    "tokenize_sentences",
 ]
 
 #: methods of :func:`quantize_tinylm`
 TINYLM_METHODS = ("rtn", "gptq", "w8a8", "llm_int8", "smoothquant", "zeroquant")
 #: methods of :func:`minilm_quant_hook` ("float" is the unquantized baseline, F.linear)
-MINILM_METHODS = ("float", "w8a32", "w32a8", "w8a8", "llm_int8", "smoothquant", "zeroquant", "rtn", "gptq")
+MINILM_METHODS = (
+    "float", "w8a32", "w32a8", "w8a8", "llm_int8", "smoothquant", "zeroquant", "rtn",
+    "gptq",
+)
 
-#: which layers SmoothQuant smooths: those fed by a LayerNorm (where 1/s folds into it offline), or all
-SMOOTH_LAYERS = ("ln", "all")
 _TINYLM_LN_FED = ("attn.qkv", "mlp.fc1")  # inputs: ln1(x), ln2(x) (pre-LN blocks)
-_MINILM_LN_FED = ("attention.self.query", "attention.self.key", "attention.self.value", "intermediate.dense")
-_ACT_GRANULARITIES = ("tensor", "token")
-_WEIGHT_GRANULARITIES = ("tensor", "channel")
+_MINILM_LN_FED = (
+    "attention.self.query",
+    "attention.self.key",
+    "attention.self.value",
+    "intermediate.dense",
+)
+
+
+def _is_float_linear(module: nn.Module) -> bool:
+    """The layers the TinyLM quantizers replace: plain ``nn.Linear`` (a
+    :class:`QuantizedLinear` already in the model is left as it is)."""
+    return isinstance(module, nn.Linear)
 
 
 # ==========================================================================================================
-# Swapping the linear layers of an nn.Module
+# The layer a quantized model computes with
 # ==========================================================================================================
 class QuantizedLinear(nn.Module):
     """A linear layer computed by a quantization scheme: ``forward(x) = matmul(x, weight, bias)``.
@@ -144,200 +190,6 @@ class QuantizedLinear(nn.Module):
             f"out_features={self.out_features}, bias={self.bias is not None}"
         )
 
-
-def _check_module(name: str, model: Any) -> nn.Module:
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"{name} must be a torch.nn.Module, got {describe(model)}")
-    return model
-
-
-def linear_names(model: nn.Module) -> list[str]:
-    """Qualified names (as in ``model.named_modules()``, same order) of every ``nn.Linear`` in ``model``."""
-    _check_module("model", model)
-    return [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
-
-
-def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, child, new)
-
-
-def _check_skip(skip: Any, names: list[str]) -> set[str]:
-    if isinstance(skip, str) or not isinstance(skip, Iterable):
-        raise TypeError(f"skip must be a list/tuple/set of layer names, got {describe(skip)}")
-    skip = set(skip)
-    unknown = sorted(skip - set(names), key=str)
-    if unknown:
-        raise ValueError(f"skip names {unknown} that are not nn.Linear layers of model; its linear layers: {names}")
-    return skip
-
-
-def replace_linears(
-    model: nn.Module, make: Callable[[str, nn.Linear], nn.Module], *, skip: Iterable[str] = ()
-) -> nn.Module:
-    """A deep copy of ``model`` in which every ``nn.Linear`` whose qualified name is not in ``skip`` is
-    replaced by ``make(name, linear)`` (``linear`` is the *copy*'s layer: ``model`` itself is never touched).
-
-    ``make`` must return an ``nn.Module``; names in ``skip`` must be linear layers of ``model`` (a typo raises
-    instead of silently quantizing everything).
-    """
-    _check_module("model", model)
-    if not callable(make):
-        raise TypeError(f"make must be a callable make(name, linear) -> nn.Module, got {describe(make)}")
-    names = linear_names(model)
-    skip = _check_skip(skip, names)
-    new_model = copy.deepcopy(model)
-    for name in names:
-        if name in skip:
-            continue
-        new = make(name, new_model.get_submodule(name))
-        if not isinstance(new, nn.Module):
-            raise TypeError(f"make({name!r}, linear) must return an nn.Module, got {describe(new)}")
-        _set_submodule(new_model, name, new)
-    return new_model
-
-
-# ==========================================================================================================
-# Calibration statistics of a token-in model (TinyLM)
-# ==========================================================================================================
-class _StopForward(Exception):
-    """Raised by a recording hook once every requested layer has run: the rest of the forward is skipped."""
-
-
-def _check_token_stream(name: str, tokens: Any, min_len: int) -> torch.Tensor:
-    check_array(name, tokens, ndim=1, dtype_kind="iu", allow_torch=True)
-    t = torch.from_numpy(np.ascontiguousarray(tokens)) if isinstance(tokens, np.ndarray) else tokens
-    if t.shape[0] < min_len:
-        raise ValueError(f"{name} must hold at least {min_len} tokens (one window of seq_len), got {t.shape[0]}")
-    return t.long()
-
-
-def _model_device(model: nn.Module) -> torch.device:
-    for t in model.parameters():
-        return t.device
-    for t in model.buffers():
-        return t.device
-    return torch.device("cpu")
-
-
-def _linear_like(model: nn.Module) -> dict[str, nn.Module]:
-    return {n: m for n, m in model.named_modules() if isinstance(m, (nn.Linear, QuantizedLinear))}
-
-
-def _record(
-    model: nn.Module,
-    tokens: Any,
-    *,
-    batch_size: int,
-    seq_len: int,
-    max_tokens: int | None,
-    names: Iterable[str] | None,
-    absmax: bool,
-    stop_early: bool = False,
-) -> dict[str, torch.Tensor]:
-    """Run ``model`` on consecutive windows of ``tokens`` and record, for the linear layers ``names``
-    (``nn.Linear`` or :class:`QuantizedLinear`), either their inputs ``[n_tokens, in]`` or the per-feature
-    max ``|x|`` ``[in]``."""
-    _check_module("model", model)
-    batch_size = check_int("batch_size", batch_size, min_value=1)
-    seq_len = check_int("seq_len", seq_len, min_value=1)
-    cfg = getattr(model, "config", None)
-    if cfg is not None and hasattr(cfg, "max_seq_len") and seq_len > cfg.max_seq_len:
-        raise ValueError(f"seq_len must be <= the model's max_seq_len={cfg.max_seq_len}, got {seq_len}")
-    if max_tokens is not None:
-        max_tokens = check_int("max_tokens", max_tokens, min_value=1)
-    stream = _check_token_stream("tokens", tokens, seq_len)
-    layers = _linear_like(model)
-    if not layers:
-        raise ValueError("model has no nn.Linear (or QuantizedLinear) layer to record")
-    if names is None:
-        wanted = list(layers)
-    else:
-        if isinstance(names, str):
-            raise TypeError(f"names must be a list of layer names or None, got {describe(names)}")
-        wanted = list(names)
-        unknown = [n for n in wanted if n not in layers]
-        if unknown:
-            raise ValueError(f"names {unknown} are not linear layers of model; its linear layers: {list(layers)}")
-    n_windows = stream.shape[0] // seq_len
-    if max_tokens is not None:
-        n_windows = min(n_windows, -(-max_tokens // seq_len))
-    windows = stream[: n_windows * seq_len].view(n_windows, seq_len).to(_model_device(model))
-    store: dict[str, list[torch.Tensor]] = {n: [] for n in wanted}
-    seen: set[str] = set()
-
-    def make_hook(name: str) -> Callable:
-        def hook(module: nn.Module, args: tuple, output: Any) -> None:
-            x = args[0].detach()
-            x = x.reshape(-1, x.shape[-1]).float()
-            store[name].append(x.abs().amax(dim=0) if absmax else x.clone())
-            seen.add(name)
-            if stop_early and len(seen) == len(wanted):
-                raise _StopForward
-
-        return hook
-
-    handles = [layers[n].register_forward_hook(make_hook(n)) for n in wanted]
-    try:
-        with torch.no_grad():
-            for b in range(0, n_windows, batch_size):
-                seen.clear()
-                try:
-                    model(windows[b : b + batch_size])
-                except _StopForward:
-                    pass
-    finally:
-        for h in handles:
-            h.remove()
-    missing = [n for n in wanted if not store[n]]
-    if missing:
-        raise ValueError(f"layers {missing} were never called by model's forward pass")
-    if absmax:
-        return {n: torch.stack(v).amax(dim=0) for n, v in store.items()}
-    out = {n: torch.cat(v) for n, v in store.items()}
-    if max_tokens is not None:
-        out = {n: v[:max_tokens] for n, v in out.items()}
-    return out
-
-
-def collect_linear_inputs(
-    model: nn.Module,
-    tokens: Any,
-    *,
-    batch_size: int = 16,
-    seq_len: int = 64,
-    max_tokens: int | None = None,
-    names: Iterable[str] | None = None,
-) -> dict[str, torch.Tensor]:
-    """The inputs of every linear layer of a token-in model (e.g. TinyLM), recorded with forward hooks.
-
-    ``tokens`` (a 1-D integer stream, NumPy or torch) is cut into consecutive windows of ``seq_len``
-    (a tail shorter than a window is dropped), which run ``batch_size`` at a time. Returns
-    ``{name: float32 tensor [n_tokens, in]}`` on the model's device for each ``nn.Linear`` (and
-    :class:`QuantizedLinear`, so an already partly quantized model can be recorded: GPTQ's sequential
-    calibration does that), or only for ``names``. ``max_tokens`` keeps the first ``max_tokens`` rows.
-    """
-    return _record(
-        model, tokens, batch_size=batch_size, seq_len=seq_len, max_tokens=max_tokens, names=names, absmax=False
-    )
-
-
-def linear_input_absmax(
-    model: nn.Module,
-    tokens: Any,
-    *,
-    batch_size: int = 16,
-    seq_len: int = 64,
-    max_tokens: int | None = None,
-    names: Iterable[str] | None = None,
-) -> dict[str, torch.Tensor]:
-    """Per-input-feature ``max |x|`` (float32 ``[in]``) of each linear layer over the calibration windows:
-    the statistic SmoothQuant's ``act_absmax`` and LLM.int8's outlier analysis need. Same arguments as
-    :func:`collect_linear_inputs`, without storing the inputs (``max_tokens`` rounds up to whole windows)."""
-    return _record(
-        model, tokens, batch_size=batch_size, seq_len=seq_len, max_tokens=max_tokens, names=names, absmax=True
-    )
 
 
 # ==========================================================================================================
@@ -447,11 +299,12 @@ def quantize_tinylm(
     method = check_choice("method", method, TINYLM_METHODS)
     bits = _check_bits("bits", bits)
     symmetric = check_bool("symmetric", symmetric)
-    act_granularity = check_choice("act_granularity", act_granularity, _ACT_GRANULARITIES)
+    act_granularity = check_choice("act_granularity", act_granularity, ACT_GRANULARITIES)
     smooth_layers = check_choice("smooth_layers", smooth_layers, SMOOTH_LAYERS)
     if a_bits is not None:
         a_bits = _check_bits("a_bits", a_bits)
-    in_features = {n: model.get_submodule(n).in_features for n in linear_names(model)}
+    float_linears = linear_names(model, is_linear=_is_float_linear)
+    in_features = {n: model.get_submodule(n).in_features for n in float_linears}
     group_size = _check_group_size(group_size, in_features)
     threshold = _check_threshold(threshold)
     alpha = check_float("alpha", alpha, min_value=0.0, max_value=1.0)
@@ -493,7 +346,7 @@ def quantize_tinylm(
         mm = functools.partial(_zeroquant, w_bits=bits, group_size=group_size, a_bits=a)
         return QuantizedLinear(w, b, mm, name=name, scheme=f"zeroquant (W{bits} g{group_size}, A{a} per token)")
 
-    return replace_linears(model, make, skip=skip)
+    return replace_linears(model, make, skip=skip, is_linear=_is_float_linear)
 
 
 def _scheme_name(method: str, bits: int, group_size: int | None) -> str:
@@ -525,23 +378,26 @@ def _zeroquant(x, weight, bias, *, w_bits, group_size, a_bits):
 
 
 def _gptq_tinylm(model, calib_tokens, bits, group_size, symmetric, skip, record) -> nn.Module:
-    # a plain deep copy first (every layer still nn.Linear), then layers are swapped one at a time, so the
-    # inputs recorded for layer k come from the model whose layers 0..k-1 are already quantized
-    names = linear_names(model)
-    skip = _check_skip(skip, names)
+    # a plain deep copy first (every layer still nn.Linear) whose layers are swapped one
+    # at a time, in place, so the inputs recorded for layer k come from the model whose
+    # layers 0..k-1 are already quantized
     qmodel = copy.deepcopy(model)
-    for name in names:
-        if name in skip:
-            continue
-        x = _record(qmodel, calib_tokens, batch_size=16, names=[name], absmax=False, stop_early=True, **record)[name]
-        lin = qmodel.get_submodule(name)
-        w = lin.weight.detach()
-        res = T.gptq_quantize(w, T.gptq_hessian(x), bits=bits, group_size=group_size, symmetric=symmetric)
-        bias = None if lin.bias is None else lin.bias.detach()
-        _set_submodule(
-            qmodel, name, QuantizedLinear(res.weight, bias, name=name, scheme=_scheme_name("gptq", bits, group_size))
+    scheme = _scheme_name("gptq", bits, group_size)
+
+    def make(name: str, lin: nn.Linear) -> QuantizedLinear:
+        x = collect_linear_inputs(
+            qmodel, calib_tokens, batch_size=16, names=[name], stop_early=True, **record
+        )[name]
+        res = T.gptq_quantize(
+            lin.weight.detach(), T.gptq_hessian(x), bits=bits, group_size=group_size,
+            symmetric=symmetric,
         )
-    return qmodel
+        bias = None if lin.bias is None else lin.bias.detach()
+        return QuantizedLinear(res.weight, bias, name=name, scheme=scheme)
+
+    return replace_linears(
+        qmodel, make, skip=skip, is_linear=_is_float_linear, inplace=True
+    )
 
 
 def tinylm_perplexity(model: nn.Module, tokens: Any, seq_len: int = 128, max_batches: int | None = None) -> float:
@@ -556,128 +412,67 @@ def tinylm_perplexity(model: nn.Module, tokens: Any, seq_len: int = 128, max_bat
     return perplexity(model, tokens, seq_len=seq_len, max_batches=max_batches)
 
 
+def quantize_(
+    model: nn.Module,
+    config: QuantConfig,
+    *,
+    calib_tokens: Any = None,
+    skip: Iterable[str] = (),
+) -> nn.Module:
+    """Quantize a TinyLM **in place** with a method's config, and return it (torchao's
+    ``quantize_`` verb).
+
+    ``config`` is one of :mod:`effx_lab.quant.configs`: ``RTNConfig``, ``GPTQConfig``,
+    ``W8A8Config``, ``LLMInt8Config``, ``SmoothQuantConfig``, ``ZeroQuantConfig``. Each
+    ``nn.Linear`` of ``model`` not named in ``skip`` is replaced by the
+    :class:`QuantizedLinear` that :func:`quantize_tinylm` makes with the same settings
+    (``quantize_tinylm(model, config.method, **config.tinylm_kwargs())``: one
+    implementation, so the two agree exactly); embeddings, LayerNorms and the tied head
+    are untouched. ``calib_tokens`` (a 1-D token stream, e.g.
+    :func:`effx_lab.data.calibration_tokens`) is required by the configs whose
+    ``needs_calibration`` is true (GPTQ, SmoothQuant) and ignored by the others.
+
+    Unlike :func:`quantize_tinylm`, which returns a quantized copy and leaves ``model``
+    alone, the model passed in is modified: keep ``copy.deepcopy(model)`` first to
+    compare with the float model. If an argument is invalid nothing is modified (the
+    quantized layers are built first, then swapped in). MiniLM, a parameter dict, is
+    quantized through :func:`minilm_quant_hook` / :func:`gptq_minilm` instead.
+    """
+    _check_tinylm(model)
+    if not isinstance(skip, str) and isinstance(skip, Iterable):
+        skip = tuple(skip)  # read twice below: a generator would be empty the 2nd time
+    if not isinstance(config, QuantConfig):
+        from . import configs
+
+        kinds = ", ".join(
+            n for n in configs.__all__ if n.endswith("Config") and n != "QuantConfig"
+        )
+        raise TypeError(
+            f"config must be a quantization config (an instance of {kinds} from "
+            f"effx_lab.quant.configs, e.g. RTNConfig(bits=4)), got {describe(config)}"
+        )
+    if config.needs_calibration and calib_tokens is None:
+        raise ValueError(
+            f"{type(config).__name__} needs calib_tokens (a 1-D token stream, e.g. "
+            "effx_lab.data.calibration_tokens(8192)), got None"
+        )
+    quantized = quantize_tinylm(
+        model, config.method, calib_tokens=calib_tokens, skip=skip,
+        **config.tinylm_kwargs(),
+    )
+    skipped = set(skip)  # checked by quantize_tinylm: each is a linear layer of model
+    for name in linear_names(model, is_linear=_is_float_linear):
+        if name not in skipped:
+            set_submodule(model, name, quantized.get_submodule(name))
+    return model
+
+
 # ==========================================================================================================
 # MiniLM
 # ==========================================================================================================
-_MINILM_SUFFIXES = (
-    "attention.self.query",
-    "attention.self.key",
-    "attention.self.value",
-    "attention.output.dense",
-    "intermediate.dense",
-    "output.dense",
-)
-
-
-def _check_config(config: Any) -> MiniLMConfig:
-    if not isinstance(config, MiniLMConfig):
-        raise TypeError(f"config must be a MiniLMConfig (from load_minilm()), got {describe(config)}")
-    return config
-
-
-def minilm_linear_names(config: MiniLMConfig) -> list[str]:
-    """The ``num_hidden_layers * 6`` linear layers of MiniLM in execution order (query, key, value,
-    attention.output.dense, intermediate.dense, output.dense of each layer), e.g.
-    ``"encoder.layer.3.intermediate.dense"``; ``params[name + ".weight"]`` is ``[out, in]``."""
-    _check_config(config)
-    return [f"encoder.layer.{i}.{s}" for i in range(config.num_hidden_layers) for s in _MINILM_SUFFIXES]
-
-
-def _check_minilm_params(params: Any, config: MiniLMConfig) -> None:
-    if not isinstance(params, dict):
-        raise TypeError(f"params must be a dict (from load_minilm()), got {describe(params)}")
-    missing = [n + ".weight" for n in minilm_linear_names(config) if n + ".weight" not in params]
-    if missing:
-        raise ValueError(
-            f"params is missing {len(missing)} linear weights, e.g. {missing[0]!r}: pass load_minilm()'s dict"
-        )
-
-
-def _as_ids_mask(ids: Any, mask: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    check_array("ids", ids, ndim=2, dtype_kind="iu", allow_torch=True)
-    check_array("mask", mask, ndim=2, dtype_kind="iub", allow_torch=True)
-    ids_t = torch.as_tensor(ids).long()
-    mask_t = torch.as_tensor(mask).to(ids_t.device).long()
-    if tuple(mask_t.shape) != tuple(ids_t.shape):
-        raise ValueError(f"mask must have the shape of ids {tuple(ids_t.shape)}, got {tuple(mask_t.shape)}")
-    if ids_t.shape[0] < 1 or ids_t.shape[1] < 1:
-        raise ValueError(f"ids must have shape [batch, seq] with batch >= 1 and seq >= 1, got {tuple(ids_t.shape)}")
-    return ids_t, mask_t
-
-
-def _batches(ids: torch.Tensor, mask: torch.Tensor, batch_size: int):
-    """``(ids, mask)`` of consecutive batches of ``batch_size`` sentences, each cut to its longest sentence
-    (the trailing columns that are padding in every row are dropped), as if each batch had been tokenized on
-    its own: less work, and dynamic activation scales never see padding a batch does not need."""
-    for b in range(0, ids.shape[0], batch_size):
-        i, m = ids[b : b + batch_size], mask[b : b + batch_size]
-        cols = torch.nonzero(m.any(dim=0))
-        length = int(cols.max()) + 1 if cols.numel() else 1
-        yield i[:, :length], m[:, :length]
-
 
 def _weight_of(params: dict, name: str) -> torch.Tensor:
     return torch.as_tensor(params[name + ".weight"])
-
-
-def record_minilm_linears(
-    params: dict[str, Any],
-    config: MiniLMConfig,
-    ids: Any,
-    mask: Any,
-    *,
-    keep_inputs: bool = True,
-    max_tokens: int | None = 4096,
-    batch_size: int = 64,
-) -> dict[str, dict[str, torch.Tensor]]:
-    """Statistics of every linear layer of MiniLM over the *real* (unpadded) tokens of ``ids``/``mask``.
-
-    Returns ``{name: {"in_absmax": [in], "out_absmax": [out], "inputs": [n, in]}}`` (float32, CPU):
-    per-feature ``max |x|`` of the layer's input and output, and (``keep_inputs``) the inputs themselves,
-    the first ``max_tokens`` real tokens (``None``: all), for GPTQ's Hessian. The forward runs
-    ``batch_size`` sentences at a time with the float weights.
-    """
-    _check_config(config)
-    _check_minilm_params(params, config)
-    keep_inputs = check_bool("keep_inputs", keep_inputs)
-    if max_tokens is not None:
-        max_tokens = check_int("max_tokens", max_tokens, min_value=1)
-    batch_size = check_int("batch_size", batch_size, min_value=1)
-    ids_t, mask_t = _as_ids_mask(ids, mask)
-    names = minilm_linear_names(config)
-    in_max: dict[str, torch.Tensor] = {}
-    out_max: dict[str, torch.Tensor] = {}
-    inputs: dict[str, list[torch.Tensor]] = {n: [] for n in names}
-    kept = {n: 0 for n in names}
-    real: torch.Tensor = torch.empty(0)
-
-    def hook(name: str, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        y = F.linear(x, weight, bias)
-        xr, yr = x[real].float(), y[real].float()
-        if xr.shape[0]:
-            a, o = xr.abs().amax(dim=0).cpu(), yr.abs().amax(dim=0).cpu()
-            in_max[name] = a if name not in in_max else torch.maximum(in_max[name], a)
-            out_max[name] = o if name not in out_max else torch.maximum(out_max[name], o)
-        if keep_inputs and (max_tokens is None or kept[name] < max_tokens):
-            take = xr if max_tokens is None else xr[: max_tokens - kept[name]]
-            inputs[name].append(take.cpu().clone())
-            kept[name] += take.shape[0]
-        return y
-
-    from effx_lab.models.torch_ops import minilm_forward
-
-    with torch.no_grad():
-        for i, m in _batches(ids_t, mask_t, batch_size):
-            real = m.bool()
-            minilm_forward(params, config, i, m, linear=hook)
-    if not in_max:
-        raise ValueError("mask selects no real token (all zeros)")
-    out: dict[str, dict[str, torch.Tensor]] = {}
-    for n in names:
-        out[n] = {"in_absmax": in_max[n], "out_absmax": out_max[n]}
-        if keep_inputs:
-            out[n]["inputs"] = torch.cat(inputs[n])
-    return out
 
 
 def _check_calib(calib: Any, names: list[str], key: str, method: str) -> dict:
@@ -740,13 +535,12 @@ def minilm_quant_hook(
     on the device of ``x``.
     """
     method = check_choice("method", method, MINILM_METHODS)
-    _check_config(config)
-    _check_minilm_params(params, config)
+    check_minilm_linear_weights(params, config)
     bits = _check_bits("bits", bits)
     w_bits = bits if weight_bits is None else _check_bits("weight_bits", weight_bits)
     a_bits = bits if act_bits is None else _check_bits("act_bits", act_bits)
-    act_granularity = check_choice("act_granularity", act_granularity, _ACT_GRANULARITIES)
-    weight_granularity = check_choice("weight_granularity", weight_granularity, _WEIGHT_GRANULARITIES)
+    act_granularity = check_choice("act_granularity", act_granularity, ACT_GRANULARITIES)
+    weight_granularity = check_choice("weight_granularity", weight_granularity, WEIGHT_GRANULARITIES)
     symmetric = check_bool("symmetric", symmetric)
     smooth_layers = check_choice("smooth_layers", smooth_layers, SMOOTH_LAYERS)
     threshold = _check_threshold(threshold)
@@ -822,41 +616,6 @@ def minilm_quant_hook(
     return hook
 
 
-def _minilm_layer_input(
-    params: dict, config: MiniLMConfig, ids: torch.Tensor, mask: torch.Tensor, target: str, max_tokens, batch_size
-) -> torch.Tensor:
-    """Inputs (real tokens, at most ``max_tokens``) of MiniLM's layer ``target``; each forward stops there."""
-    from effx_lab.models.torch_ops import minilm_forward
-
-    chunks: list[torch.Tensor] = []
-    kept = 0
-    real = torch.empty(0, dtype=torch.bool)
-
-    def hook(name: str, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        nonlocal kept
-        if name == target:
-            xr = x[real].float()
-            take = xr if max_tokens is None else xr[: max_tokens - kept]
-            chunks.append(take.clone())
-            kept += take.shape[0]
-            raise _StopForward
-        return F.linear(x, weight, bias)
-
-    with torch.no_grad():
-        for i, m in _batches(ids, mask, batch_size):
-            if max_tokens is not None and kept >= max_tokens:
-                break
-            real = m.bool()
-            try:
-                minilm_forward(params, config, i, m, linear=hook)
-            except _StopForward:
-                pass
-    x = torch.cat(chunks)
-    if x.shape[0] == 0:
-        raise ValueError("calib_mask selects no real token (all zeros)")
-    return x
-
-
 def gptq_minilm(
     params: dict[str, Any],
     config: MiniLMConfig,
@@ -877,14 +636,13 @@ def gptq_minilm(
     value share one recording: they see the same input). Evaluate with ``minilm_embeddings(new_params, ...)``
     (no hook needed: the weights are dequantized floats).
     """
-    _check_config(config)
-    _check_minilm_params(params, config)
+    check_minilm_linear_weights(params, config)
     bits = _check_bits("bits", bits)
     symmetric = check_bool("symmetric", symmetric)
     if max_tokens is not None:
         max_tokens = check_int("max_tokens", max_tokens, min_value=1)
     batch_size = check_int("batch_size", batch_size, min_value=1)
-    ids_t, mask_t = _as_ids_mask(calib_ids, calib_mask)
+    ids_t, mask_t = check_ids_mask(calib_ids, calib_mask)
     names = minilm_linear_names(config)
     group_size = _check_group_size(group_size, {n: int(params[n + ".weight"].shape[1]) for n in names})
     new = {
@@ -898,7 +656,10 @@ def gptq_minilm(
         else:
             groups.append([n])
     for group in groups:
-        x = _minilm_layer_input(new, config, ids_t, mask_t, group[0], max_tokens, batch_size)
+        x = minilm_layer_inputs(
+            new, config, ids_t, mask_t, group[0], max_tokens=max_tokens,
+            batch_size=batch_size,
+        )
         h = T.gptq_hessian(x)
         for n in group:
             w = torch.from_numpy(new[n + ".weight"])
@@ -922,14 +683,14 @@ def minilm_embeddings(
     one batch: its real tokens and the padding of its shorter sentences), on the device of ``ids``."""
     from effx_lab.models.torch_ops import mean_pool_normalize, minilm_forward
 
-    _check_config(config)
+    check_minilm_config(config)
     if hook is not None and not callable(hook):
         raise TypeError(f"hook must be None or a callable linear(name, x, weight, bias) -> y, got {describe(hook)}")
     batch_size = check_int("batch_size", batch_size, min_value=1)
-    ids_t, mask_t = _as_ids_mask(ids, mask)
+    ids_t, mask_t = check_ids_mask(ids, mask)
     out = []
     with torch.no_grad():
-        for i, m in _batches(ids_t, mask_t, batch_size):
+        for i, m in minilm_batches(ids_t, mask_t, batch_size):
             hidden = minilm_forward(params, config, i, m, linear=hook)
             out.append(mean_pool_normalize(hidden.float(), m))
     return torch.cat(out)
@@ -970,102 +731,3 @@ def embedding_agreement(ref: Any, test: Any, k: int = 5) -> dict[str, float]:
         "top1_agreement": float((top_ref[:, 0] == top_test[:, 0]).double().mean()),
         "topk_overlap": float(overlap.mean()),
     }
-
-
-# ==========================================================================================================
-# Cached data: sentences for MiniLM, token streams for TinyLM
-# ==========================================================================================================
-_HEADER = re.compile(r"[*=\-~^]{3,}")
-_MIN_WORDS, _MAX_WORDS = 8, 40
-_CALIB_EVERY = 3  # every 3rd sentence of the pool is reserved for calibration, the others for evaluation
-
-
-@functools.lru_cache(maxsize=1)
-def _sentence_pools() -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """Prose paragraphs of CPython's help text (sorted topics, paragraphs in order): not indented (code),
-    not a title (a line of ``***``), 8 to 40 words (most fit 64 WordPiece tokens), each kept once; the
-    i-th (0-based) goes to the calibration pool when ``i % 3 == 0``, else to the evaluation pool."""
-    from pydoc_data.topics import topics
-
-    pool: list[str] = []
-    seen: set[str] = set()
-    for key in sorted(topics):
-        for para in topics[key].split("\n\n"):
-            if not para.strip() or para[0].isspace():
-                continue
-            lines = para.split("\n")
-            if any(_HEADER.fullmatch(line.strip()) for line in lines):
-                continue
-            text = re.sub(r"\s+", " ", " ".join(line.strip() for line in lines)).strip()
-            if not _MIN_WORDS <= len(text.split()) <= _MAX_WORDS or text in seen:
-                continue
-            seen.add(text)
-            pool.append(text)
-    calib = tuple(s for i, s in enumerate(pool) if i % _CALIB_EVERY == 0)
-    evals = tuple(s for i, s in enumerate(pool) if i % _CALIB_EVERY != 0)
-    return calib, evals
-
-
-def _sample(pool: tuple[str, ...], n: Any, seed: Any, what: str) -> list[str]:
-    n = check_int("n", n, min_value=1)
-    seed = check_int("seed", seed, min_value=0)
-    if n > len(pool):
-        raise ValueError(f"n must be <= {len(pool)} (the {what} pool's size on this Python), got {n}")
-    idx = np.random.default_rng(seed).permutation(len(pool))[:n]
-    return [pool[i] for i in idx]
-
-
-def calibration_sentences(n: int = 64, seed: int = 0) -> list[str]:
-    """``n`` English sentences for calibration, drawn (``seed``) from the calibration pool of CPython's help
-    text; never overlaps :func:`eval_sentences` whatever the seeds. Deterministic for a given Python."""
-    return _sample(_sentence_pools()[0], n, seed, "calibration")
-
-
-def eval_sentences(n: int = 256, seed: int = 1) -> list[str]:
-    """``n`` English sentences for evaluation, drawn (``seed``) from the evaluation pool (disjoint from the
-    calibration pool)."""
-    return _sample(_sentence_pools()[1], n, seed, "evaluation")
-
-
-@functools.lru_cache(maxsize=1)
-def _tokenizer():
-    from effx_lab.models import MiniLMTokenizer
-
-    return MiniLMTokenizer()
-
-
-def tokenize_sentences(sentences: list[str], max_length: int = 64) -> tuple[np.ndarray, np.ndarray]:
-    """MiniLM's WordPiece ``(ids, mask)`` (int64 ``[n, T]``, padded to the longest, truncated to
-    ``max_length``) with a tokenizer loaded once."""
-    return _tokenizer()(sentences, max_length=max_length)
-
-
-@functools.lru_cache(maxsize=1)
-def _token_splits() -> tuple[np.ndarray, np.ndarray]:
-    from effx_lab.data import ByteTokenizer, load_corpus_splits
-
-    train, val = load_corpus_splits()
-    tok = ByteTokenizer()
-    a, b = tok.encode(train), tok.encode(val)
-    a.flags.writeable = False
-    b.flags.writeable = False
-    return a, b
-
-
-def calibration_tokens(n_tokens: int = 8192, seed: int = 0) -> np.ndarray:
-    """A contiguous slice of ``n_tokens`` byte tokens (int64) of the *training* split, starting at an offset
-    drawn with ``seed``: calibration data TinyLM has seen in training, as in the papers' setups."""
-    train = _token_splits()[0]
-    n_tokens = check_int("n_tokens", n_tokens, min_value=1, max_value=train.shape[0])
-    seed = check_int("seed", seed, min_value=0)
-    start = int(np.random.default_rng(seed).integers(0, train.shape[0] - n_tokens + 1))
-    return train[start : start + n_tokens].copy()
-
-
-def eval_tokens(n_tokens: int | None = None) -> np.ndarray:
-    """The first ``n_tokens`` byte tokens (int64; ``None``: all, about 11k) of the held-out *validation*
-    split, which neither training nor :func:`calibration_tokens` ever sees."""
-    val = _token_splits()[1]
-    if n_tokens is not None:
-        n_tokens = check_int("n_tokens", n_tokens, min_value=1, max_value=val.shape[0])
-    return val[:n_tokens].copy()
