@@ -1,4 +1,6 @@
-"""Tests of effx_lab.flash.models and effx_lab.flash.train: chapter 7's language models and training loop."""
+"""Tests of effx_lab.flash.models and effx_lab.flash.train: chapter 7's language models
+(configurations of the shared effx_lab.models.lm.LM) and their training runs (the shared
+effx_lab.models.training.train)."""
 from __future__ import annotations
 
 import copy
@@ -11,11 +13,15 @@ import torch
 from _backends import TRANSCENDENTAL_ULPS, network_atol, unit_roundoff
 
 from effx_lab.attention import reference as AR
+from effx_lab.attention.params import init_transformer_layer_params
 from effx_lab.flash import reference as FR
 from effx_lab.flash.costs import layer_params
 from effx_lab.flash.models import LanguageModel, LMConfig, build_lm
+from effx_lab.flash.params import init_flash_params, init_gau_params
 from effx_lab.flash.train import EVAL_SEED, TrainResult, corpus_tokens, evaluate_lm, train_lm
+from effx_lab.models import lm
 from effx_lab.models.reference import layer_norm
+from effx_lab.models.training import train
 
 
 @pytest.fixture(autouse=True)
@@ -190,6 +196,78 @@ def test_same_seed_same_weights_different_seed_different_weights() -> None:
             assert torch.equal(pa, pb), name
 
 
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_models_are_configurations_of_the_shared_lm(variant: dict) -> None:
+    """Each kind is the shared LM built from config.spec(): same parameters, names and
+    float64 outputs."""
+    config = LMConfig(**TINY, **variant)
+    model = build_lm(config, seed=3)
+    shared = lm.LM(config.spec(), seed=3)
+    assert (
+        isinstance(model, lm.LM)
+        and model.spec == config.spec()
+        and model.config is config
+    )
+    named, shared_named = list(model.named_parameters()), list(
+        shared.named_parameters()
+    )
+    assert [n for n, _ in named] == [n for n, _ in shared_named]
+    for (name, p), (_, q) in zip(named, shared_named, strict=True):
+        assert torch.equal(p, q), name
+    tokens = _tokens(config, batch=2, n=12, seed=5)
+    with torch.no_grad():
+        assert torch.equal(
+            copy.deepcopy(model).double()(tokens),
+            copy.deepcopy(shared).double()(tokens),
+        )
+
+
+@pytest.mark.parametrize("kind", ["transformer", "flash_quad", "flash"])
+def test_layer_weights_are_the_initialisers_for_the_layer_seed(kind: str) -> None:
+    """The weights the chapter-7 models had before they became LM configurations: layer
+    i is the NumPy initialiser of its kind for the seed SeedSequence([seed, i + 1]); the
+    embeddings come from [seed, 0].
+    """
+    config = LMConfig(
+        **{**TINY, "kind": kind, "rel_bias_init": 0.0 if kind == "transformer" else 0.1}
+    )
+    model = build_lm(config, seed=7)
+    for i, layer in enumerate(model.layers):
+        layer_seed = int(np.random.SeedSequence([7, i + 1]).generate_state(1)[0])
+        d = config.d_model
+        if kind == "transformer":
+            want = init_transformer_layer_params(
+                d, config.n_heads, config.ffn_dim, seed=layer_seed
+            )
+        else:
+            init = init_gau_params if kind == "flash_quad" else init_flash_params
+            want = init(d, config.expansion, config.s, config.max_rel, seed=layer_seed)
+            want["rel_bias"] = np.full_like(want["rel_bias"], 0.1)
+        assert sorted(layer.keys()) == sorted(want)
+        for key, value in want.items():
+            np.testing.assert_array_equal(
+                layer[key].detach().numpy(), value, err_msg=f"layer {i} {key}"
+            )
+    rng = np.random.default_rng(
+        int(np.random.SeedSequence([7, 0]).generate_state(1)[0])
+    )
+    tok = rng.normal(0.0, 0.02, (config.vocab_size, config.d_model)).astype(np.float32)
+    pos = rng.normal(0.0, 0.01, (config.max_len, config.d_model)).astype(np.float32)
+    np.testing.assert_array_equal(model.tok_emb.detach().numpy(), tok)
+    np.testing.assert_array_equal(model.pos_emb.detach().numpy(), pos)
+    # GAU's per-dimension scales and offsets get no weight decay (the Transformer has none)
+    expected = (
+        ()
+        if kind == "transformer"
+        else tuple(
+            f"layers.{i}.{k}"
+            for i in range(config.n_model_layers())
+            for k in ("gamma", "beta")
+        )
+    )
+    assert model.no_weight_decay() == expected
+
+
 def test_bad_configs_raise_clear_errors() -> None:
     with pytest.raises(ValueError, match="kind must be one of"):
         LMConfig(kind="rnn")
@@ -300,6 +378,48 @@ def test_time_budget_is_respected_and_threads_restored() -> None:
     assert 0.3 <= cpu.wall_s < 0.9 and cpu.settings["clock"] == "cpu"
 
 
+def test_train_lm_is_the_shared_loop_with_chapter_7_settings() -> None:
+    """train_lm = build_lm + training.train(seed [seed, 1], warmup as a fraction of the
+    steps, the fixed validation windows of EVAL_SEED): the same losses, step for
+    step."""
+    config = LMConfig(kind="flash", **TRAIN_TINY)
+    kw = dict(batch_size=4, seq_len=32, lr=1e-2, weight_decay=0.01)
+    ours = train_lm(
+        config,
+        steps=6,
+        eval_every=3,
+        eval_batches=1,
+        threads=1,
+        warmup=0.5,
+        min_lr_ratio=0.2,
+        **kw,
+    )
+    train_tok, val_tok = corpus_tokens()
+    model = build_lm(config, seed=0)
+    run = train(
+        model,
+        train_tok,
+        steps=6,
+        warmup=3.0,
+        min_ratio=0.2,
+        seed=np.random.default_rng([0, 1]),
+        eval_tokens=val_tok,
+        eval_every=3,
+        eval_batches=1,
+        eval_seed=EVAL_SEED,
+        **kw,
+    )
+    assert [h["val_loss"] for h in ours.history] == [e["loss"] for e in run.evals]
+    assert [h["train_loss"] for h in ours.history] == [
+        e["train_loss"] for e in run.evals
+    ]
+    assert ours.steps == run.steps == 6
+    for (name, p), (_, q) in zip(
+        ours.model.named_parameters(), model.named_parameters(), strict=True
+    ):
+        assert torch.equal(p, q), name
+
+
 def test_evaluate_lm_uses_fixed_windows() -> None:
     _, val = corpus_tokens()
     model = build_lm(LMConfig(kind="transformer", **TRAIN_TINY))
@@ -312,7 +432,7 @@ def test_evaluate_lm_uses_fixed_windows() -> None:
         evaluate_lm(torch.nn.Linear(2, 2), val, 32, 2, 0)
     with pytest.raises(ValueError, match="seq_len must be an int in"):
         evaluate_lm(model, val, 65, 2, 0)
-    with pytest.raises(ValueError, match="at least seq_len \\+ 1 = 33 tokens"):
+    with pytest.raises(ValueError, match="tokens must hold at least 33 tokens, got 10"):
         evaluate_lm(model, val[:10], 32, 2, 0)
 
 

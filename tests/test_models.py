@@ -23,12 +23,12 @@ from effx_lab.models.config import MiniLMConfig, TinyLMConfig, init_tinylm_param
 from effx_lab.models.train import (
     load_pretrained_tinylm,
     load_tinylm,
-    perplexity,
     pretrained_tinylm_path,
     save_tinylm,
     train_tinylm,
     unigram_perplexity,
 )
+from effx_lab.models.training import perplexity
 
 CONFIGS = [
     pytest.param(TinyLMConfig(vocab_size=64, d_model=32, n_layers=2, n_heads=4, max_seq_len=48), id="mha"),
@@ -294,6 +294,44 @@ def test_train_tinylm_is_reproducible() -> None:
         np.testing.assert_array_equal(runs[0][0][name], runs[1][0][name], err_msg=name)
 
 
+def test_train_tinylm_logs_the_shared_loops_losses() -> None:
+    """train_tinylm is training.train with TinyLM's settings (nanoGPT's schedule:
+    lr_schedule with hold=1): the logged means are the means of the loop's step losses,
+    step for step."""
+    from effx_lab.models import training
+
+    config = TinyLMConfig(
+        vocab_size=16, d_model=16, n_heads=2, n_layers=1, max_seq_len=16
+    )
+    data = np.random.default_rng(0).integers(0, 16, size=300)
+    a, b = T.TinyLM.from_config(config, seed=1), T.TinyLM.from_config(config, seed=1)
+    history = train_tinylm(
+        a, data, steps=7, batch_size=4, seq_len=12, seed=5, log_every=3, warmup_steps=2
+    )
+    run = training.train(
+        b,
+        data,
+        steps=7,
+        batch_size=4,
+        seq_len=12,
+        lr=3e-3,
+        warmup=2,
+        hold=1,
+        min_ratio=0.1,
+        weight_decay=0.1,
+        seed=5,
+    )
+    assert [h["step"] for h in history] == [3, 6, 7]
+    assert [h["loss"] for h in history] == [
+        sum(run.losses[0:3]) / 3,
+        sum(run.losses[3:6]) / 3,
+        run.losses[6],
+    ]
+    assert [h["lr"] for h in history] == [run.lrs[2], run.lrs[5], run.lrs[6]]
+    # the peak after the 2 warm-up steps, then the decay
+    assert history[0]["lr"] == 3e-3 and history[-1]["lr"] < 3e-3
+
+
 def test_save_and_load_round_trip(tmp_path) -> None:
     config = CONFIGS[1].values[0]
     np_model, _ = _models(config)
@@ -451,6 +489,76 @@ def test_params_are_validated() -> None:
         R.TinyLM(params, {"d_model": 32})
 
 
+def test_pretrained_checkpoint_float64_logits_are_unchanged() -> None:
+    """The shipped checkpoint is not retrained: its float64 logits on a fixed prompt are
+    the recorded ones (TinyLM's forward and the checkpoint file both stay as they were;
+    relative 1e-9 leaves room for BLAS).
+    """
+    from effx_lab.data import ByteTokenizer
+
+    model = load_pretrained_tinylm("torch").double()
+    ids = torch.from_numpy(
+        ByteTokenizer().encode("The return statement leaves the current function call")
+    )
+    with torch.no_grad():
+        logits = model(ids.long()[None])[0]
+    recorded = {
+        0: (3.382162607094616, 3.7306555749914834, 1.1571306349567565),
+        10: (0.9005590998659722, 2.8318611795933677, 4.837605965860308),
+        40: (2.5714809013825413, 4.3584534145213105, 1.8446355532965337),
+    }
+    for t, values in recorded.items():
+        got = [float(logits[t, v]) for v in (32, 101, 116)]  # ' ', 'e', 't'
+        assert got == pytest.approx(values, rel=1e-9), t
+
+
+def test_the_checkpoint_script_trains_a_few_steps(tmp_path) -> None:
+    """``python -m effx_lab.models.train --scale 0.01`` (6 steps) writes a checkpoint
+    whose metadata holds the measured perplexities. The numbers were recorded on the
+    course's CPU before the training loop was shared; float32 training on another CPU
+    may differ in the last bits, hence the tolerances (the unigram baseline is counting,
+    exact)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "m.npz"
+    env = dict(os.environ, EFFX_QUIET="1")
+    args = ["-m", "effx_lab.models.train", "--scale", "0.01", "--threads", "1"]
+    proc = subprocess.run(
+        [sys.executable, *args, "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "step     6" in proc.stdout and f"wrote {out}" in proc.stdout
+    with np.load(out) as data:
+        meta = json.loads(str(data["__meta__"]))
+    assert (
+        meta["settings"] == {"steps": 6, "batch_size": 16, "seq_len": 256, "lr": 0.003}
+        and meta["threads"] == 1
+    )
+    assert meta["final_train_loss"] == pytest.approx(4.509652813275655, rel=1e-3)
+    measured = meta["measured"]
+    assert measured["unigram_val_ppl"] == pytest.approx(26.250085499364985, rel=1e-12)
+    assert measured["val_ppl_128"] == pytest.approx(48.854565879728966, rel=1e-2)
+    assert measured["val_ppl_256"] == pytest.approx(48.88944726583365, rel=1e-2)
+    assert measured["train_ppl_128"] == pytest.approx(48.93359309320809, rel=1e-2)
+    # the checkpoint loads; its stored weights give the perplexity the script measured
+    model = load_tinylm(out, backend="torch")
+    assert model.meta == meta
+    from effx_lab.data.pools import token_splits
+
+    _, val = token_splits()
+    assert perplexity(model, val, seq_len=128) == pytest.approx(
+        measured["val_ppl_128"], rel=1e-9
+    )
+
+
 def test_training_helpers_reject_bad_inputs(tmp_path) -> None:
     config = CONFIGS[0].values[0]
     np_model, torch_model = _models(config)
@@ -463,7 +571,7 @@ def test_training_helpers_reject_bad_inputs(tmp_path) -> None:
         train_tinylm(torch_model, data, steps=0)
     with pytest.raises(ValueError, match="at least 17 tokens"):
         perplexity(np_model, data[:10], seq_len=16)
-    with pytest.raises(ValueError, match="tokens must be in"):
+    with pytest.raises(ValueError, match="tokens must lie in"):
         perplexity(torch_model, data + 1000, seq_len=16)
     with pytest.raises(TypeError, match="model must be"):
         perplexity("model", data)

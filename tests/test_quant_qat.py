@@ -205,3 +205,66 @@ def test_qat_finetune_loss_mix_and_validation():
         qat.qat_finetune(student, student, tokens, seq_len=8)
     with pytest.raises(TypeError, match="tokens"):
         qat.qat_finetune(student, teacher, tokens.tolist(), steps=1, seq_len=8)
+
+
+def test_qat_finetune_is_the_shared_loop_with_a_distillation_loss():
+    """qat_finetune = effx_lab.models.training.train with loss (1 - d) CE + d T^2 KL, no
+    weight decay, gradient clip 1 and nanoGPT's schedule decaying towards 0 (lr_schedule
+    with min_ratio=0, hold=1): same losses.
+    """
+    from effx_lab.models.training import train
+
+    teacher = TinyLM.from_config(CFG, seed=4)
+    tokens = _tokens()
+    a, b = qat.prepare_qat(teacher, bits=3, group_size=16), qat.prepare_qat(
+        teacher, bits=3, group_size=16
+    )
+    hist = qat.qat_finetune(
+        a,
+        teacher,
+        tokens,
+        steps=12,
+        batch_size=2,
+        seq_len=8,
+        lr=1e-3,
+        distill=0.5,
+        temperature=2.0,
+        seed=3,
+    )
+
+    def loss_fn(model, x, y):
+        logits = model(x)
+        ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
+        with torch.no_grad():
+            t = teacher(x)
+        kl = qat._kl_teacher_student(
+            logits.reshape(-1, logits.shape[-1]), t.reshape(-1, t.shape[-1]), 2.0
+        )
+        return {"loss": 0.5 * ce + 0.5 * 4.0 * kl, "ce": ce, "kl": kl}
+
+    run = train(
+        b,
+        tokens,
+        steps=12,
+        batch_size=2,
+        seq_len=8,
+        lr=1e-3,
+        warmup=1,
+        hold=1,
+        min_ratio=0.0,
+        weight_decay=0.0,
+        grad_clip=1.0,
+        seed=3,
+        loss_fn=loss_fn,
+    )
+    assert (
+        hist["loss"] == run.losses
+        and hist["ce"] == run.metrics["ce"]
+        and hist["kl"] == run.metrics["kl"]
+    )
+    # one warm-up step, the peak held for one more, then the decay
+    assert run.lrs[0] == 1e-3 and run.lrs[1] == 1e-3 and 0 < run.lrs[-1] < 1e-4
+    for (name, p), (_, q) in zip(
+        a.named_parameters(), b.named_parameters(), strict=True
+    ):
+        assert torch.equal(p, q), name

@@ -1,71 +1,180 @@
-"""Small language models for chapter 7's experiments: a Transformer, FLASH-Quad and FLASH (PyTorch).
+"""Small language models for chapter 7's experiments: a Transformer, FLASH-Quad and
+FLASH (PyTorch).
 
-All three share everything but the layer stack, so that a comparison measures the layers: a token
-embedding (``N(0, 0.02)``), a learned absolute position embedding (``N(0, 0.01)``, used by every kind
-even though GAU layers also carry a relative bias), a stack of layers, a final LayerNorm and an output
-head tied to the token embedding (``logits = LN(h) @ E^T``).
+They are configurations of the course's shared language model,
+:class:`effx_lab.models.lm.LM`, so they share everything but the layer stack, and a
+comparison measures the layers: a token embedding (``N(0, 0.02)``), a learned absolute
+position embedding (``N(0, 0.01)``, used by every kind even though GAU layers also carry
+a relative bias), a stack of layers, a final LayerNorm and an output head tied to the
+token embedding (``logits = LN(h) @ E^T``).
 
-* ``kind="transformer"``: ``n_layers`` pre-LN Transformer layers (multi-head softmax attention + GELU FFN,
-  :func:`effx_lab.attention.torch_ops.transformer_layer`);
-* ``kind="flash_quad"``: ``2 * n_layers`` GAU layers (:func:`effx_lab.flash.torch_ops.gau`, quadratic);
-* ``kind="flash"``: ``2 * n_layers`` FLASH layers with mixed chunk attention
-  (:func:`effx_lab.flash.torch_ops.flash_layer`; ``mode="local"`` / ``"global"`` give the paper's
-  LocalOnly / GlobalOnly ablations).
+* ``kind="transformer"``: ``n_layers`` pre-LN Transformer layers, the shared
+  ``"softmax"`` mixer (multi-head softmax attention) followed by the shared ``"gelu"``
+  FFN: together :func:`effx_lab.attention.torch_ops.transformer_layer`;
+* ``kind="flash_quad"``: ``2 * n_layers`` GAU layers (mixer ``"gau"``,
+  :func:`effx_lab.flash.torch_ops.gau`, quadratic);
+* ``kind="flash"``: ``2 * n_layers`` FLASH layers with mixed chunk attention (mixer
+  ``"flash"``, :func:`effx_lab.flash.torch_ops.flash_layer`; ``mode="local"`` /
+  ``"global"`` give the paper's LocalOnly / GlobalOnly ablations).
 
-Two GAU layers replace one attention + FFN pair because a GAU layer holds about ``6 d^2`` weights (with
-``e = 2 d``) against ``12 d^2`` for a Transformer layer (Hua et al. 2022, section 2): the models have
-nearly the same number of parameters.
+Importing this module (``import effx_lab.flash`` does) registers the ``"gau"`` and
+``"flash"`` mixers with :func:`effx_lab.models.lm.register_mixer`; a GAU or FLASH layer
+is its own FFN, so those models have none.
+
+Two GAU layers replace one attention + FFN pair because a GAU layer holds about ``6
+d^2`` weights (with ``e = 2 d``) against ``12 d^2`` for a Transformer layer (Hua et al.
+2022, section 2): the models have nearly the same number of parameters.
 
 The layer weights come from the NumPy initialisers (:mod:`effx_lab.attention.params`,
-:mod:`effx_lab.flash.params`) and live in one ``nn.ParameterDict`` per layer under the same key names as
-the NumPy references, so ``{k: v.detach().numpy() for k, v in model.layers[i].items()}`` can be fed to
-:mod:`effx_lab.flash.reference` directly.
+:mod:`effx_lab.flash.params`) and live in one ``nn.ParameterDict`` per layer under the
+same key names as the NumPy references, so ``{k: v.detach().numpy() for k, v in
+model.layers[i].items()}`` can be fed to :mod:`effx_lab.flash.reference` directly.
 """
 from __future__ import annotations
 
-import math
+import functools
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import nn
 
-from effx_lab._validate import check_alloc, check_bool, check_choice, check_float, check_instance, check_int, describe
-from effx_lab.attention import torch_ops as attn_ops
-from effx_lab.attention.params import _init_bytes, init_transformer_layer_params, to_torch
-from effx_lab.attention.reference import mha_param_shapes
-from effx_lab.flash import torch_ops as flash_ops
-from effx_lab.flash.params import init_flash_params, init_gau_params
-from effx_lab.flash.reference import gau_param_shapes
+from effx_lab._validate import (
+    check_bool,
+    check_choice,
+    check_float,
+    check_instance,
+    check_int,
+    describe,
+)
+from effx_lab.models.lm import LM, LMSpec, Sublayer, register_mixer
 
-__all__ = ["KINDS", "MODES", "LMConfig", "LanguageModel", "build_lm"]
+from . import torch_ops as flash_ops
+from .params import init_flash_params, init_gau_params
+from .shapes import MODES
+
+__all__ = [
+    "KINDS",
+    "MODES",
+    "LMConfig",
+    "LanguageModel",
+    "build_lm",
+    "flash_mixer",
+    "gau_mixer",
+]
 
 #: model families: the Transformer baseline, GAU layers with full quadratic attention, FLASH layers
 KINDS = ("transformer", "flash_quad", "flash")
-#: FLASH's token-mixing variants: both parts (the paper's model), within-chunk only, across-chunk only
-MODES = ("mixed", "local", "global")
 
-_LN_EPS = 1e-5
+
+# --------------------------------------------------------------------------------------
+# the GAU and FLASH mixers, registered with the shared model
+# --------------------------------------------------------------------------------------
+
+
+Params = Mapping[str, torch.Tensor]
+
+
+def _gau_apply(x: torch.Tensor, p: Params, *, causal: bool) -> torch.Tensor:
+    return flash_ops.gau(x, p, causal)
+
+
+def _flash_apply(
+    x: torch.Tensor, p: Params, *, chunk_size: int, causal: bool, mode: str
+) -> torch.Tensor:
+    return flash_ops.flash_layer(x, p, chunk_size, causal, mode)
+
+
+def _gau_params(
+    init: Any, d_model: int, expansion: int, s: int, max_rel: int, bias: Any, seed: int
+) -> dict[str, np.ndarray]:
+    """The initialiser's weights for ``seed``, every relative-position bias set to
+    ``bias`` (the ``rel_bias_init`` option)."""
+    bias = check_float("rel_bias_init", bias)
+    params = init(d_model, expansion, s, max_rel, seed=seed)
+    params["rel_bias"] = np.full_like(params["rel_bias"], bias)
+    return params
+
+
+def gau_mixer(
+    d_model: int,
+    *,
+    seed: int,
+    causal: bool,
+    expansion: int = 2,
+    s: int = 128,
+    max_rel: int = 127,
+    rel_bias_init: float = 0.0,
+) -> Sublayer:
+    """The ``"gau"`` mixer: one GAU layer (FLASH-Quad,
+    :func:`effx_lab.flash.torch_ops.gau`), weights of
+    :func:`effx_lab.flash.params.init_gau_params` with every relative-position bias set
+    to ``rel_bias_init``. ``gamma`` and ``beta`` (per-dimension query/key scales and
+    offsets) get no weight decay."""
+    causal = check_bool("causal", causal)
+    params = _gau_params(
+        init_gau_params, d_model, expansion, s, max_rel, rel_bias_init, seed
+    )
+    apply = functools.partial(_gau_apply, causal=causal)
+    return Sublayer(params, apply, no_decay=("gamma", "beta"))
+
+
+def flash_mixer(
+    d_model: int,
+    *,
+    seed: int,
+    causal: bool,
+    expansion: int = 2,
+    s: int = 128,
+    max_rel: int = 127,
+    rel_bias_init: float = 0.0,
+    chunk_size: int = 256,
+    mode: str = "mixed",
+) -> Sublayer:
+    """The ``"flash"`` mixer: one FLASH layer with mixed chunk attention of
+    ``chunk_size`` (:func:`effx_lab.flash.torch_ops.flash_layer`, ``mode`` one of
+    :data:`MODES`), weights of :func:`effx_lab.flash.params.init_flash_params` (relative
+    bias ``rel_bias_init``)."""
+    causal = check_bool("causal", causal)
+    chunk_size = check_int("chunk_size", chunk_size, min_value=1)
+    mode = check_choice("mode", mode, MODES)
+    params = _gau_params(
+        init_flash_params, d_model, expansion, s, max_rel, rel_bias_init, seed
+    )
+    apply = functools.partial(
+        _flash_apply, chunk_size=chunk_size, causal=causal, mode=mode
+    )
+    return Sublayer(params, apply, no_decay=("gamma", "beta"))
+
+
+register_mixer("gau", gau_mixer)
+register_mixer("flash", flash_mixer)
+
+
+# --------------------------------------------------------------------------------------
+# chapter 7's configurations
+# --------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class LMConfig:
     """Hyper-parameters of a chapter-7 language model.
 
-    ``n_layers`` counts Transformer layers; the GAU-based kinds get ``2 * n_layers`` layers (the paper's
-    parameter-matched rule, see :meth:`n_model_layers`). ``n_heads`` and ``d_ff`` (``None`` means
-    ``4 * d_model``) apply to the Transformer only; ``expansion`` (``e = expansion * d_model``), ``s``
-    (the shared width of ``Z``) and ``max_rel`` (relative bias over offsets ``-max_rel..max_rel``) to the
-    GAU kinds; ``chunk_size`` and ``mode`` to FLASH only. ``max_len`` is the size of the learned position
-    table, the longest sequence the model accepts.
+    ``n_layers`` counts Transformer layers; the GAU-based kinds get ``2 * n_layers``
+    layers (the paper's parameter-matched rule, see :meth:`n_model_layers`). ``n_heads``
+    and ``d_ff`` (``None`` means ``4 * d_model``) apply to the Transformer only;
+    ``expansion`` (``e = expansion * d_model``), ``s`` (the shared width of ``Z``) and
+    ``max_rel`` (relative bias over offsets ``-max_rel..max_rel``) to the GAU kinds;
+    ``chunk_size`` and ``mode`` to FLASH only. ``max_len`` is the size of the learned
+    position table, the longest sequence the model accepts.
 
-    ``rel_bias_init`` is the starting value of every GAU/FLASH relative-position bias (the initialisers
-    of :mod:`effx_lab.flash.params` use 0, as the paper's code). With 0 the attention logits
-    ``q k^T / n + b`` start near 0, where ``relu^2`` is flat: the attention begins with almost no output and
-    almost no gradient, and when it wakes up varies from seed to seed. A small positive value (0.1) starts
-    every layer with a weak uniform causal average and makes short runs learn faster and vary less.
+    ``rel_bias_init`` is the starting value of every GAU/FLASH relative-position bias
+    (the initialisers of :mod:`effx_lab.flash.params` use 0, as the paper's code). With
+    0 the attention logits ``q k^T / n + b`` start near 0, where ``relu^2`` is flat: the
+    attention begins with almost no output and almost no gradient, and when it wakes up
+    varies from seed to seed. A small positive value (0.1) starts every layer with a
+    weak uniform causal average and makes short runs learn faster and vary less.
     """
 
     kind: str = "transformer"
@@ -118,15 +227,39 @@ class LMConfig:
 
     @property
     def ffn_dim(self) -> int:
-        """Width of the Transformer's FFN (``d_ff``, or ``4 * d_model`` when ``d_ff`` is None)."""
+        """Width of the Transformer's FFN (``d_ff``, or ``4 * d_model`` when ``d_ff`` is
+        None)."""
         return 4 * self.d_model if self.d_ff is None else self.d_ff
 
     def n_model_layers(self) -> int:
-        """Number of layers in the stack: ``n_layers`` for the Transformer, ``2 * n_layers`` otherwise."""
+        """Number of layers in the stack: ``n_layers`` for the Transformer, ``2 *
+        n_layers`` otherwise."""
         return self.n_layers if self.kind == "transformer" else 2 * self.n_layers
 
+    def spec(self) -> LMSpec:
+        """This configuration as the shared model's
+        :class:`~effx_lab.models.lm.LMSpec`."""
+        common = dict(
+            vocab_size=self.vocab_size, d_model=self.d_model,
+            n_layers=self.n_model_layers(), max_len=self.max_len, causal=self.causal,
+        )  # fmt: skip
+        if self.kind == "transformer":
+            return LMSpec(
+                mixer="softmax", mixer_options={"n_heads": self.n_heads},
+                ffn="gelu", ffn_options={"d_ff": self.ffn_dim}, **common,
+            )  # fmt: skip
+        options: dict[str, Any] = dict(
+            expansion=self.expansion, s=self.s, max_rel=self.max_rel,
+            rel_bias_init=self.rel_bias_init,
+        )  # fmt: skip
+        if self.kind == "flash":
+            options.update(chunk_size=self.chunk_size, mode=self.mode)
+        mixer = "gau" if self.kind == "flash_quad" else "flash"
+        return LMSpec(mixer=mixer, mixer_options=options, ffn=None, **common)
+
     def to_dict(self) -> dict[str, Any]:
-        """The fields as a JSON-serialisable dict (``LMConfig(**config.to_dict()) == config``)."""
+        """The fields as a JSON-serialisable dict (``LMConfig(**config.to_dict()) ==
+        config``)."""
         return asdict(self)
 
     @classmethod
@@ -141,104 +274,24 @@ class LMConfig:
         return cls(**data)
 
 
-def _layer_seed(seed: int, index: int) -> int:
-    """Seed of layer ``index``'s initialiser, derived from the model seed (independent streams)."""
-    return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
-
-
 def _check_config(config: Any) -> LMConfig:
     return check_instance("config", config, LMConfig, "an LMConfig")
 
 
-def _model_bytes(config: LMConfig) -> int:
-    """Peak bytes of building the model's float32 weights (embeddings, every layer, the float64 draws)."""
-    d = config.d_model
-    if config.kind == "transformer":
-        layer = mha_param_shapes(d, config.ffn_dim)
-    else:
-        n_qk = 2 if config.kind == "flash_quad" else 4
-        layer = gau_param_shapes(d, config.expansion * d, config.s, n_qk, 2 * config.max_rel + 1)
-    embeddings = {"tok_emb": (config.vocab_size, d), "pos_emb": (config.max_len, d)}
-    n_layer = _init_bytes(layer) - 8 * max(math.prod(v) for v in layer.values())  # float32 part of one layer
-    return _init_bytes({**embeddings, **layer}) + (config.n_model_layers() - 1) * n_layer
+class LanguageModel(LM):
+    """Decoder-only (or, with ``causal=False``, bidirectional) language model for
+    chapter 7: the shared :class:`~effx_lab.models.lm.LM` built from ``config.spec()``,
+    with ``config`` kept as ``model.config``.
 
-
-def _init_layer(config: LMConfig, seed: int) -> dict[str, np.ndarray]:
-    if config.kind == "transformer":
-        return init_transformer_layer_params(config.d_model, config.n_heads, config.ffn_dim, seed=seed)
-    init = init_gau_params if config.kind == "flash_quad" else init_flash_params
-    params = init(config.d_model, config.expansion, config.s, config.max_rel, seed=seed)
-    params["rel_bias"] = np.full_like(params["rel_bias"], config.rel_bias_init)
-    return params
-
-
-class LanguageModel(nn.Module):
-    """Decoder-only (or, with ``causal=False``, bidirectional) language model for chapter 7.
-
-    ``forward(tokens)`` maps ``(B, n)`` int64 token ids to ``(B, n, vocab_size)`` logits:
-    ``h_0 = E[tokens] + P[:n]``, ``h_{l+1} = layer_l(h_l)`` (each layer includes its residual),
-    ``logits = LN(h_L) E^T``. Build one with :func:`build_lm`.
+    ``forward(tokens)`` maps ``(B, n)`` int64 token ids to ``(B, n, vocab_size)``
+    logits: ``h_0 = E[tokens] + P[:n]``, ``h_{l+1} = layer_l(h_l)`` (each layer includes
+    its residual), ``logits = LN(h_L) E^T``. Build one with :func:`build_lm`.
     """
 
     def __init__(self, config: LMConfig, seed: int = 0) -> None:
-        super().__init__()
         _check_config(config)
-        seed = check_int("seed", seed, min_value=0)
-        check_alloc(f"LanguageModel({config})", _model_bytes(config))
+        super().__init__(config.spec(), seed=seed)
         self.config = config
-        self.seed = seed
-        rng = np.random.default_rng(_layer_seed(seed, 0))
-        d = config.d_model
-        self.tok_emb = nn.Parameter(torch.from_numpy(rng.normal(0.0, 0.02, (config.vocab_size, d)).astype(np.float32)))
-        self.pos_emb = nn.Parameter(torch.from_numpy(rng.normal(0.0, 0.01, (config.max_len, d)).astype(np.float32)))
-        self.layers = nn.ModuleList(
-            nn.ParameterDict(
-                {k: nn.Parameter(v) for k, v in to_torch(_init_layer(config, _layer_seed(seed, i + 1))).items()}
-            )
-            for i in range(config.n_model_layers())
-        )
-        self.ln_f_g = nn.Parameter(torch.ones(d))
-        self.ln_f_b = nn.Parameter(torch.zeros(d))
-
-    def _check_tokens(self, tokens: Any) -> torch.Tensor:
-        cfg = self.config
-        if not isinstance(tokens, torch.Tensor):
-            raise TypeError(f"tokens must be a torch.LongTensor of shape (batch, n), got {describe(tokens)}")
-        if tokens.dtype != torch.int64:
-            raise TypeError(f"tokens must have dtype torch.int64 (token ids), got {tokens.dtype}")
-        if tokens.ndim != 2 or tokens.shape[1] == 0 or tokens.shape[0] == 0:
-            raise ValueError(f"tokens must have shape (batch, n) with batch, n >= 1, got shape {tuple(tokens.shape)}")
-        if tokens.shape[1] > cfg.max_len:
-            raise ValueError(
-                f"tokens has n = {tokens.shape[1]} positions but the model's max_len is {cfg.max_len} "
-                f"(the size of its position table)"
-            )
-        lo, hi = int(tokens.min()), int(tokens.max())
-        if lo < 0 or hi >= cfg.vocab_size:
-            raise ValueError(f"tokens must lie in [0, {cfg.vocab_size - 1}], got values in [{lo}, {hi}]")
-        return tokens
-
-    def _layer(self, x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
-        cfg = self.config
-        if cfg.kind == "transformer":
-            return attn_ops.transformer_layer(x, params, cfg.n_heads, cfg.causal)
-        if cfg.kind == "flash_quad":
-            return flash_ops.gau(x, params, cfg.causal)
-        return flash_ops.flash_layer(x, params, cfg.chunk_size, cfg.causal, cfg.mode)
-
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        """``(B, n)`` int64 token ids in ``[0, vocab_size)``, ``n <= max_len`` -> ``(B, n, vocab_size)`` logits."""
-        tokens = self._check_tokens(tokens)
-        n = tokens.shape[1]
-        h = self.tok_emb[tokens] + self.pos_emb[:n]
-        for layer in self.layers:
-            h = self._layer(h, dict(layer.items()))
-        h = F.layer_norm(h, (self.config.d_model,), self.ln_f_g, self.ln_f_b, _LN_EPS)
-        return h @ self.tok_emb.t()
-
-    def num_params(self) -> int:
-        """Number of trainable scalars (the tied output head is counted once)."""
-        return int(sum(p.numel() for p in self.parameters()))
 
     def extra_repr(self) -> str:
         cfg = self.config
@@ -250,6 +303,7 @@ class LanguageModel(nn.Module):
 
 
 def build_lm(config: LMConfig, seed: int = 0) -> LanguageModel:
-    """A :class:`LanguageModel` for ``config`` with weights drawn from ``seed`` (same seed, same weights)."""
+    """A :class:`LanguageModel` for ``config`` with weights drawn from ``seed`` (same
+    seed, same weights)."""
     _check_config(config)
     return LanguageModel(config, seed=check_int("seed", seed, min_value=0))

@@ -6,6 +6,11 @@
   (:mod:`effx_lab.models.train` made it).
 * **MiniLM**: the real all-MiniLM-L6-v2 sentence encoder, loaded offline (:mod:`effx_lab.models.minilm`),
   with ``minilm_forward`` in both backends.
+* **LM**: a small nanoGPT-style language model whose token-mixing and feed-forward sublayers are
+  registered by name (:mod:`effx_lab.models.lm`; chapter 7's Transformer, FLASH-Quad and FLASH models are
+  configurations of it, and later chapters register their own sublayers).
+* **Training and evaluation**: the course's one training loop with hooks, its learning-rate schedule, and
+  the mean loss / perplexity of a token stream (:mod:`effx_lab.models.training`).
 
 Typical use::
 
@@ -27,8 +32,16 @@ _LAZY = {
     "torch_ops": None,
     "minilm": None,
     "train": None,
+    "lm": None,
+    "training": None,
+    "surgery": None,
     "train_tinylm": "train",
-    "perplexity": "train",
+    "perplexity": "training",
+    "evaluate": "training",
+    "lr_schedule": "training",
+    "TrainHistory": "training",
+    "LM": "lm",
+    "LMSpec": "lm",
     "unigram_perplexity": "train",
     "save_tinylm": "train",
     "load_tinylm": "train",

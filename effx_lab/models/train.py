@@ -1,4 +1,7 @@
-"""Training, evaluation and checkpoints of TinyLM, and the script that makes the shipped checkpoint.
+"""Training and checkpoints of TinyLM, and the script that makes the shipped checkpoint.
+
+:func:`train_tinylm` is the course's one training loop (:func:`effx_lab.models.training.train`) with
+TinyLM's settings; perplexities come from :func:`effx_lab.models.training.perplexity`.
 
 ``python -m effx_lab.models.train`` trains TinyLM (``TinyLMConfig()``: d_model 128, 2 layers, 4 heads,
 context 256) on the byte-level training split of CPython's help text (:mod:`effx_lab.data`) on 2 CPU
@@ -22,15 +25,21 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from effx_lab._validate import check_array, check_bool, check_choice, check_float, check_int, describe
+from effx_lab._validate import (
+    check_bool,
+    check_choice,
+    check_float,
+    check_int,
+    describe,
+)
+from effx_lab.data.pools import check_token_stream, token_splits
 from effx_lab.models import reference, torch_ops
 from effx_lab.models.config import TinyLMConfig, check_tinylm_params
+from effx_lab.models.training import perplexity, train
 
 __all__ = [
     "train_tinylm",
-    "perplexity",
     "unigram_perplexity",
     "save_tinylm",
     "load_tinylm",
@@ -51,24 +60,6 @@ PRETRAIN_SEED = 0
 _CHECKPOINT_NAME = "tinylm_pydoc.npz"
 
 
-def _check_token_stream(name: str, tokens: Any, vocab_size: int, min_len: int) -> np.ndarray:
-    check_array(name, tokens, ndim=1, dtype_kind="iu")
-    if tokens.shape[0] < min_len:
-        raise ValueError(f"{name} must hold at least {min_len} tokens, got {tokens.shape[0]}")
-    lo, hi = int(tokens.min()), int(tokens.max())
-    if lo < 0 or hi >= vocab_size:
-        raise ValueError(f"{name} must be in [0, {vocab_size - 1}], got values in [{lo}, {hi}]")
-    return tokens.astype(np.int64, copy=False)
-
-
-def _lr_at(step: int, steps: int, lr: float, warmup: int, min_ratio: float) -> float:
-    """Linear warm-up for ``warmup`` steps, then cosine decay from ``lr`` to ``min_ratio * lr``."""
-    if step < warmup:
-        return lr * (step + 1) / warmup
-    progress = (step - warmup) / max(1, steps - warmup)
-    return lr * (min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress)))
-
-
 def train_tinylm(
     model: torch_ops.TinyLM,
     train_tokens: np.ndarray,
@@ -87,20 +78,23 @@ def train_tinylm(
 ) -> list[dict[str, float]]:
     """Train a torch TinyLM in place on next-token prediction; returns the logged history.
 
-    Each step draws ``batch_size`` random windows of ``seq_len + 1`` tokens
-    (:func:`effx_lab.data.get_batch` with ``numpy.random.default_rng(seed)``), minimises the mean
-    cross-entropy of every next token with AdamW (Loshchilov & Hutter 2019; betas (0.9, 0.95), weight
-    decay on matrices and embeddings only), clips the gradient norm to ``grad_clip``, and follows a
-    linear warm-up (``warmup_steps``, default ``min(100, steps // 10)``) then a cosine decay to
-    ``min_lr_ratio * lr``.
+    This is :func:`effx_lab.models.training.train` with TinyLM's settings. Each step
+    draws ``batch_size`` random windows of ``seq_len + 1`` tokens
+    (:func:`effx_lab.data.get_batch` with ``numpy.random.default_rng(seed)``), minimises
+    the mean cross-entropy of every next token with AdamW (Loshchilov & Hutter 2019;
+    betas (0.9, 0.95), weight decay on matrices and embeddings only), clips the gradient
+    norm to ``grad_clip``, and follows a linear warm-up (``warmup_steps``, default
+    ``min(100, steps // 10)``) then a cosine decay to ``min_lr_ratio * lr``: nanoGPT's
+    schedule, :func:`~effx_lab.models.training.lr_schedule` with ``hold=1``.
 
-    Every ``log_every`` steps (and at the last step) the history gets a dict with ``step`` (1-based),
-    ``loss`` (mean training loss since the previous entry, nats/token), ``lr``, ``tokens`` (seen so
-    far) and ``elapsed_s``. The NumPy model cannot be trained (it has no autograd): convert it with
+    Every ``log_every`` steps (and at the last step) the history gets a dict with
+    ``step`` (1-based), ``loss`` (mean training loss since the previous entry,
+    nats/token), ``lr``, ``tokens`` (seen so far) and ``elapsed_s`` (training time so
+    far). ``verbose`` prints the logged entries when training ends (a progress bar shows
+    in notebooks and terminals, see :mod:`effx_lab.progress`). The NumPy model cannot be
+    trained (it has no autograd): convert it with
     ``torch_ops.TinyLM.from_params(model.to_params(), model.config)``.
     """
-    from effx_lab.data import get_batch
-
     if not isinstance(model, torch_ops.TinyLM):
         raise TypeError(
             f"model must be a torch_ops.TinyLM (the NumPy TinyLM has no autograd; convert it with "
@@ -120,107 +114,34 @@ def train_tinylm(
     min_lr_ratio = check_float("min_lr_ratio", min_lr_ratio, min_value=0.0, max_value=1.0)
     grad_clip = check_float("grad_clip", grad_clip, min_value=0.0, min_inclusive=False)
     verbose = check_bool("verbose", verbose)
-    tokens = _check_token_stream("train_tokens", train_tokens, cfg.vocab_size, seq_len + 1)
-
-    device = model.tok_emb.weight.device
-    decay = [p for p in model.parameters() if p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.ndim < 2]
-    opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=lr,
-        betas=(0.9, 0.95),
+    tokens = check_token_stream(
+        "train_tokens", train_tokens, min_len=seq_len + 1, vocab_size=cfg.vocab_size
     )
-    rng = np.random.default_rng(seed)
+
+    run = train(
+        model, tokens, steps=steps, batch_size=batch_size, seq_len=seq_len, lr=lr,
+        warmup=warmup_steps, hold=1, min_ratio=min_lr_ratio, weight_decay=weight_decay,
+        betas=(0.9, 0.95), grad_clip=grad_clip, seed=seed, desc="training TinyLM",
+    )  # fmt: skip
     history: list[dict[str, float]] = []
-    running, n_running, t0 = 0.0, 0, time.perf_counter()
-    model.train()
-    for step in range(steps):
-        step_lr = _lr_at(step, steps, lr, warmup_steps, min_lr_ratio)
-        for group in opt.param_groups:
-            group["lr"] = step_lr
-        x, y = get_batch(tokens, batch_size, seq_len, rng)
-        x_t, y_t = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
-        logits = model(x_t)
-        loss = F.cross_entropy(logits.reshape(-1, cfg.vocab_size), y_t.reshape(-1))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-        opt.step()
-        running += float(loss.detach())
-        n_running += 1
-        if (step + 1) % log_every == 0 or step + 1 == steps:
+    start = 0
+    for stop in range(1, steps + 1):
+        if stop % log_every == 0 or stop == steps:
             entry = {
-                "step": step + 1,
-                "loss": running / n_running,
-                "lr": step_lr,
-                "tokens": (step + 1) * batch_size * seq_len,
-                "elapsed_s": time.perf_counter() - t0,
+                "step": stop,
+                "loss": sum(run.losses[start:stop]) / (stop - start),
+                "lr": run.lrs[stop - 1],
+                "tokens": stop * batch_size * seq_len,
+                "elapsed_s": run.elapsed_s[stop - 1],
             }
             history.append(entry)
-            running, n_running = 0.0, 0
+            start = stop
             if verbose:
                 print(
                     f"step {entry['step']:5d}  loss {entry['loss']:.4f}  ppl {math.exp(entry['loss']):7.3f}  "
-                    f"lr {step_lr:.2e}  {entry['elapsed_s']:.1f}s"
+                    f"lr {entry['lr']:.2e}  {entry['elapsed_s']:.1f}s"
                 )
-    model.eval()
     return history
-
-
-def perplexity(
-    model: reference.TinyLM | torch_ops.TinyLM,
-    tokens: np.ndarray,
-    *,
-    seq_len: int = 128,
-    max_batches: int | None = None,
-    batch_size: int = 16,
-) -> float:
-    """Perplexity ``exp(mean NLL)`` of a token stream under a NumPy or a torch TinyLM.
-
-    The stream is cut into consecutive non-overlapping windows of ``seq_len`` inputs (each with its
-    ``seq_len`` next-token targets); every window starts with an empty context, so this is the
-    perplexity at context lengths ``1..seq_len``. Windows go through the model ``batch_size`` at a
-    time; ``max_batches`` (if given) stops after that many batches. A leftover tail shorter than a
-    window is ignored.
-    """
-    if isinstance(model, reference.TinyLM):
-        backend = "numpy"
-    elif isinstance(model, torch_ops.TinyLM):
-        backend = "torch"
-    else:
-        raise TypeError(f"model must be a reference.TinyLM or torch_ops.TinyLM, got {describe(model)}")
-    cfg = model.config
-    seq_len = check_int("seq_len", seq_len, min_value=1, max_value=cfg.max_seq_len)
-    batch_size = check_int("batch_size", batch_size, min_value=1)
-    if max_batches is not None:
-        max_batches = check_int("max_batches", max_batches, min_value=1)
-    tokens = _check_token_stream("tokens", tokens, cfg.vocab_size, seq_len + 1)
-
-    n_windows = (tokens.shape[0] - 1) // seq_len
-    if max_batches is not None:
-        n_windows = min(n_windows, max_batches * batch_size)
-    starts = np.arange(n_windows) * seq_len
-    total_nll, total_count = 0.0, 0
-    for b in range(0, n_windows, batch_size):
-        idx = starts[b : b + batch_size, None] + np.arange(seq_len + 1)[None, :]
-        window = tokens[idx]
-        x, y = window[:, :-1], window[:, 1:]
-        if backend == "numpy":
-            logits = model.forward(x).astype(np.float64)
-            m = logits.max(axis=-1, keepdims=True)
-            log_z = (m + np.log(np.exp(logits - m).sum(axis=-1, keepdims=True)))[..., 0]
-            nll = log_z - np.take_along_axis(logits, y[..., None], axis=-1)[..., 0]
-            total_nll += float(nll.sum())
-        else:
-            device = model.tok_emb.weight.device
-            with torch.no_grad():
-                logits = model(torch.from_numpy(x).to(device)).double()
-                nll = F.cross_entropy(
-                    logits.reshape(-1, cfg.vocab_size), torch.from_numpy(y).to(device).reshape(-1), reduction="sum"
-                )
-            total_nll += float(nll)
-        total_count += y.size
-    return math.exp(total_nll / total_count)
 
 
 def unigram_perplexity(
@@ -233,9 +154,11 @@ def unigram_perplexity(
     """
     vocab_size = check_int("vocab_size", vocab_size, min_value=1)
     alpha = check_float("alpha", alpha, min_value=0.0, min_inclusive=False)
-    train = _check_token_stream("train_tokens", train_tokens, vocab_size, 1)
-    ev = _check_token_stream("eval_tokens", eval_tokens, vocab_size, 1)
-    counts = np.bincount(train, minlength=vocab_size).astype(np.float64)
+    train_ids, ev = (
+        check_token_stream(name, t, min_len=1, vocab_size=vocab_size)
+        for name, t in (("train_tokens", train_tokens), ("eval_tokens", eval_tokens))
+    )
+    counts = np.bincount(train_ids, minlength=vocab_size).astype(np.float64)
     log_p = np.log((counts + alpha) / (counts.sum() + alpha * vocab_size))
     return float(np.exp(-log_p[ev].mean()))
 
@@ -400,14 +323,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 
 def _train_and_save(args: argparse.Namespace, settings: dict[str, Any]) -> dict[str, Any]:
-    from effx_lab.data import ByteTokenizer, load_corpus_splits
-
     seed = args.seed
     torch.set_num_threads(args.threads)
     torch.manual_seed(seed)
-    tok = ByteTokenizer()
-    train_text, val_text = load_corpus_splits()
-    train_tokens, val_tokens = tok.encode(train_text), tok.encode(val_text)
+    train_tokens, val_tokens = token_splits()
     config = TinyLMConfig(vocab_size=256, d_model=128, n_layers=2, n_heads=4, max_seq_len=256)
     model = torch_ops.TinyLM.from_config(config, seed=seed)
     print(f"TinyLM {config.n_params():,} parameters; train {train_tokens.size:,} bytes, val {val_tokens.size:,} bytes")

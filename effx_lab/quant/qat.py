@@ -10,7 +10,7 @@ weights one last time and what is deployed is exactly what training saw.
   :func:`~effx_lab.quant._torch_hawq.fake_quantize_ste` (weights per output row, or per group of
   ``group_size`` input features; optional dynamic per-tensor activation fake-quantization).
 * :func:`prepare_qat` returns a copy of a model in which every ``nn.Linear`` is a :class:`FakeQuantLinear`
-  (via :func:`effx_lab.quant.models.replace_linears`). TinyLM's output head is tied to the token embedding and
+  (via :func:`effx_lab.models.surgery.replace_linears`). TinyLM's output head is tied to the token embedding and
   is not an ``nn.Linear``: it stays in float, like the embeddings and LayerNorms.
 * :func:`qat_finetune` trains the student with knowledge distillation from the float teacher (Hinton et al.
   2015): ``loss = (1 - distill) * CE(labels) + distill * T^2 * KL(teacher || student)`` on random windows of a
@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import copy
 import math
-import time
 from typing import Any
 
 import numpy as np
@@ -34,11 +33,19 @@ import torch.nn.functional as F
 from torch import nn
 
 from effx_lab._validate import check_bool, check_float, check_int, describe
+from effx_lab.data.pools import check_token_stream
+from effx_lab.models.surgery import linear_names, replace_linears, set_submodule
+from effx_lab.models.training import train
 
 from ._torch_hawq import fake_quantize_ste
 from .torch_ops import fake_quantize
 
 __all__ = ["FakeQuantLinear", "freeze_qat", "prepare_qat", "qat_finetune"]
+
+
+def _is_nn_linear(module: nn.Module) -> bool:
+    """QAT wraps exactly the plain ``nn.Linear`` layers (not already-quantized ones)."""
+    return isinstance(module, nn.Linear)
 
 
 def _check_bits(name: str, bits: Any, optional: bool = False) -> int | None:
@@ -132,8 +139,6 @@ def prepare_qat(
     Raises ``ValueError`` when no layer would be quantized or when ``group_size`` does not divide a layer's
     ``in_features`` (the message names the layer).
     """
-    from .models import linear_names, replace_linears
-
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {describe(model)}")
     bits = _check_bits("bits", bits)
@@ -143,7 +148,7 @@ def prepare_qat(
     symmetric = check_bool("symmetric", symmetric)
     if isinstance(skip, str) or not isinstance(skip, (tuple, list, set, frozenset)):
         raise TypeError(f"skip must be a tuple of layer names, got {describe(skip)}")
-    names = linear_names(model)
+    names = linear_names(model, is_linear=_is_nn_linear)
     if not set(names) - set(skip):
         raise ValueError(f"model has no nn.Linear layer to quantize (linear layers: {names}, skip: {tuple(skip)})")
     for name, m in model.named_modules():
@@ -156,7 +161,7 @@ def prepare_qat(
     def make(name: str, linear: nn.Linear) -> FakeQuantLinear:
         return FakeQuantLinear(linear, bits=bits, group_size=group_size, symmetric=symmetric, a_bits=a_bits)
 
-    return replace_linears(model, make, skip=tuple(skip))
+    return replace_linears(model, make, skip=tuple(skip), is_linear=_is_nn_linear)
 
 
 def freeze_qat(model: nn.Module) -> nn.Module:
@@ -184,11 +189,9 @@ def freeze_qat(model: nn.Module) -> nn.Module:
                 linear.bias.copy_(fq.bias)
         return linear
 
-    from .models import _set_submodule
-
     frozen = copy.deepcopy(model)
     for name in [n for n, m in frozen.named_modules() if n and isinstance(m, FakeQuantLinear)]:
-        _set_submodule(frozen, name, make(frozen.get_submodule(name)))
+        set_submodule(frozen, name, make(frozen.get_submodule(name)))
     return frozen
 
 
@@ -197,13 +200,6 @@ def _kl_teacher_student(student_logits: torch.Tensor, teacher_logits: torch.Tens
     log_s = F.log_softmax(student_logits.float() / temperature, dim=-1)
     log_t = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
     return (log_t.exp() * (log_t - log_s)).sum(dim=-1).mean()
-
-
-def _lr_at(step: int, steps: int, warmup: int, lr: float) -> float:
-    """Linear warm-up over ``warmup`` steps, then cosine decay to 0 at the last step."""
-    if step < warmup:
-        return lr * (step + 1) / warmup
-    return lr * 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
 
 
 def qat_finetune(
@@ -228,9 +224,11 @@ def qat_finetune(
 
     (Hinton et al. 2015: the ``T^2`` keeps the gradient scale independent of the temperature ``T``; the KL is
     averaged over tokens) with AdamW (peak ``lr``, betas (0.9, 0.95), no weight decay) and the gradient norm
-    clipped to 1. The learning rate warms up linearly over the first ``max(1, steps // 10)`` steps, then
-    decays to 0 with a cosine. Both matter: Adam's first updates move *every* latent weight by about ``lr``,
-    which flips many roundings at once, and a constant rate keeps flipping them at the end (pretrained TinyLM,
+    clipped to 1, in the course's one training loop (:func:`effx_lab.models.training.train`).
+    The learning rate warms up linearly over the first ``max(1, steps // 10)`` steps, then
+    decays towards 0 with a cosine (:func:`~effx_lab.models.training.lr_schedule` with
+    ``min_ratio=0``, ``hold=1``). Both matter: Adam's first updates move *every* latent weight
+    by about ``lr``, which flips many roundings at once, and a constant rate keeps flipping them at the end (pretrained TinyLM,
     3 bits, group 32, 100 steps of 16 x 64 tokens: a constant 3e-4 recovered 71% of RTN's perplexity gap, this
     schedule about 90%; a constant 1e-3 ended worse than RTN). Every parameter of the student with ``requires_grad`` is
     trained (latent weights, biases, LayerNorms, embeddings; freeze some with ``requires_grad_(False)``).
@@ -239,8 +237,6 @@ def qat_finetune(
     ``{"loss", "ce", "kl"}`` (lists of per-step floats; ``kl`` is NaN without a teacher), ``"steps"``,
     ``"tokens"`` (tokens seen) and ``"elapsed_s"``. The student is left in eval mode.
     """
-    from effx_lab.data import get_batch
-
     if not isinstance(student, nn.Module):
         raise TypeError(f"student must be a torch.nn.Module, got {describe(student)}")
     if teacher is not None and not isinstance(teacher, nn.Module):
@@ -257,50 +253,42 @@ def qat_finetune(
     seed = check_int("seed", seed, min_value=0)
     if teacher is None and distill > 0:
         raise ValueError(f"teacher is required when distill > 0 (got distill={distill}); pass distill=0.0 for CE only")
-    params = [p for p in student.parameters() if p.requires_grad]
-    if not params:
+    tokens = check_token_stream("tokens", tokens, min_len=seq_len + 1)
+    if not any(p.requires_grad for p in student.parameters()):
         raise ValueError("student has no trainable parameter (requires_grad=True)")
-    device = params[0].device
 
-    opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.95), weight_decay=0.0)
-    warmup = max(1, steps // 10)
-    rng = np.random.default_rng(seed)
-    history: dict[str, Any] = {"loss": [], "ce": [], "kl": []}
+    def distillation_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict:
+        logits = model(x)
+        vocab = logits.shape[-1]
+        ce = F.cross_entropy(logits.reshape(-1, vocab).float(), y.reshape(-1))
+        if teacher is None:
+            return {"loss": ce, "ce": ce, "kl": ce.new_tensor(math.nan)}
+        with torch.no_grad():
+            t_logits = teacher(x)
+        kl = _kl_teacher_student(
+            logits.reshape(-1, vocab), t_logits.reshape(-1, vocab), temperature
+        )
+        loss = (1.0 - distill) * ce + distill * temperature**2 * kl
+        return {"loss": loss, "ce": ce, "kl": kl}
+
     teacher_was_training = teacher.training if teacher is not None else False
     if teacher is not None:
         teacher.eval()
-    student.train()
-    t0 = time.perf_counter()
     try:
-        for step in range(steps):
-            for group in opt.param_groups:
-                group["lr"] = _lr_at(step, steps, warmup, lr)
-            x, y = get_batch(tokens, batch_size, seq_len, rng)
-            x_t, y_t = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
-            logits = student(x_t)
-            vocab = logits.shape[-1]
-            ce = F.cross_entropy(logits.reshape(-1, vocab).float(), y_t.reshape(-1))
-            if teacher is not None:
-                with torch.no_grad():
-                    t_logits = teacher(x_t)
-                kl = _kl_teacher_student(logits.reshape(-1, vocab), t_logits.reshape(-1, vocab), temperature)
-                loss = (1.0 - distill) * ce + distill * temperature**2 * kl
-            else:
-                kl, loss = None, ce
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            opt.step()
-            kl_d = kl.detach() if kl is not None else ce.new_tensor(math.nan)
-            loss_v, ce_v, kl_v = torch.stack([loss.detach(), ce.detach(), kl_d]).tolist()  # one sync per step
-            history["loss"].append(loss_v)
-            history["ce"].append(ce_v)
-            history["kl"].append(kl_v)
+        run = train(
+            student, tokens, steps=steps, batch_size=batch_size, seq_len=seq_len, lr=lr,
+            warmup=max(1, steps // 10), hold=1, min_ratio=0.0, weight_decay=0.0,
+            betas=(0.9, 0.95), grad_clip=1.0, seed=seed, loss_fn=distillation_loss,
+            desc="QAT",
+        )  # fmt: skip
     finally:
-        student.eval()
         if teacher is not None and teacher_was_training:
             teacher.train()
-    history["steps"] = steps
-    history["tokens"] = steps * batch_size * seq_len
-    history["elapsed_s"] = time.perf_counter() - t0
-    return history
+    return {
+        "loss": run.losses,
+        "ce": run.metrics["ce"],
+        "kl": run.metrics["kl"],
+        "steps": steps,
+        "tokens": run.tokens,
+        "elapsed_s": run.time_s,
+    }
