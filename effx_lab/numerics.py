@@ -12,7 +12,9 @@ blocked, split across threads or fused (an FMA only removes roundings), is off b
 * :func:`unit_roundoff` -- ``u`` of a NumPy or torch float dtype;
 * :func:`gamma` -- Higham's ``gamma_K``;
 * :func:`abs_matmul` / :func:`matmul_bound` -- the elementwise bound ``gamma_K (|a| @ |b|)`` on a product;
-* :func:`assert_within` -- an elementwise check against such a bound, with the worst ratio in its message.
+* :func:`assert_within` -- an elementwise check against such a bound, with the worst ratio in its message;
+* :func:`relative_error` -- ``||got - want|| / ||want||`` (Frobenius), the error measure the course
+  quotes for a quantized layer or model (``squared=True``: its square, a relative MSE).
 
 Transcendental functions (exp, log, tanh, erf, pow) are not correctly rounded and differ between libraries;
 their documented errors are at most 4 ulp (:data:`TRANSCENDENTAL_ULPS`).
@@ -23,9 +25,17 @@ from typing import Any
 
 import numpy as np
 
-from ._validate import check_int, describe
+from ._validate import check_bool, check_int, describe
 
-__all__ = ["TRANSCENDENTAL_ULPS", "abs_matmul", "assert_within", "gamma", "matmul_bound", "unit_roundoff"]
+__all__ = [
+    "TRANSCENDENTAL_ULPS",
+    "abs_matmul",
+    "assert_within",
+    "gamma",
+    "matmul_bound",
+    "relative_error",
+    "unit_roundoff",
+]
 
 #: Worst documented error of the float32 transcendental functions the course meets: glibc 1 ulp, SLEEF u10
 #: 1 ulp and u35 3.5 ulp (PyTorch on the CPU), NumPy's AVX-512 float32 log 3.83 ulp.
@@ -67,11 +77,13 @@ def gamma(k: int, u: float) -> float:
     return k * u / (1 - k * u)
 
 
-def _abs64(a: Any, name: str) -> np.ndarray:
+def _abs64(a: Any, name: str, signed: bool = False) -> np.ndarray:
+    """``a`` as a float64 NumPy array (its absolute value unless ``signed``)."""
     if _is_tensor(a):
         a = a.detach().cpu().double().numpy()
     try:
-        out = np.abs(np.asarray(a, dtype=np.float64))
+        out = np.asarray(a, dtype=np.float64)
+        out = out if signed else np.abs(out)
     except (TypeError, ValueError) as exc:
         raise TypeError(f"{name} must be a NumPy array or torch tensor of numbers, got {describe(a)}") from exc
     return out
@@ -118,3 +130,21 @@ def assert_within(got: Any, want: Any, bound: Any, what: str = "") -> None:
             f"|got - want| / bound = {ratio:.3g}; first at {idx}: got {g[idx]!r}, want {w[idx]!r}, "
             f"bound {bound[idx]!r})"
         )
+
+
+def relative_error(got: Any, want: Any, *, squared: bool = False) -> float:
+    """``||got - want||_F / ||want||_F`` in float64, for NumPy arrays or torch tensors of the
+    same shape (any device). ``squared=True`` returns the square: the relative mean squared
+    error ``sum (got - want)^2 / sum want^2`` (GPTQ's and SmoothQuant's output error).
+
+    ``ValueError`` when the shapes differ or ``want`` is all zeros (the ratio has no meaning).
+    """
+    squared = check_bool("squared", squared)
+    g, w = _abs64(got, "got", signed=True), _abs64(want, "want", signed=True)
+    if g.shape != w.shape:
+        raise ValueError(f"got and want must have the same shape, got {g.shape} and {w.shape}")
+    den = float(np.sum(w * w))
+    if den == 0.0:
+        raise ValueError("want must not be all zeros (the relative error divides by its norm)")
+    ratio = float(np.sum((g - w) ** 2)) / den
+    return ratio if squared else float(np.sqrt(ratio))

@@ -56,3 +56,34 @@ def test_abs_matmul_checks_shapes():
         N.abs_matmul(np.ones((2, 3)), np.ones((4, 5)))
     with pytest.raises(TypeError, match="b must be"):
         N.abs_matmul(np.ones((2, 3)), "oops")
+
+
+def test_relative_error_matches_the_formula_for_arrays_and_tensors():
+    import torch
+
+    from effx_lab.numerics import relative_error
+
+    rng = np.random.default_rng(0)
+    want = rng.standard_normal((4, 5))
+    got = want + 1e-3 * rng.standard_normal((4, 5))
+    expected = np.linalg.norm(got - want) / np.linalg.norm(want)
+    assert relative_error(got, want) == pytest.approx(expected, rel=1e-12)
+    assert relative_error(torch.from_numpy(got), torch.from_numpy(want)) == pytest.approx(expected, rel=1e-12)
+    assert relative_error(got, want, squared=True) == pytest.approx(expected**2, rel=1e-12)
+    assert relative_error(want, want) == 0.0
+
+
+@pytest.mark.parametrize(
+    "got, want, kw, error, says",
+    [
+        (np.ones(3), np.ones(4), {}, ValueError, "same shape"),
+        (np.ones(3), np.zeros(3), {}, ValueError, "all zeros"),
+        ("abc", np.ones(3), {}, TypeError, "got must be"),
+        (np.ones(3), np.ones(3), {"squared": "yes"}, TypeError, "squared"),
+    ],
+)
+def test_relative_error_rejects_bad_input(got, want, kw, error, says):
+    from effx_lab.numerics import relative_error
+
+    with pytest.raises(error, match=says):
+        relative_error(got, want, **kw)
