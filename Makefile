@@ -9,7 +9,7 @@ BIN        := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 STAMP      := $(VENV)/.effx-installed
 VENDOR     := book/_vendor/plotly.min.js book/_vendor/tex-svg.js
-BOOK_ENV   := EFFX_PLOTLY_RENDERER=book
+BOOK_ENV   := EFFX_PLOTLY_RENDERER=book EFFX_QUIET=1
 export PYTHONHASHSEED := 0
 
 # Notebooks the portable run executes from the installed wheel with no Triton: every notebook that uses a
