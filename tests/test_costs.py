@@ -578,6 +578,56 @@ def test_prefill_decode_times_bad_inputs(args, kwargs, exc, text):
         bench.prefill_decode_times(*args, **kwargs)
 
 
+def test_decode_vs_full_error_is_rounding_only_and_catches_a_wrong_step(monkeypatch):
+    from effx_lab.costs import bench
+
+    model = _small_tinylm().double()
+    tokens = torch.from_numpy(np.random.default_rng(0).integers(0, 32, size=(3, 12)))
+    err64 = bench.decode_vs_full_error(model, tokens, prefix_len=5)
+    # float64: the cached and the full pass are the same sums in another order
+    assert 0.0 <= err64 < 1e-12
+
+    # a decode step that adds 1 to every logit: the error is 1 over the largest logit
+    with torch.inference_mode():
+        largest = model(tokens)[:, 5:].abs().max().item()
+    forward = model.forward
+
+    def shifted(x, cache=None):
+        out = forward(x, cache)
+        return out + 1.0 if cache is not None and x.shape[1] == 1 else out
+
+    monkeypatch.setattr(model, "forward", shifted)
+    assert bench.decode_vs_full_error(model, tokens, prefix_len=5) == pytest.approx(
+        1.0 / largest, rel=1e-9
+    )
+
+
+@pytest.mark.parametrize(
+    "model, tokens, prefix_len, exc, text",
+    [
+        ("lm", None, 2, TypeError, "model must be an effx_lab.models.torch_ops.TinyLM"),
+        (None, [[1, 2, 3]], 1, TypeError, "tokens must be a torch.Tensor"),
+        (None, torch.ones(2, 4), 1, TypeError, "tokens must be an integer tensor"),
+        (None, torch.ones(4, dtype=torch.long), 1, TypeError, "integer tensor"),
+        (None, torch.ones(2, 17, dtype=torch.long), 1, ValueError,
+         r"2 <= seq <= max_seq_len=16, got \(2, 17\)"),
+        (None, torch.ones(2, 1, dtype=torch.long), 1, ValueError, r"got \(2, 1\)"),
+        (None, torch.ones(2, 4, dtype=torch.long), 4, ValueError,
+         r"prefix_len must be an int in \[1, 3\], got 4"),
+        (None, torch.ones(2, 4, dtype=torch.long), 0, ValueError, "prefix_len"),
+        (None, torch.ones(2, 4, dtype=torch.long), 1.0, TypeError,
+         "prefix_len must be an int"),
+    ],
+)
+def test_decode_vs_full_error_bad_inputs(model, tokens, prefix_len, exc, text):
+    from effx_lab.costs import bench
+
+    model = _small_tinylm() if model is None else model
+    tokens = torch.ones(2, 4, dtype=torch.long) if tokens is None else tokens
+    with pytest.raises(exc, match=text):
+        bench.decode_vs_full_error(model, tokens, prefix_len=prefix_len)
+
+
 # ============================================================================ memory helpers for 01.1
 def test_with_kv_heads_mha_gqa_mqa():
     base = M.PRESETS["llama2-7b"]

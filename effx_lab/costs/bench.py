@@ -15,8 +15,10 @@ Three measurements, each reported as ratios measured side by side in one run on 
 (d) **Prefill vs decode** of the trained TinyLM: tokens per second when the prompt is processed in one
     forward pass, against one token per sequence per step with the KV cache, at several batch sizes.
 
-The two measurements notebook 01.2 shows are public, so the notebook and this benchmark run the same
-code: :func:`gemm_gemv_points` (one size of (a)) and :func:`prefill_decode_times` (d).
+The measurements notebook 01.2 shows are public, so the notebook and this benchmark
+run the same code: :func:`gemm_gemv_points` (one size of (a)),
+:func:`prefill_decode_times` (d) and :func:`decode_vs_full_error`, the check that
+decoding through the KV cache computes what one full forward pass computes.
 
 Every value returned is a plain Python number, string, list or dict (JSON-serialisable).
 """
@@ -35,7 +37,7 @@ from . import reference as R
 from . import torch_ops as T
 from .flops import matmul_bytes, matmul_flops
 
-__all__ = ["gemm_gemv_points", "prefill_decode_times", "run"]
+__all__ = ["decode_vs_full_error", "gemm_gemv_points", "prefill_decode_times", "run"]
 
 
 def gemm_gemv_points(
@@ -204,6 +206,59 @@ def prefill_decode_times(
         }
         for batch, (t_pre, t_dec) in zip(batch_sizes, best)
     ]
+
+
+def decode_vs_full_error(model: Any, tokens: torch.Tensor, *, prefix_len: int) -> float:
+    """How far the logits of decoding through the KV cache are from one full pass.
+
+    Prefills ``tokens[:, :prefix_len]`` into a fresh cache, then feeds the remaining
+    tokens one at a time through it (the decode loop, with the next token given), and
+    compares the logits of each step with those of one forward pass over all of
+    ``tokens`` at the same positions. Returns ``max |stepwise - full| / max |full|``
+    over those positions, computed in the model's dtype: the size of float32 rounding
+    (the same sums in another order) for a float32 model, ~1e-16 for a float64 copy,
+    order 1 for a wrong cache (a position off by one, a key overwritten).
+
+    ``model`` is an :class:`effx_lab.models.torch_ops.TinyLM`; ``tokens`` an integer
+    tensor ``[batch, seq]`` on its device, ``2 <= seq <= max_seq_len``;
+    ``1 <= prefix_len < seq``. Runs under ``torch.inference_mode``.
+    """
+    from effx_lab.models.torch_ops import TinyLM
+
+    if not isinstance(model, TinyLM):
+        raise TypeError(
+            f"model must be an effx_lab.models.torch_ops.TinyLM, got {describe(model)}"
+        )
+    if not isinstance(tokens, torch.Tensor):
+        raise TypeError(f"tokens must be a torch.Tensor, got {describe(tokens)}")
+    integer = not (tokens.dtype == torch.bool or tokens.is_floating_point()
+                   or tokens.is_complex())
+    if tokens.ndim != 2 or not integer:
+        raise TypeError(
+            f"tokens must be an integer tensor [batch, seq], got {describe(tokens)}"
+        )
+    batch, seq = tokens.shape
+    max_len = model.config.max_seq_len
+    if batch < 1 or not 2 <= seq <= max_len:
+        raise ValueError(
+            f"tokens must have shape [batch >= 1, seq] with 2 <= seq <= max_seq_len="
+            f"{max_len}, got {tuple(tokens.shape)}"
+        )
+    device = model.tok_emb.weight.device
+    if tokens.device != device:
+        raise ValueError(
+            f"tokens must be on the model's device {device}, got {tokens.device}"
+        )
+    prefix_len = check_int("prefix_len", prefix_len, min_value=1, max_value=seq - 1)
+    with torch.inference_mode():
+        full = model(tokens)[:, prefix_len:]  # one pass: logits for every position
+        cache = model.new_cache(batch, max_seq_len=seq)
+        model(tokens[:, :prefix_len], cache)  # prefill
+        stepwise = torch.stack(
+            [model(tokens[:, i : i + 1], cache)[:, 0] for i in range(prefix_len, seq)],
+            dim=1,
+        )
+    return ((stepwise - full).abs().max() / full.abs().max()).item()
 
 
 def _ffn_inputs(batch: int, max_len: int, min_len: int, d_model: int, d_ff: int, device: torch.device):
