@@ -19,6 +19,7 @@ from effx_lab.models import load_minilm, load_pretrained_tinylm
 from effx_lab.models import surgery as S
 from effx_lab.models.torch_ops import minilm_forward
 from effx_lab.quant import models as M
+from effx_lab.quant import torch_ops as T
 
 TINY_LINEARS = [f"layers.{i}.{n}" for i in range(2) for n in ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")]
 
@@ -169,6 +170,87 @@ def test_quantize_tinylm_bad_inputs(tiny):
         M.quantize_tinylm(tiny, "w8a8", act_granularity="channel")
     with pytest.raises(TypeError, match="model"):
         M.tinylm_perplexity("model", eval_tokens(300))
+
+
+def test_fold_smoothquant_computes_the_same_function(tiny):
+    """The fold is exact algebra: proved in float64 (rounding ~1e-16 per operation)."""
+    tiny64 = copy.deepcopy(tiny).double()
+    before = copy.deepcopy(tiny64.state_dict())
+    calib = calibration_tokens(1024)
+    folded = M.fold_smoothquant(tiny64, calib, alpha=0.5)
+    after = tiny64.state_dict()
+    assert all(torch.equal(v, after[k]) for k, v in before.items())  # a copy
+    assert next(folded.parameters()).dtype == torch.float64
+    x = torch.from_numpy(eval_tokens(512).reshape(4, 128))
+    with torch.no_grad():
+        want, got = tiny64(x), folded(x)
+    atol = 1e-10 * float(want.abs().max())
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=atol)
+    # the fold did something: the LayerNorm-fed layers now read x / s, s far from 1
+    assert not torch.allclose(folded.layers[0].ln1.weight, tiny64.layers[0].ln1.weight)
+
+
+def test_fold_smoothquant_weights_are_the_smoothed_weights(tiny):
+    calib = calibration_tokens(1024)
+    for alpha in (0.0, 0.5, 0.8):
+        folded = M.fold_smoothquant(tiny, calib, alpha=alpha, calib_seq_len=32)
+        absmax = S.linear_input_absmax(tiny, calib, seq_len=32)
+        for i in range(2):
+            for ln, linear in (("ln1", "attn.qkv"), ("ln2", "mlp.fc1")):
+                name = f"layers.{i}.{linear}"
+                w = tiny.get_submodule(name).weight.detach()
+                s = T.smooth_scales(absmax[name], w, alpha=alpha)
+                got = folded.get_submodule(name).weight
+                assert torch.equal(got, T.smooth_weight(w, s)), name
+                ln0 = tiny.get_submodule(f"layers.{i}.{ln}")
+                gain, shift = T.fold_smoothing(ln0.weight, ln0.bias, s)
+                ln1 = folded.get_submodule(f"layers.{i}.{ln}")
+                assert torch.equal(ln1.weight, gain), (alpha, ln)
+                assert torch.equal(ln1.bias, shift), (alpha, ln)
+            # not LayerNorm-fed: unchanged
+            for name in (f"layers.{i}.attn.proj", f"layers.{i}.mlp.fc2"):
+                got = folded.get_submodule(name).weight
+                assert torch.equal(got, tiny.get_submodule(name).weight), name
+        assert torch.equal(folded.tok_emb.weight, tiny.tok_emb.weight)
+        assert torch.equal(folded.ln_f.weight, tiny.ln_f.weight)
+
+
+def test_fold_smoothquant_then_w8a8_is_smoothquant(tiny):
+    """W8A8 on the folded model quantizes x / s and W diag(s): SmoothQuant, as
+    quantize_tinylm's "smoothquant" method computes it (in float64: the two paths round
+    x / s differently, by ~1e-16)."""
+    tiny64 = copy.deepcopy(tiny).double()
+    calib = calibration_tokens(1024)
+    sq = M.quantize_tinylm(tiny64, "smoothquant", calib_tokens=calib, alpha=0.5)
+    folded = M.fold_smoothquant(tiny64, calib, alpha=0.5)
+    folded_w8a8 = M.quantize_tinylm(folded, "w8a8")
+    plain_w8a8 = M.quantize_tinylm(tiny64, "w8a8")
+    x = torch.from_numpy(eval_tokens(256).reshape(2, 128))
+    with torch.no_grad():
+        want, got, plain = sq(x), folded_w8a8(x), plain_w8a8(x)
+    atol = 1e-8 * float(want.abs().max())
+    torch.testing.assert_close(got, want, rtol=1e-8, atol=atol)
+    assert (plain - want).abs().max() > 1e-3  # smoothing changed the quantized model
+
+
+def test_fold_smoothquant_bad_inputs(tiny):
+    calib = calibration_tokens(256)
+    with pytest.raises(TypeError, match="model"):
+        M.fold_smoothquant(nn.Linear(2, 2), calib)
+    with pytest.raises(ValueError, match="alpha"):
+        M.fold_smoothquant(tiny, calib, alpha=1.5)
+    with pytest.raises(TypeError, match="alpha"):
+        M.fold_smoothquant(tiny, calib, alpha="half")
+    with pytest.raises(TypeError, match="calib_tokens"):
+        M.fold_smoothquant(tiny, calib.astype(np.float32))
+    with pytest.raises(ValueError, match="calib_tokens"):
+        M.fold_smoothquant(tiny, calib[:10])
+    with pytest.raises(ValueError, match="calib_tokens"):
+        M.fold_smoothquant(tiny, calib + 1000)
+    with pytest.raises(ValueError, match="calib_seq_len"):
+        M.fold_smoothquant(tiny, calib, calib_seq_len=0)
+    with pytest.raises(ValueError, match="max_calib_tokens"):
+        M.fold_smoothquant(tiny, calib, max_calib_tokens=0)
 
 
 # ---------------------------------------------------------------------------------------------------- MiniLM
@@ -372,18 +454,10 @@ def test_minilm_hook_bad_inputs(minilm, sentences, calib):
 
 
 # ---------------------------------------------------------------------------------------------------- re-exports
-NOTEBOOK_NAMES = {  # what chapter 2's notebooks read as models.<name>, from where it now lives
-    D: ("calibration_sentences", "calibration_tokens", "eval_sentences", "eval_tokens", "tokenize_sentences"),
-    S: ("collect_linear_inputs", "linear_input_absmax", "linear_names", "minilm_linear_names",
-        "record_minilm_linears", "replace_linears"),
-}
-
-
-def test_names_re_exported_for_notebooks_are_the_shared_ones():
-    for home, names in NOTEBOOK_NAMES.items():
-        for name in names:
-            assert getattr(M, name) is getattr(home, name), name
-            assert name not in M.__all__, name  # quant.models' own names only
+def test_quant_models_exports_only_its_own_names():
+    """The shared data and surgery live in effx_lab.data / effx_lab.models.surgery only."""
+    for name in ("calibration_sentences", "eval_tokens", "record_minilm_linears", "tokenize_sentences"):
+        assert name not in M.__all__ and not hasattr(M, name), name
     assert all(callable(getattr(M, n)) for n in M.__all__ if not n.isupper())
 
 

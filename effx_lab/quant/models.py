@@ -19,7 +19,9 @@ Two ways of swapping a model's linear layers, one per model:
   weight, a bias and the scheme's ``matmul(x, weight, bias)``) in place of each. The
   output head is tied to the token embedding (``logits = h @ tok_emb.weight.T``, an
   ``F.linear`` call, not an ``nn.Linear``): it stays in float32, as do the embeddings
-  and LayerNorms, as in the papers.
+  and LayerNorms, as in the papers. :func:`fold_smoothquant` returns a float copy with
+  SmoothQuant's ``1/s`` folded into the LayerNorms (exact up to rounding: the blocks are
+  pre-LN).
 * **MiniLM** (all-MiniLM-L6-v2) is a parameter dict run by
   :func:`effx_lab.models.torch_ops.minilm_forward`, which calls a hook ``linear(name, x,
   weight, bias)`` for each of its 36 linear layers. :func:`minilm_quant_hook` returns
@@ -62,37 +64,30 @@ from effx_lab._validate import (
     check_int,
     describe,
 )
-
-# re-exported for notebooks: chapter 2's notebooks read the shared data and surgery as
-# `models.<name>` until they import effx_lab.data and effx_lab.models.surgery
-from effx_lab.data.pools import (  # noqa: F401
-    calibration_sentences,
-    calibration_tokens,
-    eval_sentences,
-    eval_tokens,
-    tokenize_sentences,
-)
+from effx_lab.data.pools import check_token_stream
 from effx_lab.models.config import MiniLMConfig, check_minilm_config
 from effx_lab.models.surgery import (
     check_ids_mask,
     check_minilm_linear_weights,
-    collect_linear_inputs,  # also re-exported for notebooks
-    linear_input_absmax,  # also re-exported for notebooks
-    linear_names,  # also re-exported for notebooks
+    collect_linear_inputs,
+    linear_input_absmax,
+    linear_names,
     minilm_batches,
     minilm_layer_inputs,
-    minilm_linear_names,  # also re-exported for notebooks
-    record_minilm_linears,  # noqa: F401  (re-exported for notebooks)
-    replace_linears,  # also re-exported for notebooks
+    minilm_linear_names,
+    replace_linears,
+    set_submodule,
 )
-
-from effx_lab.models.surgery import set_submodule
 
 from . import torch_ops as T
 
 # the same validation as the layer-level functions
-from ._np_outliers import _check_bits, _check_threshold
-from ._np_outliers import ACT_GRANULARITIES, WEIGHT_GRANULARITIES
+from ._np_outliers import (
+    ACT_GRANULARITIES,
+    WEIGHT_GRANULARITIES,
+    _check_bits,
+    _check_threshold,
+)
 from .configs import SMOOTH_LAYERS, QuantConfig
 
 __all__ = [
@@ -101,6 +96,7 @@ __all__ = [
     "TINYLM_METHODS",
     "QuantizedLinear",
     "embedding_agreement",
+    "fold_smoothquant",
     "gptq_minilm",
     "minilm_embeddings",
     "minilm_quant_hook",
@@ -398,6 +394,69 @@ def _gptq_tinylm(model, calib_tokens, bits, group_size, symmetric, skip, record)
     return replace_linears(
         qmodel, make, skip=skip, is_linear=_is_float_linear, inplace=True
     )
+
+
+def fold_smoothquant(
+    model: nn.Module,
+    calib_tokens: Any,
+    *,
+    alpha: float = 0.5,
+    calib_seq_len: int = 64,
+    max_calib_tokens: int | None = None,
+) -> nn.Module:
+    """A float copy of a TinyLM with SmoothQuant's smoothing folded into its parameters.
+
+    TinyLM's blocks are pre-LN: ``ln1``'s output feeds only ``attn.qkv`` and ``ln2``'s
+    only ``mlp.fc1``, the LayerNorm-fed layers that SmoothQuant smooths (the same layers
+    as :func:`quantize_tinylm` with ``method="smoothquant"``). For each, with
+    ``s = smooth_scales(max|X_j|, W, alpha)`` and ``max|X_j|`` the largest input of
+    channel ``j`` over the windows of ``calib_tokens``
+    (:func:`effx_lab.models.surgery.linear_input_absmax`: windows of ``calib_seq_len``
+    tokens, at most ``max_calib_tokens`` rounded up to whole windows), the LayerNorm's
+    weight and bias are divided by ``s`` (``fold_smoothing``) and the layer's weight
+    columns multiplied by it (``smooth_weight``). Since
+    ``(LN(x) / s) (W diag(s))^T = LN(x) W^T``, the copy computes what ``model``
+    computes, up to rounding, with no division at run time, while its LayerNorm-fed
+    layers read the smoothed activations ``x / s``: plain W8A8 on the copy
+    (``quantize_tinylm(folded, "w8a8")``) is SmoothQuant.
+
+    ``model`` is not modified; the copy keeps its dtype and device. ``calib_tokens``: a
+    1-D integer token stream (NumPy or torch), e.g.
+    :func:`effx_lab.data.calibration_tokens`.
+    """
+    _check_tinylm(model)
+    alpha = check_float("alpha", alpha, min_value=0.0, max_value=1.0)
+    calib_seq_len = check_int(
+        "calib_seq_len", calib_seq_len, min_value=1, max_value=model.config.max_seq_len
+    )
+    if max_calib_tokens is not None:
+        max_calib_tokens = check_int("max_calib_tokens", max_calib_tokens, min_value=1)
+    check_token_stream(
+        "calib_tokens", calib_tokens, min_len=calib_seq_len,
+        vocab_size=model.config.vocab_size, allow_torch=True,
+    )
+    pairs = [  # (LayerNorm, the one linear layer it feeds)
+        (f"layers.{i}.{ln}", f"layers.{i}.{linear}")
+        for i in range(len(model.layers))
+        for ln, linear in zip(("ln1", "ln2"), _TINYLM_LN_FED)
+    ]
+    absmax = linear_input_absmax(
+        model, calib_tokens, seq_len=calib_seq_len, max_tokens=max_calib_tokens,
+        names=[linear for _, linear in pairs],
+    )
+    folded = copy.deepcopy(model)
+    with torch.no_grad():
+        for ln_name, linear_name in pairs:
+            ln = folded.get_submodule(ln_name)
+            w = folded.get_submodule(linear_name).weight
+            act_absmax = absmax[linear_name].to(w.device, w.dtype)
+            s = T.smooth_scales(act_absmax, w, alpha=alpha)
+            gain, shift = T.fold_smoothing(ln.weight, ln.bias, s)
+            ln.weight.copy_(gain)
+            if shift is not None:
+                ln.bias.copy_(shift)
+            w.copy_(T.smooth_weight(w, s))
+    return folded
 
 
 def tinylm_perplexity(model: nn.Module, tokens: Any, seq_len: int = 128, max_batches: int | None = None) -> float:
