@@ -1,9 +1,12 @@
 """Tests of effx_lab.flash (chapter 7, FLASH): GLU, GAU, mixed chunk attention, params and costs.
 
-Every property is checked against an explicit O(n^2) computation written here from the paper's equations
-(Hua et al. 2022, eq. 1-9). Properties run on the NumPy reference and, when it imports, on ``torch_ops``
-through a small adapter (NumPy float64 in, torch float64 in the call, NumPy out). The reference-vs-torch
-agreement on random inputs lives in tests/test_flash_agreement.py.
+Every property is checked against an explicit O(n^2) computation written here from the
+paper's equations (Hua et al. 2022, eq. 1-9). Mixed chunk attention's O(n^2) form is the
+package's own ``mixed_chunk_dense`` (07.2 shows it as the definition), pinned here pair
+by pair to eq. 6-8, with its masks ``mixed_chunk_masks``. Properties run on the NumPy
+reference and, when it imports, on ``torch_ops`` through a small adapter (NumPy float64
+in, torch float64 in the call, NumPy out). The reference-vs-torch agreement on random
+inputs lives in tests/test_flash_agreement.py.
 """
 
 from __future__ import annotations
@@ -75,31 +78,6 @@ def _toeplitz(n: int, w: np.ndarray, m: int | None = None) -> np.ndarray:
     return np.array([[w[min(max(j - i, -r), r) + r] for j in range(m)] for i in range(n)])
 
 
-def _chunk_ids(n: int, c: int) -> np.ndarray:
-    return np.arange(n) // c
-
-
-def _explicit_local(qq, kq, v, c, causal, rel_bias=None):
-    """Eq. 6 as one masked n x n product: relu(qq kq^T / c + b)^2 restricted to the block diagonal."""
-    n = qq.shape[-2]
-    g = _chunk_ids(n, c)
-    mask = g[None, :] == g[:, None]
-    if causal:
-        mask &= np.tril(np.ones((n, n), bool))
-    logits = qq @ np.swapaxes(kq, -1, -2) / c
-    if rel_bias is not None:
-        logits = logits + _toeplitz(n, rel_bias)
-    return (np.maximum(logits, 0.0) ** 2 * mask) @ v
-
-
-def _explicit_global(lq, lk, v, c, causal):
-    """Eq. 7/8 as one masked n x n product: (Q_lin K_lin^T * M) V / c, M[i, j] = chunk(j) < chunk(i) if causal."""
-    n = lq.shape[-2]
-    g = _chunk_ids(n, c)
-    mask = (g[None, :] < g[:, None]) if causal else np.ones((n, n), bool)
-    return ((lq @ np.swapaxes(lk, -1, -2)) * mask) @ v / c
-
-
 def _explicit_uvz(x, p):
     e = p["w_o"].shape[0]
     uvz = _sw(_ln(x, p["ln_g"], p["ln_b"]) @ p["w_uvz"] + p["b_uvz"])
@@ -109,11 +87,7 @@ def _explicit_uvz(x, p):
 def _explicit_flash(x, p, c, causal, mode="mixed"):
     u, v, z = _explicit_uvz(x, p)
     qq, kq, lq, lk = (z * p["gamma"][i] + p["beta"][i] for i in range(4))
-    att = 0.0
-    if mode in ("mixed", "local"):
-        att = att + _explicit_local(qq, kq, v, c, causal, p["rel_bias"])
-    if mode in ("mixed", "global"):
-        att = att + _explicit_global(lq, lk, v, c, causal)
+    att = F.mixed_chunk_dense(qq, kq, lq, lk, v, c, causal, p["rel_bias"], mode)
     return x + (u * att) @ p["w_o"] + p["b_o"]
 
 
@@ -313,12 +287,79 @@ def test_chunk_linear_states_needs_divisible_length(B):
 @pytest.mark.parametrize("B", BACKENDS)
 @pytest.mark.parametrize("n,c", NC)
 @pytest.mark.parametrize("causal", [False, True])
+def test_mixed_chunk_masks_are_eq_6_to_8(B, n, c, causal):
+    local, linear = B.mixed_chunk_masks(n, c, causal)
+    assert local.dtype == linear.dtype == np.bool_
+    assert local.shape == linear.shape == (n, n)
+    for i in range(n):
+        for j in range(n):
+            same = i // c == j // c
+            assert local[i, j] == (same and (j <= i or not causal)), (i, j)
+            assert linear[i, j] == (j // c < i // c if causal else True), (i, j)
+    if causal:  # every causal pair is seen once: exactly (locally) or through a state
+        assert not (local & linear).any()
+        np.testing.assert_array_equal(local | linear, np.tril(np.ones((n, n), bool)))
+    else:  # the global part covers every pair, the query's own chunk included
+        assert linear.all()
+        assert local.sum() == sum(min(c, n - g) ** 2 for g in range(0, n, c))
+
+
+@pytest.mark.parametrize("B", BACKENDS)
+@pytest.mark.parametrize("n,c", NC)
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("mode", FS.MODES)
+def test_mixed_chunk_dense_is_eq_6_to_8_pair_by_pair(B, n, c, causal, mode):
+    """With V = I the output is the mixing matrix: each entry is the paper's formula for
+    its pair."""
+    rng = np.random.default_rng(24)
+    qq, kq, lq, lk = (_rand(rng, n, 3) for _ in range(4))
+    w = _rand(rng, 5)  # offsets -2..2
+    mix = B.mixed_chunk_dense(qq, kq, lq, lk, np.eye(n), c, causal, w, mode)
+    for i in range(n):
+        for j in range(n):
+            same, before = i // c == j // c, j // c < i // c
+            want = 0.0
+            if mode != "global" and same and (j <= i or not causal):  # eq. 6
+                want += max(qq[i] @ kq[j] / c + w[min(max(j - i, -2), 2) + 2], 0.0) ** 2
+            # eq. 7: every chunk h; eq. 8: h < g
+            if mode != "local" and (before or not causal):
+                want += lq[i] @ lk[j] / c
+            np.testing.assert_allclose(
+                mix[i, j], want, rtol=RTOL, atol=ATOL, err_msg=f"pair {i, j}"
+            )
+    v = _rand(rng, 2, n, 4)
+    args = [np.broadcast_to(a, (2, n, 3)) for a in (qq, kq, lq, lk)]
+    np.testing.assert_allclose(
+        B.mixed_chunk_dense(*args, v, c, causal, w, mode), mix @ v, rtol=RTOL, atol=ATOL
+    )
+
+
+@pytest.mark.parametrize("B", BACKENDS)
+def test_mixed_chunk_dense_keeps_the_dtype_of_its_inputs(B):
+    a, v = np.ones((6, 3), np.float32), np.ones((6, 2), np.float32)
+    out = B.mixed_chunk_dense(a, a, a, a, v, 4, rel_bias=np.zeros(3))  # a float64 bias
+    assert out.dtype == np.float32 and out.shape == (6, 2)
+
+
+@pytest.mark.parametrize("B", BACKENDS)
+@pytest.mark.parametrize("name", ["mixed_chunk_attention", "mixed_chunk_dense"])
+def test_mixed_chunk_attention_of_an_empty_sequence_is_empty(B, name):
+    a, v = np.zeros((2, 0, 3)), np.zeros((2, 0, 4))
+    for causal in (False, True):
+        out = getattr(B, name)(a, a, a, a, v, 2, causal=causal, rel_bias=np.zeros(3))
+        assert out.shape == (2, 0, 4)
+
+
+@pytest.mark.parametrize("B", BACKENDS)
+@pytest.mark.parametrize("n,c", NC)
+@pytest.mark.parametrize("causal", [False, True])
 def test_mixed_chunk_attention_global_equals_masked_quadratic(B, n, c, causal):
     rng = np.random.default_rng(12)
     qq, kq, lq, lk, v = _inputs(rng, (2,), n, 3, 5)
     got = B.mixed_chunk_attention(qq, kq, lq, lk, v, c, causal=causal, mode="global")
     assert got.shape == (2, n, 5)
-    np.testing.assert_allclose(got, _explicit_global(lq, lk, v, c, causal), rtol=RTOL, atol=ATOL)
+    want = F.mixed_chunk_dense(qq, kq, lq, lk, v, c, causal, mode="global")
+    np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL)
     if causal:
         assert (got[:, : min(c, n)] == 0).all()  # the first chunk has no previous chunk
 
@@ -332,7 +373,8 @@ def test_mixed_chunk_attention_local_equals_block_diagonal(B, n, c, causal, with
     qq, kq, lq, lk, v = _inputs(rng, (2,), n, 3, 5)
     rel = _rand(rng, 5) if with_bias else None
     got = B.mixed_chunk_attention(qq, kq, lq, lk, v, c, causal=causal, rel_bias=rel, mode="local")
-    np.testing.assert_allclose(got, _explicit_local(qq, kq, v, c, causal, rel), rtol=RTOL, atol=ATOL)
+    want = F.mixed_chunk_dense(qq, kq, lq, lk, v, c, causal, rel, mode="local")
+    np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL)
     if n % c == 0:  # whole chunks: exactly relu2_attention on each chunk
         bias = None if rel is None else B.rel_pos_bias(c, rel)
         for g in range(n // c):
@@ -891,44 +933,62 @@ def test_chunk_linear_states_bad_inputs(B):
 
 
 @pytest.mark.parametrize("B", BACKENDS)
-def test_mixed_chunk_attention_bad_inputs(B):
+@pytest.mark.parametrize("name", ["mixed_chunk_attention", "mixed_chunk_dense"])
+def test_mixed_chunk_attention_bad_inputs(B, name):
+    fn = getattr(B, name)
     a, v = np.zeros((2, 8, 3)), np.zeros((2, 8, 5))
     args = [a, a, a, a, v]
-    assert B.mixed_chunk_attention(*args, 4).shape == (2, 8, 5)
+    assert fn(*args, 4).shape == (2, 8, 5)
     for i, name in enumerate(("quad_q", "quad_k", "lin_q", "lin_k", "v")):
         bad = list(args)
         bad[i] = args[i].tolist()
         with pytest.raises(TypeError, match=f"^{name} must"):
-            B.mixed_chunk_attention(*bad, 4)
+            fn(*bad, 4)
         bad[i] = args[i].astype(np.int64)
         with pytest.raises(TypeError, match=f"^{name} must"):
-            B.mixed_chunk_attention(*bad, 4)
+            fn(*bad, 4)
     for i, name in enumerate(("quad_k", "lin_q", "lin_k")):
         for shape in ((2, 8, 4), (2, 7, 3), (1, 8, 3), (8, 3)):
             bad = list(args)
             bad[i + 1] = np.zeros(shape)
             with pytest.raises(ValueError, match=f"^{name} must"):
-                B.mixed_chunk_attention(*bad, 4)
+                fn(*bad, 4)
     with pytest.raises(ValueError, match="^quad_q must"):
-        B.mixed_chunk_attention(np.zeros(3), np.zeros(3), np.zeros(3), np.zeros(3), np.zeros(5), 4)
+        fn(np.zeros(3), np.zeros(3), np.zeros(3), np.zeros(3), np.zeros(5), 4)
     for shape in ((2, 7, 5), (1, 8, 5), (8, 5), (2, 1, 8, 5)):
         with pytest.raises(ValueError, match="^v must"):
-            B.mixed_chunk_attention(a, a, a, a, np.zeros(shape), 4)
+            fn(a, a, a, a, np.zeros(shape), 4)
     for bad in (0, -4):
         with pytest.raises(ValueError, match="^chunk_size"):
-            B.mixed_chunk_attention(*args, bad)
+            fn(*args, bad)
     for bad in (True, 4.0, "4"):
         with pytest.raises(TypeError, match="^chunk_size"):
-            B.mixed_chunk_attention(*args, bad)
+            fn(*args, bad)
     with pytest.raises(TypeError, match="^causal"):
-        B.mixed_chunk_attention(*args, 4, causal=1)
+        fn(*args, 4, causal=1)
     for bad in ("quad", "MIXED", None):
         with pytest.raises(ValueError, match="^mode"):
-            B.mixed_chunk_attention(*args, 4, mode=bad)
+            fn(*args, 4, mode=bad)
     with pytest.raises(ValueError, match="odd length"):
-        B.mixed_chunk_attention(*args, 4, rel_bias=np.zeros(4))
+        fn(*args, 4, rel_bias=np.zeros(4))
     with pytest.raises(TypeError, match="float"):
-        B.mixed_chunk_attention(*args, 4, rel_bias=np.zeros(3, dtype=np.int64))
+        fn(*args, 4, rel_bias=np.zeros(3, dtype=np.int64))
+
+
+@pytest.mark.parametrize("B", BACKENDS)
+def test_mixed_chunk_masks_bad_inputs(B):
+    for bad in (0, -3):
+        with pytest.raises(ValueError, match="^n must"):
+            B.mixed_chunk_masks(bad, 2)
+        with pytest.raises(ValueError, match="^chunk_size must"):
+            B.mixed_chunk_masks(4, bad)
+    for bad in (4.0, "4", None):
+        with pytest.raises(TypeError, match="^n must"):
+            B.mixed_chunk_masks(bad, 2)
+        with pytest.raises(TypeError, match="^chunk_size must"):
+            B.mixed_chunk_masks(4, bad)
+    with pytest.raises(TypeError, match="^causal must"):
+        B.mixed_chunk_masks(4, 2, causal="yes")
 
 
 def test_mixed_chunk_attention_bad_rel_bias_names_rel_bias():

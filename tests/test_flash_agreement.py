@@ -236,22 +236,48 @@ def test_chunk_linear_states_agrees(batch, n, c, causal) -> None:
 
 
 # (n, c): divides, pads, one short chunk, c = 1
+@pytest.mark.parametrize("fn", ["mixed_chunk_attention", "mixed_chunk_dense"])
 @pytest.mark.parametrize("mode", FS.MODES)
 @pytest.mark.parametrize("causal", CAUSAL)
 @pytest.mark.parametrize("batch, n, c", [((), 16, 4), ((3,), 13, 4), ((2, 3), 5, 8), ((2,), 7, 1)])
-def test_mixed_chunk_attention_agrees(batch, n, c, causal, mode) -> None:
+def test_mixed_chunk_attention_agrees(batch, n, c, causal, mode, fn) -> None:
     arrays = [_rand((*batch, n, 6), 46 + i) for i in range(4)] + [_rand((*batch, n, 5), 50)]
     trivial = causal and mode == "global" and c >= n  # one causal chunk: no previous chunk, the output is zero
     for rel_bias in (None, _rand((7,), 51, 0.5)):
         for dtype in DTYPES:
             np_args = [_np_for(a, dtype) for a in arrays]
             rel_np = None if rel_bias is None else _np_for(rel_bias, dtype)
-            want = FR.mixed_chunk_attention(*np_args, c, causal=causal, rel_bias=rel_np, mode=mode)
-            got = FT.mixed_chunk_attention(
+            want = getattr(FR, fn)(*np_args, c, causal=causal, rel_bias=rel_np, mode=mode)
+            got = getattr(FT, fn)(
                 *[_t(a, dtype) for a in np_args], c, causal=causal,
                 rel_bias=None if rel_np is None else _t(rel_np, dtype), mode=mode,
             )  # fmt: skip
             _close(got, want, dtype, nontrivial=not trivial)
+
+
+@pytest.mark.parametrize("causal", CAUSAL)
+@pytest.mark.parametrize("n, c", [(1, 1), (12, 4), (13, 4), (5, 8), (7, 1)])
+def test_mixed_chunk_masks_agree(n, c, causal) -> None:
+    got, want = FT.mixed_chunk_masks(n, c, causal), FR.mixed_chunk_masks(n, c, causal)
+    for g, w in zip(got, want, strict=True):
+        assert g.dtype == torch.bool and g.device.type == "cpu"
+        np.testing.assert_array_equal(g.numpy(), w)
+
+
+def test_mixed_chunk_dense_has_gradients() -> None:
+    """The dense oracle is differentiable in torch: its gradients are those of the
+    chunked code (in float64)."""
+    arrays = [_rand((2, 9, 3), 52 + i) for i in range(4)] + [_rand((2, 9, 4), 56)]
+    rel = _rand((5,), 57)
+    grads = {}
+    for fn in ("mixed_chunk_attention", "mixed_chunk_dense"):
+        inputs = [_t(a).requires_grad_() for a in arrays + [rel]]
+        out = getattr(FT, fn)(*inputs[:5], 4, causal=True, rel_bias=inputs[5])
+        out.square().sum().backward()
+        grads[fn] = [t.grad for t in inputs]
+    for a, b in zip(grads["mixed_chunk_attention"], grads["mixed_chunk_dense"], strict=True):
+        assert float(b.abs().max()) > 1e-3
+        torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize("mode", FS.MODES)
@@ -440,6 +466,14 @@ def _bad_cases() -> list[Any]:
          ValueError),
         ("mca-r2d", F, lambda M, a, P: M.mixed_chunk_attention(*[a(_Q)] * 4, a(_V), 2, rel_bias=a(_V[0])), ValueError),
         ("mca-v", F, lambda M, a, P: M.mixed_chunk_attention(a(_Q), a(_Q), a(_Q), a(_Q), a(_V[:, :5]), 2), ValueError),
+        ("mcd-mode", F, lambda M, a, P: M.mixed_chunk_dense(*[a(_Q)] * 4, a(_V), 2, mode="both"), ValueError),
+        ("mcd-chunk-type", F, lambda M, a, P: M.mixed_chunk_dense(*[a(_Q)] * 4, a(_V), 2.0), TypeError),
+        ("mcd-v", F, lambda M, a, P: M.mixed_chunk_dense(*[a(_Q)] * 4, a(_V[:, :5]), 2), ValueError),
+        ("mcd-rel-even", F, lambda M, a, P: M.mixed_chunk_dense(*[a(_Q)] * 4, a(_V), 2, rel_bias=a(_V[0, 0, :2])),
+         ValueError),
+        ("mcm-n0", F, lambda M, a, P: M.mixed_chunk_masks(0, 2), ValueError),
+        ("mcm-chunk-float", F, lambda M, a, P: M.mixed_chunk_masks(4, 2.0), TypeError),
+        ("mcm-causal", F, lambda M, a, P: M.mixed_chunk_masks(4, 2, causal=1), TypeError),
         ("fl-gau-params", F, lambda M, a, P: M.flash_layer(a(_X), P(_GAU), 2), ValueError),
         ("fl-chunk-type", F, lambda M, a, P: M.flash_layer(a(_X), P(_FLASH), 2.0), TypeError),
         ("fl-mode", F, lambda M, a, P: M.flash_layer(a(_X), P(_FLASH), 2, mode="quad"), ValueError),
@@ -477,6 +511,8 @@ def test_bad_input_raises_the_reference_error(modules: tuple[Any, Any], call: Ca
         pytest.param(lambda: FT.relu2_attention(_t(_Q), _t(_Q), np.zeros((6, 6))), id="relu2-bias"),
         pytest.param(lambda: FT.chunk_linear_states(_Q, _t(_V), 2), id="cls"),
         pytest.param(lambda: FT.mixed_chunk_attention(*[_t(_Q)] * 4, _t(_V), 2, rel_bias=np.zeros(3)), id="mca-rel"),
+        pytest.param(lambda: FT.mixed_chunk_dense(*[_t(_Q)] * 4, _V, 2), id="mcd-v"),
+        pytest.param(lambda: FT.mixed_chunk_dense(*[_t(_Q)] * 4, _t(_V), 2, rel_bias=np.zeros(3)), id="mcd-rel"),
         pytest.param(lambda: FT.flash_layer(_X, _tp(_FLASH), 2), id="flash-x"),
         pytest.param(lambda: FT.gau(_t(_X), dict(_tp(_GAU), w_o=_GAU["w_o"])), id="gau-one-numpy-param"),
     ],
@@ -491,5 +527,7 @@ def test_mixed_dtypes_of_activations_are_rejected() -> None:
         AT.softmax_attention(_t(_Q), _t(_Q, torch.float32), _t(_V))
     with pytest.raises(TypeError, match="v must have the dtype of quad_q"):
         FT.mixed_chunk_attention(*[_t(_Q)] * 4, _t(_V, torch.float32), 2)
+    with pytest.raises(TypeError, match="v must have the dtype of quad_q"):
+        FT.mixed_chunk_dense(*[_t(_Q)] * 4, _t(_V, torch.float32), 2)
     with pytest.raises(TypeError, match="v must have the dtype of lin_k"):
         FT.chunk_linear_states(_t(_Q), _t(_V, torch.float32), 2)

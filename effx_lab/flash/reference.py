@@ -66,6 +66,8 @@ __all__ = [
     "gau",
     "chunk_linear_states",
     "mixed_chunk_attention",
+    "mixed_chunk_masks",
+    "mixed_chunk_dense",
     "flash_layer",
 ]
 
@@ -257,6 +259,77 @@ def mixed_chunk_attention(
         out = out + (chunks(lin_q) @ states) / c
     out = out.reshape(*out.shape[:-3], big_n, out.shape[-1])
     return out[..., :n, :]
+
+
+def mixed_chunk_masks(
+    n: int, chunk_size: int, causal: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """Who sees whom in mixed chunk attention: two boolean ``(n, n)`` masks ``(local,
+    linear)``, True where query ``i`` reaches key ``j`` through that part (eq. 6-8).
+
+    Token ``i`` is in chunk ``i // chunk_size`` (the last chunk may be short).
+    ``local``: the same chunk, and ``j <= i`` if ``causal`` (eq. 6). ``linear``: every
+    pair (non-causal, eq. 7: the query's own chunk included) or the earlier chunks only
+    (causal, eq. 8: ``chunk(j) < chunk(i)``).
+    """
+    n = check_int("n", n, min_value=1)
+    c = check_int("chunk_size", chunk_size, min_value=1)
+    return _masks(n, c, check_bool("causal", causal))
+
+
+def _masks(n: int, c: int, causal: bool) -> tuple[np.ndarray, np.ndarray]:
+    pos = np.arange(n)
+    chunk = pos // c
+    same_chunk = chunk[:, None] == chunk[None, :]
+    if causal:
+        local = same_chunk & (pos[None, :] <= pos[:, None])  # lower triangle in a chunk
+        linear = chunk[None, :] < chunk[:, None]  # earlier chunks only: h < g
+    else:
+        local = same_chunk
+        linear = np.ones((n, n), dtype=bool)  # every chunk, the query's own included
+    return local, linear
+
+
+def mixed_chunk_dense(
+    quad_q: np.ndarray,
+    quad_k: np.ndarray,
+    lin_q: np.ndarray,
+    lin_k: np.ndarray,
+    v: np.ndarray,
+    chunk_size: int,
+    causal: bool = False,
+    rel_bias: np.ndarray | None = None,
+    mode: str = "mixed",
+) -> np.ndarray:
+    """Mixed chunk attention by its definition, as one ``n x n`` mixing matrix: the
+    same arguments and result as :func:`mixed_chunk_attention`, at ``O(n^2)`` cost.
+
+    ``(A_quad + A_lin) V`` with the masks of :func:`mixed_chunk_masks`:
+    ``A_quad = relu(Q_quad K_quad^T / c + b)^2`` on the local pairs (``b`` from
+    :func:`rel_pos_bias`, the bias of each pair's offset) and ``A_lin = Q_lin K_lin^T
+    / c`` on the linear pairs, zero elsewhere; ``mode`` keeps one of the two. Short
+    enough to check by eye: the definition the chunked code is tested against.
+    A masked pair is replaced by zero, yet ``A @ V`` still multiplies it by its value:
+    a NaN value reaches every output row, where the chunked code spreads it only to
+    the rows that see it (docs/ARCHITECTURE.md, "Non-finite values").
+    """
+    check_mixed_inputs(quad_q, quad_k, lin_q, lin_k, v)
+    n = quad_q.shape[-2]
+    c = check_chunk(n, chunk_size, exact=False)
+    causal = check_bool("causal", causal)
+    check_choice("mode", mode, MODES)
+    check_rel_bias(rel_bias)
+    dtype = np.result_type(quad_q, quad_k, lin_q, lin_k, v)
+    local, linear = _masks(n, c, causal)  # (n = 0 too, as the chunked code)
+    a = np.zeros((*quad_q.shape[:-1], n), dtype=dtype)
+    if mode in ("mixed", "local"):
+        logits = quad_q @ np.swapaxes(quad_k, -1, -2) / c
+        if rel_bias is not None and n:
+            logits = logits + rel_pos_bias(n, rel_bias.astype(dtype, copy=False))
+        a = a + np.where(local, np.maximum(logits, 0.0) ** 2, 0.0)
+    if mode in ("mixed", "global"):
+        a = a + np.where(linear, lin_q @ np.swapaxes(lin_k, -1, -2) / c, 0.0)
+    return a @ v
 
 
 def flash_layer(

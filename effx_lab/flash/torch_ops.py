@@ -70,6 +70,8 @@ __all__ = [
     "gau",
     "chunk_linear_states",
     "mixed_chunk_attention",
+    "mixed_chunk_masks",
+    "mixed_chunk_dense",
     "flash_layer",
 ]
 
@@ -280,6 +282,31 @@ def _mixed(
     return out.flatten(-3, -2)
 
 
+def _mixed_args(
+    quad_q: Any,
+    quad_k: Any,
+    lin_q: Any,
+    lin_k: Any,
+    v: Any,
+    chunk_size: Any,
+    causal: Any,
+    rel_bias: Any,
+    mode: Any,
+) -> tuple[int, bool, torch.Tensor | None]:
+    """Validate mixed chunk attention's arguments; return the chunk size, ``causal`` and
+    ``rel_bias`` in the activations' dtype."""
+    check_mixed_inputs(quad_q, quad_k, lin_q, lin_k, v, check=_float_tensor)
+    same_kind(quad_q=quad_q, quad_k=quad_k, lin_q=lin_q, lin_k=lin_k, v=v)
+    c = check_chunk(quad_q.shape[-2], chunk_size, exact=False)
+    causal = check_bool("causal", causal)
+    check_choice("mode", mode, MODES)
+    if rel_bias is not None:
+        require_tensor("rel_bias", rel_bias)
+        check_rel_bias(rel_bias, allow_torch=True)
+        rel_bias = _param_like("rel_bias", rel_bias, quad_q)
+    return c, causal, rel_bias
+
+
 def mixed_chunk_attention(
     quad_q: torch.Tensor,
     quad_k: torch.Tensor,
@@ -297,21 +324,77 @@ def mixed_chunk_attention(
     part only). A length that ``chunk_size`` does not divide is padded with zeros at the end and the output
     cropped back to ``n``. ``rel_bias`` (length ``2R+1``) adds :func:`rel_pos_bias` inside each chunk.
     """
-    check_mixed_inputs(quad_q, quad_k, lin_q, lin_k, v, check=_float_tensor)
-    same_kind(quad_q=quad_q, quad_k=quad_k, lin_q=lin_q, lin_k=lin_k, v=v)
+    c, causal, rel_bias = _mixed_args(
+        quad_q, quad_k, lin_q, lin_k, v, chunk_size, causal, rel_bias, mode
+    )
     n = quad_q.shape[-2]
-    c = check_chunk(n, chunk_size, exact=False)
-    causal = check_bool("causal", causal)
-    check_choice("mode", mode, MODES)
-    if rel_bias is not None:
-        require_tensor("rel_bias", rel_bias)
-        check_rel_bias(rel_bias, allow_torch=True)
-        rel_bias = _param_like("rel_bias", rel_bias, quad_q)
     pad = (-n) % c
     tensors = (quad_q, quad_k, lin_q, lin_k, v)
     if pad:
         tensors = tuple(F.pad(t, (0, 0, 0, pad)) for t in tensors)
     return _mixed(*tensors, c, causal, rel_bias, mode)[..., :n, :]
+
+
+def _masks(
+    n: int, c: int, causal: bool, device: torch.device | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    pos = torch.arange(n, device=device)
+    chunk = pos // c
+    same_chunk = chunk[:, None] == chunk[None, :]
+    if causal:
+        local = same_chunk & (pos[None, :] <= pos[:, None])  # lower triangle in a chunk
+        return local, chunk[None, :] < chunk[:, None]  # earlier chunks only: h < g
+    return same_chunk, torch.ones(n, n, dtype=torch.bool, device=device)
+
+
+def mixed_chunk_masks(
+    n: int, chunk_size: int, causal: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Who sees whom in mixed chunk attention: two boolean ``(n, n)`` CPU tensors
+    ``(local, linear)``, True where query ``i`` reaches key ``j`` through that part.
+
+    ``local``: the same chunk (``i // chunk_size``), and ``j <= i`` if ``causal``.
+    ``linear``: every pair (non-causal) or the earlier chunks only (causal).
+    """
+    n = check_int("n", n, min_value=1)
+    c = check_int("chunk_size", chunk_size, min_value=1)
+    causal = check_bool("causal", causal)
+    return _masks(n, c, causal, None)
+
+
+def mixed_chunk_dense(
+    quad_q: torch.Tensor,
+    quad_k: torch.Tensor,
+    lin_q: torch.Tensor,
+    lin_k: torch.Tensor,
+    v: torch.Tensor,
+    chunk_size: int,
+    causal: bool = False,
+    rel_bias: torch.Tensor | None = None,
+    mode: str = "mixed",
+) -> torch.Tensor:
+    """Mixed chunk attention by its definition, one ``n x n`` mixing matrix: the same
+    arguments and result as :func:`mixed_chunk_attention`, at ``O(n^2)`` cost.
+
+    ``(A_quad + A_lin) V``, each part filled with zeros outside its mask of
+    :func:`mixed_chunk_masks` (built on the inputs' device): the definition the chunked
+    code is tested against, on any device and in any float dtype.
+    """
+    c, causal, rel_bias = _mixed_args(
+        quad_q, quad_k, lin_q, lin_k, v, chunk_size, causal, rel_bias, mode
+    )
+    n = quad_q.shape[-2]
+    local, linear = _masks(n, c, causal, quad_q.device)
+    a = torch.zeros(*quad_q.shape[:-1], n, dtype=quad_q.dtype, device=quad_q.device)
+    if mode in ("mixed", "local"):
+        logits = torch.matmul(quad_q, quad_k.transpose(-1, -2)) / c
+        if rel_bias is not None:
+            logits = logits + _rel_pos_bias(n, n, rel_bias)
+        a = a + torch.relu(logits).square().masked_fill(~local, 0.0)
+    if mode in ("mixed", "global"):
+        lin = torch.matmul(lin_q, lin_k.transpose(-1, -2)) / c
+        a = a + lin.masked_fill(~linear, 0.0)
+    return torch.matmul(a, v)
 
 
 def flash_layer(
