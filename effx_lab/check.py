@@ -122,6 +122,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
+from ._text import fit
 from ._validate import check_bool, check_float, check_int, describe
 
 __all__ = [
@@ -1395,7 +1396,7 @@ def report(result: CheckResult) -> CheckResult:
     """
     if not isinstance(result, CheckResult):
         raise TypeError(f"result must be a CheckResult (from check_function/check_value), got {describe(result)}")
-    print(result.message, flush=True)
+    print(fit(result.message), flush=True)
     result._reported = True  # type: ignore[attr-defined]
     RESULTS.append(result)
     if _strict() and not result.passed:
@@ -1424,7 +1425,7 @@ def summary() -> str:
     n_todo = sum(not r.attempted for r in results)
     n_fail = len(results) - n_pass - n_todo
     head = f"{_plural(len(results), 'exercise')}: {n_pass} passed, {n_fail} failed, {n_todo} not attempted"
-    return "\n".join([head, *(_summary_line(r) for r in results)])
+    return fit("\n".join([head, *(_summary_line(r) for r in results)]))
 
 
 # ---------------------------------------------------------------------------------------------- hints

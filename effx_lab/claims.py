@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import Any
 
 from . import device as _device
+from ._text import fit
 from ._validate import check_bool, describe
 
 __all__ = ["COURSE_DEVICE", "RESULTS", "verdict"]
@@ -51,6 +52,6 @@ def verdict(claim: str, holds: bool, measured: str = "") -> bool:
         line = f"✓ on this device ({where}): {claim}{detail}"
     else:
         line = f"✗ not on this device ({where}): {claim}{detail}; the text says what the course measured on {COURSE_DEVICE}"
-    print(line)
+    print(fit(line))
     RESULTS.append({"claim": claim, "holds": holds, "measured": measured, "device": where})
     return holds

@@ -33,6 +33,7 @@ from dataclasses import asdict, dataclass
 from functools import lru_cache
 from typing import Any
 
+from ._text import OUTPUT_COLUMNS
 from ._validate import check_int, describe
 
 __all__ = [
@@ -275,8 +276,15 @@ def short_summary() -> str:
 
 
 def print_summary() -> None:
-    """Print :func:`summary` (the first line of every notebook's output)."""
-    print(summary())
+    """Print :func:`summary` (the first line of every notebook's output), broken at its
+    `` · `` separators where it is wider than the notebook column."""
+    lines: list[str] = []
+    for part in summary().split(" · "):
+        if lines and len(lines[-1]) + 3 + len(part) <= OUTPUT_COLUMNS:
+            lines[-1] += " · " + part
+        else:
+            lines.append(part if not lines else "  · " + part)
+    print("\n".join(lines))
 
 
 # ----------------------------------------------------------------------------------------------------------

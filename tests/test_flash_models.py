@@ -18,7 +18,8 @@ from effx_lab.flash import reference as FR
 from effx_lab.flash.costs import layer_params
 from effx_lab.flash.models import LanguageModel, LMConfig, build_lm
 from effx_lab.flash.params import init_flash_params, init_gau_params
-from effx_lab.flash.train import EVAL_SEED, TrainResult, corpus_tokens, evaluate_lm, train_lm
+from effx_lab.data.pools import token_splits
+from effx_lab.flash.train import EVAL_SEED, TrainResult, evaluate_lm, train_lm
 from effx_lab.models import lm
 from effx_lab.models.reference import layer_norm
 from effx_lab.models.training import train
@@ -394,7 +395,7 @@ def test_train_lm_is_the_shared_loop_with_chapter_7_settings() -> None:
         min_lr_ratio=0.2,
         **kw,
     )
-    train_tok, val_tok = corpus_tokens()
+    train_tok, val_tok = token_splits()
     model = build_lm(config, seed=0)
     run = train(
         model,
@@ -421,7 +422,7 @@ def test_train_lm_is_the_shared_loop_with_chapter_7_settings() -> None:
 
 
 def test_evaluate_lm_uses_fixed_windows() -> None:
-    _, val = corpus_tokens()
+    _, val = token_splits()
     model = build_lm(LMConfig(kind="transformer", **TRAIN_TINY))
     a = evaluate_lm(model, val, 32, 2, EVAL_SEED, batch_size=4)
     b = evaluate_lm(model, val, 32, 2, EVAL_SEED, batch_size=4)

@@ -29,14 +29,10 @@ from effx_lab.models.training import evaluate, train
 
 from .models import LanguageModel, LMConfig, build_lm
 
-__all__ = ["EVAL_SEED", "TrainResult", "corpus_tokens", "evaluate_lm", "train_lm"]
+__all__ = ["EVAL_SEED", "TrainResult", "evaluate_lm", "train_lm"]
 
 #: seed of the validation windows used by :func:`train_lm` (the same windows for every model and run)
 EVAL_SEED = 1234
-
-#: ``corpus_tokens(val_every=10)``: the byte-tokenised train/validation splits, kept
-#: under this name for the notebooks (it is :func:`effx_lab.data.token_splits`)
-corpus_tokens = token_splits
 
 
 @dataclass
