@@ -79,7 +79,7 @@ test-notebooks: $(STAMP) book-cache-guard
 PORTABLE_VENV := _build/venv-portable
 # The package tests that touch Triton, re-run with an import blocker so `import triton` raises: they must skip
 # or pass, never error, as on macOS and Windows (test_gpu_check excluded: its dry run takes ~30 s).
-NO_TRITON_TESTS := $(shell grep -lE 'import kernels|kernels as|import triton|importorskip..triton' tests/test_*.py \
+NO_TRITON_TESTS := $(shell grep -lE 'import kernels|kernels as|import triton|importorskip..triton' tests/*/test_*.py \
                      | grep -v test_gpu_check)
 test-portable: $(STAMP)
 	@blocker=$$(mktemp -d) && trap 'rm -rf "$$blocker"' EXIT && mkdir "$$blocker/triton" && \

@@ -13,7 +13,7 @@ from . import device  # noqa: F401  (first: configures TRITON_INTERPRET)
 __version__ = "0.1.0"
 
 #: Where the course lives; the Colab setup cell of every notebook installs from here.
-#: Keep in sync with ``repository.url`` in _config.yml (tests/test_repo.py checks both).
+#: Keep in sync with ``repository.url`` in _config.yml (tests/book/test_repo.py checks both).
 REPO_URL = "https://github.com/effx-lab/effx-lab"
 
 #: The git ref (branch or tag) the book is built from. The Colab launch button (``repository.branch`` in

@@ -91,7 +91,7 @@ Extension points, when the built-in comparison is not the right judge:
   :func:`time_limit` caps the time limit of the checks run inside a ``with`` block.
 
 Every checker registered with :func:`checker` is listed in :data:`CHECKERS`.
-``tests/test_checkers_survive_bad_code.py`` finds every ``check_*`` of every
+``tests/core/test_checkers_survive_bad_code.py`` finds every ``check_*`` of every
 ``effx_lab.<chapter>.exercises`` module, fails if one is not registered, and feeds
 each the bad code students write (a crash, ``None``, a wrong type, shape or dtype, a
 wrong signature, a modified input, an endless loop, a flood of prints, NaN): each must
@@ -1682,7 +1682,7 @@ class RegisteredChecker:
 
 
 #: Every checker decorated with :func:`checker`, by ``"<module>.<function name>"``.
-#: ``tests/test_checkers_survive_bad_code.py`` feeds each the bad code students write.
+#: ``tests/core/test_checkers_survive_bad_code.py`` feeds each the bad code students write.
 CHECKERS: dict[str, RegisteredChecker] = {}
 
 

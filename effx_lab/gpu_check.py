@@ -2,8 +2,8 @@
 
 Everything in the course that needs a CUDA GPU, checked in one run of under 8 minutes on one H100 or A100:
 
-1. **tests**: ``pytest -m gpu tests`` and the Triton kernel test files (``tests/test_quant_kernels.py``,
-   ``tests/test_flash_kernels.py``, which run on the GPU when there is one), each in a subprocess; the
+1. **tests**: ``pytest -m gpu tests`` and the Triton kernel test files (``tests/ch02_quant/test_quant_kernels.py``,
+   ``tests/ch07_flash/test_flash_kernels.py``, which run on the GPU when there is one), each in a subprocess; the
    passed / failed / skipped counts come from pytest's JUnit XML (``-q`` summary as a fallback).
 2. **kernels**: every Triton kernel compiled for real and run against its PyTorch twin: the quantization
    kernels of :mod:`effx_lab.quant.kernels` (``quantize_rows``, ``dequantize_rows``, ``quantize_groups``,
@@ -31,7 +31,7 @@ report rather than a crash. Every number printed was measured in that run. Exit 
 smallest sizes (the kernels in Triton's CPU interpreter, or skipped with ``why_unavailable()`` when Triton is
 missing), the chapters' quick benchmarks, ``pytest -m gpu --collect-only`` instead of the GPU tests (proof
 that they exist and import) and nbval ``--collect-only`` for the notebooks. The JSON goes to a temporary
-folder unless ``--out`` is given. ``tests/test_gpu_check.py`` runs it, so this command cannot rot unseen.
+folder unless ``--out`` is given. ``tests/core/test_gpu_check.py`` runs it, so this command cannot rot unseen.
 """
 from __future__ import annotations
 
@@ -86,9 +86,9 @@ NOTEBOOKS = (
 )
 #: the Triton kernel test files (all their tests, which use the GPU when there is one)
 KERNEL_TEST_FILES = (
-    "tests/test_quant_kernels.py",
-    "tests/test_flash_kernels.py",
-    "tests/test_sparse_kernels.py",
+    "tests/ch02_quant/test_quant_kernels.py",
+    "tests/ch07_flash/test_flash_kernels.py",
+    "tests/shared/test_sparse_kernels.py",
 )
 #: a notebook is started only with at least this much budget left (seconds)
 NOTEBOOK_MIN_S = 45.0

@@ -25,7 +25,7 @@ with a ``hint:`` line naming it. What the student writes:
   along the last axis, and the Triton kernel :func:`effx_lab.quant.kernels.quantize_rows`.
 
 **Rounding ties.** As in 02.1, no case holds a value of ``x / scale`` within ``1e-6`` (``1e-4`` for float32
-input) of a half integer (``tests/test_quant_exercises_fine_grained.py`` verifies it), so rounding half to even
+input) of a half integer (``tests/ch02_quant/test_quant_exercises_fine_grained.py`` verifies it), so rounding half to even
 and half away from zero give the same integers, and both are accepted. Integers are compared exactly (a float array of whole numbers
 is accepted for ``q``), scales with ``rtol=1e-5``.
 """

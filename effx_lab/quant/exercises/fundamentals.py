@@ -23,7 +23,7 @@ the verdict ends with a ``hint:`` line naming it. What the student writes:
 **Rounding ties.** The course rounds half to even (``np.round``, ``torch.round``), but rounding half away from
 zero (``np.floor(v + 0.5)`` for positive ``v``, C's ``round``) is an equally valid convention: both give the
 same error bound ``s / 2``. The checkers therefore accept both. No case contains an exact tie (a value of
-``x / scale`` or ``-lo / scale`` exactly halfway between two integers; ``tests/test_quant_exercises_fundamentals``
+``x / scale`` or ``-lo / scale`` exactly halfway between two integers; ``tests/ch02_quant/test_quant_exercises_fundamentals``
 verifies it), so both conventions give the same integers on every case.
 
 Inputs are float64 arrays except one float32 case per exercise. Integers (``q``, ``zero_point``) are compared

@@ -22,7 +22,7 @@ Inputs are float64 arrays except one float32 case per exercise. Integers are com
 of whole numbers is accepted for ``q``), scales with ``rtol=1e-5``, products with ``rtol=1e-4`` and
 ``atol=1e-5`` (the outputs are of order 1; every listed mistake is off by far more). No case puts a value of
 ``x / scale`` within ``1e-6`` of a rounding tie, so both rounding conventions (half to even, half away from
-zero) and float32 or float64 arithmetic give the same integers (``tests/test_quant_exercises_llm_int8`` checks
+zero) and float32 or float64 arithmetic give the same integers (``tests/ch02_quant/test_quant_exercises_llm_int8`` checks
 it).
 """
 from __future__ import annotations

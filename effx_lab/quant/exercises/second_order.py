@@ -26,7 +26,7 @@ Inputs are float64. ``hutchinson_trace`` is compared with ``rtol=1e-8`` (the sam
 numbers up to summation order), ``gptq_quantize_simple`` with ``rtol=1e-6`` (every listed mistake moves
 whole grid steps), ``allocate_bits`` exactly. No GPTQ case puts an updated weight within ``1e-7`` grid steps
 of a rounding tie, so a different order of float operations gives the same codes
-(``tests/test_quant_exercises_second_order`` checks it).
+(``tests/ch02_quant/test_quant_exercises_second_order`` checks it).
 """
 from __future__ import annotations
 

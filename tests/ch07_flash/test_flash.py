@@ -6,7 +6,7 @@ package's own ``mixed_chunk_dense`` (07.2 shows it as the definition), pinned he
 by pair to eq. 6-8, with its masks ``mixed_chunk_masks``. Properties run on the NumPy
 reference and, when it imports, on ``torch_ops`` through a small adapter (NumPy float64
 in, torch float64 in the call, NumPy out). The reference-vs-torch agreement on random
-inputs lives in tests/test_flash_agreement.py.
+inputs lives in tests/ch07_flash/test_flash_agreement.py.
 """
 
 from __future__ import annotations

@@ -56,7 +56,7 @@ from typing import Iterable, Mapping
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "effx_lab"
 CORE = ""  # the package name of effx_lab/*.py
 
@@ -567,7 +567,7 @@ def test_every_package_is_classified(tree):
     unclassified = packages(tree) - CHAPTER_PACKAGES - SHARED_PACKAGES
     assert not unclassified, (
         f"effx_lab packages {sorted(unclassified)} are neither in CHAPTER_PACKAGES nor "
-        "in SHARED_PACKAGES (tests/test_architecture.py): add each to one of them"
+        "in SHARED_PACKAGES (tests/core/test_architecture.py): add each to one of them"
     )
     assert not CHAPTER_PACKAGES & SHARED_PACKAGES
     missing = [m for m in DRIVERS if m not in tree]

@@ -7,7 +7,7 @@ A notebook runs top to bottom on any reader's machine: a laptop CPU or a Colab G
 * never asserts a timing: a claim whose direction depends on the device is shown with
   ``effx_lab.claims.verdict`` for the device it ran on;
 * never hides a claim behind ``if ON_CPU``: GPU readers get the verdict too.
-These checks read the notebooks' code; tests/test_repo.py checks their anatomy.
+These checks read the notebooks' code; tests/book/test_repo.py checks their anatomy.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOKS = sorted(p for p in (ROOT / "notebooks").rglob("*.ipynb") if ".ipynb_checkpoints" not in p.parts)
 
 # Calls into a kernel module that do not launch a kernel.

@@ -18,7 +18,7 @@ import pytest
 
 from effx_lab.student import PLACEHOLDER, make_student_notebook, solution_lines
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOKS = sorted(p for p in (ROOT / "notebooks").rglob("*.ipynb") if ".ipynb_checkpoints" not in p.parts)
 RUN_ALL = os.environ.get("EFFX_STUDENT_RUN_ALL") == "1"
 # The first notebook of each chapter, or all of them with EFFX_STUDENT_RUN_ALL=1.

@@ -2,7 +2,7 @@
 
 Properties run on the NumPy reference and, when it imports, on ``torch_ops`` through a small adapter
 (NumPy float64 in, torch float64 in the call, NumPy out), so one test body checks both backends. The
-reference-vs-torch agreement on random inputs lives in tests/test_flash_agreement.py.
+reference-vs-torch agreement on random inputs lives in tests/ch07_flash/test_flash_agreement.py.
 """
 
 from __future__ import annotations

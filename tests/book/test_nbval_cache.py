@@ -9,7 +9,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-HERE = Path(__file__).resolve().parent
+HERE = Path(__file__).resolve().parents[1]  # tests/, where nbval_cache.py lives
 
 
 def _notebook(path: Path, *cells: str) -> None:

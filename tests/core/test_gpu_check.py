@@ -22,7 +22,7 @@ import pytest
 import effx_lab  # noqa: F401  (first: sets TRITON_INTERPRET=1 when there is no GPU)
 from effx_lab import gpu_check as G
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 KERNELS = {"quantize_rows", "dequantize_rows", "quantize_groups", "int8_gemm", "w4a16_matmul", "w8a16_matmul",
            "mixed_chunk_attention_triton"}  # fmt: skip
 
@@ -217,11 +217,13 @@ def fake_repo(tmp_path):
     (tests / "test_marked.py").write_text(
         "import pytest\n\n@pytest.mark.gpu\ndef test_on_gpu():\n    pass\n\ndef test_cpu():\n    pass\n"
     )
-    (tests / "test_quant_kernels.py").write_text(
+    (tests / "ch02_quant").mkdir()
+    (tests / "ch07_flash").mkdir()
+    (tests / "ch02_quant" / "test_quant_kernels.py").write_text(
         "import pytest\n\ndef test_a():\n    pass\n\ndef test_b():\n    assert 1 == 2\n\n"
         "def test_c():\n    pytest.skip('needs sm_80')\n"
     )
-    (tests / "test_flash_kernels.py").write_text("def test_d():\n    pass\n")
+    (tests / "ch07_flash" / "test_flash_kernels.py").write_text("def test_d():\n    pass\n")
     return tmp_path
 
 
@@ -242,7 +244,7 @@ def test_tests_step_gpu_branch_on_a_fake_repo(fake_repo):
     assert kernel_files["status"] == "failed" and kernel_files["returncode"] == 1
     c = kernel_files["counts"]
     assert (c["passed"], c["failed"], c["skipped"]) == (2, 1, 1)
-    assert kernel_files["failed_ids"] == ["tests.test_quant_kernels::test_b"]
+    assert kernel_files["failed_ids"] == ["tests.ch02_quant.test_quant_kernels::test_b"]
     assert "needs sm_80" in next(iter(kernel_files["skip_reasons"]))
     assert "test_b" in kernel_files["output_tail"] and "--junitxml=<tmp>" in kernel_files["cmd"]
     assert G._aggregate(out) == "failed"

@@ -342,7 +342,7 @@ def test_mqar_bad_inputs(kwargs, exc, match):
 
 # ----------------------------------------------------------------------------------------------- pools
 def test_pools_are_exported_by_the_package():
-    """The shared pools (tested in tests/test_pools.py) are importable from effx_lab.data, the same objects."""
+    """The shared pools (tested in tests/shared/test_pools.py) are importable from effx_lab.data, the same objects."""
     import effx_lab.data as D
     from effx_lab.data import pools
 

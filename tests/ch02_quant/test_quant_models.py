@@ -1,5 +1,5 @@
 """Tests of effx_lab.quant.models: quantizing whole models (TinyLM, MiniLM) and evaluating them. The surgery and
-the data they build on are tested in tests/test_surgery.py and tests/test_pools.py."""
+the data they build on are tested in tests/shared/test_surgery.py and tests/shared/test_pools.py."""
 
 from __future__ import annotations
 
@@ -75,7 +75,7 @@ def _is_float_linear(m: nn.Module) -> bool:
 
 # ---------------------------------------------------------------------------------------------------- QuantizedLinear
 def test_replace_linears_with_quantized_linear(tiny):
-    """QuantizedLinear in the shared surgery (tests/test_surgery.py): still a linear layer, no longer nn.Linear."""
+    """QuantizedLinear in the shared surgery (tests/shared/test_surgery.py): still a linear layer, no longer nn.Linear."""
     before = {k: v.clone() for k, v in tiny.state_dict().items()}
     q = S.replace_linears(tiny, lambda name, lin: M.QuantizedLinear(lin.weight, lin.bias, name=name, scheme="zero"))
     assert all(isinstance(q.get_submodule(n), M.QuantizedLinear) for n in TINY_LINEARS)

@@ -103,7 +103,7 @@ def test_run_quick_gptq(quick):
     assert g["config"] == {**g["config"], "rows": 256, "cols": 256, "tokens": 512, "bits": 4, "group_size": 128}
     # float32 GPTQ: a weight within float32 rounding of a half-integer can take the neighbouring code in one
     # backend, and error feedback then carries that row onto another valid trajectory, so no tolerance on the
-    # losses follows from the precision (agreement is proved in float64 in tests/test_quant_gptq.py). Here:
+    # losses follows from the precision (agreement is proved in float64 in tests/ch02_quant/test_quant_gptq.py). Here:
     # such rows are rare (a row diverging changes at most 1/256 of the codes), and both backends beat RTN
     assert g["loss_rel_diff"] >= 0 and g["weight_max_abs_diff"] >= 0
     assert 0.95 < g["code_agreement"] <= 1.0
