@@ -66,6 +66,7 @@ from effx_lab._validate import (
 )
 from effx_lab.data.pools import check_token_stream
 from effx_lab.models.config import MiniLMConfig, check_minilm_config
+from effx_lab.progress import progress_bar
 from effx_lab.models.surgery import (
     check_ids_mask,
     check_minilm_linear_weights,
@@ -714,7 +715,7 @@ def gptq_minilm(
             groups[-1].append(n)
         else:
             groups.append([n])
-    for group in groups:
+    for group in progress_bar(groups, desc="GPTQ on MiniLM", unit="layer"):
         x = minilm_layer_inputs(
             new, config, ids_t, mask_t, group[0], max_tokens=max_tokens,
             batch_size=batch_size,
@@ -749,7 +750,13 @@ def minilm_embeddings(
     ids_t, mask_t = check_ids_mask(ids, mask)
     out = []
     with torch.no_grad():
-        for i, m in minilm_batches(ids_t, mask_t, batch_size):
+        batches = progress_bar(
+            minilm_batches(ids_t, mask_t, batch_size),
+            total=-(-int(ids_t.shape[0]) // batch_size),
+            desc="MiniLM embeddings",
+            unit="batch",
+        )
+        for i, m in batches:
             hidden = minilm_forward(params, config, i, m, linear=hook)
             out.append(mean_pool_normalize(hidden.float(), m))
     return torch.cat(out)
