@@ -86,14 +86,17 @@ COLORS = [
 ]
 
 #: plotly.js configuration of every renderer: the toolbar only on hover (the book hides
-#: it on phones), with only the buttons a reader uses (download, zoom, pan, reset).
+#: it on phones), with only the buttons a reader uses (download, zoom, pan, reset); no
+#: "Share chart" (newer plotly.js uploads the figure to Plotly Cloud; this is offline).
 HOUSE_CONFIG = {
     "displaylogo": False,
     "responsive": True,
     "displayModeBar": "hover",
+    "showSendToCloud": False,
     "modeBarButtonsToRemove": [
         "select2d", "lasso2d", "zoomIn2d", "zoomOut2d", "autoScale2d",
         "toggleSpikelines", "hoverClosestCartesian", "hoverCompareCartesian",
+        "sendChartToCloud", "sendDataToCloud",
     ],
 }
 
@@ -456,7 +459,7 @@ def house_layout(fig: go.Figure | Mapping[str, Any]) -> dict:
 # the title block and the band under it (menus, subplot titles) and sets the top margin
 # so that nothing overlaps (plotly misplaces a title of several lines). It redraws when
 # the width changes.
-_FIT_JS = r"""
+_FIT_JS_SOURCE = r"""
 window.effxPlot = window.effxPlot || (function () {
   var NARROW = %(narrow)d, MODEBAR = 130, PAD = 12, TITLE_PAD = %(title_pad)d, GAP = 10;
   var TOP_FREE = 60, MAX_FITS = 6, BR = /<br\s*\/?>/i, canvas = null;
@@ -704,7 +707,7 @@ window.effxPlot = window.effxPlot || (function () {
   };
 })();
 """ % {"narrow": NARROW_PX, "title_pad": _TITLE_PAD}
-_FIT_JS = "\n".join(line.strip() for line in _FIT_JS.strip().splitlines())
+_FIT_JS = "\n".join(line.strip() for line in _FIT_JS_SOURCE.strip().splitlines())
 
 def _json(obj: Any) -> str:
     from plotly.io.json import to_json_plotly
@@ -1178,6 +1181,11 @@ def _source_of(obj: Any, where: str) -> tuple[str, str]:
     expected = "a module, class, function or method"
     if isinstance(obj, (str, bytes)) or obj is None:
         raise TypeError(f"{where} must be {expected}, got {describe(obj)}")
+    # a Triton kernel (JITFunction, or the interpreter's wrapper) keeps its Python
+    # function in .fn; without Triton a course kernel is that plain function already
+    fn = getattr(obj, "fn", None)
+    if callable(fn) and type(obj).__name__ in ("JITFunction", "InterpretedFunction"):
+        obj = fn
     try:
         source = inspect.getsource(obj)
     except (TypeError, OSError) as exc:

@@ -42,7 +42,7 @@ from urllib.parse import unquote, urlparse
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 # The built book; EFFX_BOOK_HTML points the browser tests at another build (e.g. a copy under /tmp).
 HTML = Path(os.environ.get("EFFX_BOOK_HTML") or ROOT / "_build" / "html")
 SHOTS = ROOT / "_build" / "screenshots"
@@ -437,9 +437,6 @@ def _share(part: int, whole: int) -> str:
 
 
 @pytest.mark.browser
-@pytest.mark.xfail(
-    strict=False, reason="notebooks are being rewrapped in issue 10 phase 2"
-)
 def test_code_cells_fit_88_columns(server, browser):
     """No code-cell line over 88 columns; lines overflowing at 1400 px, per page."""
     rows, offenders = [], []

@@ -52,7 +52,7 @@ def test_book_renderer_draws_the_house_layout_with_the_house_config():
     assert layout["height"] == 400 and "height:400px" in html.replace(" ", "")
     assert "x" not in layout["legend"] and "y" not in layout["legend"]  # the template's place: below
     assert config["displayModeBar"] == "hover" and config["displaylogo"] is False
-    assert "lasso2d" in config["modeBarButtonsToRemove"]
+    assert {"lasso2d", "sendChartToCloud"} <= set(config["modeBarButtonsToRemove"])  # offline
     assert data[0]["name"] == "a"
 
 
@@ -354,3 +354,12 @@ def test_house_layout_keeps_the_data_and_reads_plotlys_binary_arrays():
     assert out["layout"]["height"] == viz.DEFAULT_HEIGHT
     assert out["layout"]["xaxis"]["dtick"] == 1  # the extent was read from the encoded array
     assert viz._values(fig_dict["data"][0]["y"]) == pytest.approx(x**0.5)
+
+
+def test_show_source_reads_a_triton_kernel_with_or_without_triton(capsys):
+    """A kernel module's kernels are listed like any function (the decorator line included)."""
+    from effx_lab.quant import kernels as K
+
+    viz.show_source(K._quantize_rows_kernel)
+    out = capsys.readouterr().out
+    assert "def _quantize_rows_kernel(" in out
