@@ -35,6 +35,7 @@ _LAZY = {
     "lm": None,
     "training": None,
     "surgery": None,
+    "evaluation": None,
     "train_tinylm": "train",
     "perplexity": "training",
     "evaluate": "training",

@@ -25,13 +25,15 @@ Two ways of swapping a model's linear layers, one per model:
 * **MiniLM** (all-MiniLM-L6-v2) is a parameter dict run by
   :func:`effx_lab.models.torch_ops.minilm_forward`, which calls a hook ``linear(name, x,
   weight, bias)`` for each of its 36 linear layers. :func:`minilm_quant_hook` returns
-  such a hook for a method; :func:`minilm_embeddings` and :func:`embedding_agreement`
-  measure the damage on sentence embeddings.
+  such a hook for a method; the shared
+  :func:`effx_lab.models.evaluation.minilm_embeddings` and
+  :func:`~effx_lab.models.evaluation.embedding_agreement` measure the damage on sentence
+  embeddings.
 
 Activation quantization is *dynamic* and *simulated* everywhere: a per-tensor scale is
 the absmax of the tensor the layer receives in this call (for MiniLM, one batch of
 sentences, padding included: results depend a little on the batching, which
-:func:`minilm_embeddings` keeps deterministic), a per-token scale the absmax of each
+:func:`~effx_lab.models.evaluation.minilm_embeddings` keeps deterministic), a per-token scale the absmax of each
 row; values are quantized, dequantized and multiplied in float. SmoothQuant's
 per-channel smoothing factors, by contrast, come from calibration data (``act_absmax``),
 and by default only the layers fed by a LayerNorm are smoothed, as in the paper's code
@@ -47,7 +49,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import math
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -65,7 +66,7 @@ from effx_lab._validate import (
     describe,
 )
 from effx_lab.data.pools import check_token_stream
-from effx_lab.models.config import MiniLMConfig, check_minilm_config
+from effx_lab.models.config import MiniLMConfig
 from effx_lab.progress import progress_bar
 from effx_lab.models.surgery import (
     check_ids_mask,
@@ -73,7 +74,6 @@ from effx_lab.models.surgery import (
     collect_linear_inputs,
     linear_input_absmax,
     linear_names,
-    minilm_batches,
     minilm_layer_inputs,
     minilm_linear_names,
     replace_linears,
@@ -96,10 +96,8 @@ __all__ = [
     "SMOOTH_LAYERS",
     "TINYLM_METHODS",
     "QuantizedLinear",
-    "embedding_agreement",
     "fold_smoothquant",
     "gptq_minilm",
-    "minilm_embeddings",
     "minilm_quant_hook",
     "quantize_",
     "quantize_tinylm",
@@ -726,74 +724,3 @@ def gptq_minilm(
             res = T.gptq_quantize(w, h, bits=bits, group_size=group_size, symmetric=symmetric)
             new[n + ".weight"] = res.weight.detach().cpu().numpy().astype(np.float32, copy=True)
     return new
-
-
-def minilm_embeddings(
-    params: dict[str, Any],
-    config: MiniLMConfig,
-    ids: Any,
-    mask: Any,
-    hook: Callable | None = None,
-    *,
-    batch_size: int = 64,
-) -> torch.Tensor:
-    """Sentence embeddings ``[B, hidden]`` (float32, unit norm: mean over real tokens, then L2-normalised)
-    of MiniLM with every linear layer computed by ``hook`` (``None``: float). Runs under ``torch.no_grad``,
-    ``batch_size`` sentences at a time, each batch cut to its longest sentence (dynamic activation scales see
-    one batch: its real tokens and the padding of its shorter sentences), on the device of ``ids``."""
-    from effx_lab.models.torch_ops import mean_pool_normalize, minilm_forward
-
-    check_minilm_config(config)
-    if hook is not None and not callable(hook):
-        raise TypeError(f"hook must be None or a callable linear(name, x, weight, bias) -> y, got {describe(hook)}")
-    batch_size = check_int("batch_size", batch_size, min_value=1)
-    ids_t, mask_t = check_ids_mask(ids, mask)
-    out = []
-    with torch.no_grad():
-        batches = progress_bar(
-            minilm_batches(ids_t, mask_t, batch_size),
-            total=-(-int(ids_t.shape[0]) // batch_size),
-            desc="MiniLM embeddings",
-            unit="batch",
-        )
-        for i, m in batches:
-            hidden = minilm_forward(params, config, i, m, linear=hook)
-            out.append(mean_pool_normalize(hidden.float(), m))
-    return torch.cat(out)
-
-
-def embedding_agreement(ref: Any, test: Any, k: int = 5) -> dict[str, float]:
-    """How well embeddings ``test`` ``[N, D]`` (of a quantized model) agree with ``ref`` (of the float model).
-
-    * ``cosine_mean`` / ``cosine_min``: cosine similarity of each sentence's two embeddings;
-    * ``top1_agreement``: fraction of sentences whose nearest neighbour among the *other* sentences (by
-      cosine) is the same under ``ref`` and ``test`` (a retrieval view: does search still return the same?);
-    * ``topk_overlap``: mean ``|top-k(ref) ∩ top-k(test)| / k``.
-
-    NumPy arrays or torch tensors; computed in float64. ``N >= 2``, ``1 <= k <= N - 1``.
-    """
-    check_array("ref", ref, ndim=2, dtype_kind="f", allow_torch=True, finite=True)
-    check_array("test", test, ndim=2, dtype_kind="f", allow_torch=True, finite=True)
-    r = torch.as_tensor(ref).detach().to("cpu", torch.float64)
-    t = torch.as_tensor(test).detach().to("cpu", torch.float64)
-    if r.shape != t.shape:
-        raise ValueError(f"test must have the shape of ref {tuple(r.shape)}, got {tuple(t.shape)}")
-    n = r.shape[0]
-    if n < 2:
-        raise ValueError(f"ref must hold at least 2 embeddings (rows) for nearest neighbours, got {n}")
-    k = check_int("k", k, min_value=1, max_value=n - 1)
-    rn, tn = F.normalize(r, dim=1), F.normalize(t, dim=1)
-    if bool((r.norm(dim=1) == 0).any()) or bool((t.norm(dim=1) == 0).any()):
-        raise ValueError("ref and test must not contain all-zero rows (cosine undefined)")
-    cos = (rn * tn).sum(dim=1)
-    eye = torch.eye(n, dtype=torch.bool)
-    s_ref = (rn @ rn.T).masked_fill(eye, -math.inf)
-    s_test = (tn @ tn.T).masked_fill(eye, -math.inf)
-    top_ref, top_test = s_ref.topk(k, dim=1).indices, s_test.topk(k, dim=1).indices
-    overlap = (top_ref[:, :, None] == top_test[:, None, :]).any(dim=2).sum(dim=1).double() / k
-    return {
-        "cosine_mean": float(cos.mean()),
-        "cosine_min": float(cos.min()),
-        "top1_agreement": float((top_ref[:, 0] == top_test[:, 0]).double().mean()),
-        "topk_overlap": float(overlap.mean()),
-    }

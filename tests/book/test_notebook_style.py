@@ -28,6 +28,7 @@ ALIASES = {
     "plotly.graph_objects": "go",
     "torch.nn.functional": "F",
     "effx_lab.quant.models": "QM",
+    "effx_lab.models.evaluation": "ME",
     "effx_lab.quant.bench": "QB",
     "effx_lab.flash.bench": "FB",
     "effx_lab.costs.bench": "CB",

@@ -16,6 +16,7 @@ from torch import nn
 import effx_lab.data as D
 from effx_lab.data import calibration_sentences, calibration_tokens, eval_sentences, eval_tokens, tokenize_sentences
 from effx_lab.models import load_minilm, load_pretrained_tinylm
+from effx_lab.models import evaluation as E
 from effx_lab.models import surgery as S
 from effx_lab.models.torch_ops import minilm_forward
 from effx_lab.quant import models as M
@@ -62,7 +63,7 @@ def calib(minilm, sentences):
 @pytest.fixture(scope="module")
 def ref_emb(minilm, sentences):
     cfg, params = minilm
-    return M.minilm_embeddings(params, cfg, sentences[0], sentences[1])
+    return E.minilm_embeddings(params, cfg, sentences[0], sentences[1])
 
 
 def _distinct_per_row(w: torch.Tensor) -> int:
@@ -274,7 +275,7 @@ def test_identity_hook_reproduces_minilm_forward(minilm, sentences):
 def test_embedding_agreement():
     rng = np.random.default_rng(0)
     a = rng.normal(size=(40, 16))
-    same = M.embedding_agreement(a, a.copy(), k=5)
+    same = E.embedding_agreement(a, a.copy(), k=5)
     assert same == {
         "cosine_mean": pytest.approx(1.0),
         "cosine_min": pytest.approx(1.0),
@@ -282,10 +283,10 @@ def test_embedding_agreement():
         "topk_overlap": 1.0,
     }
     # scale does not matter (cosine), a torch tensor works the same
-    assert M.embedding_agreement(torch.from_numpy(a), torch.from_numpy(3 * a))["top1_agreement"] == 1.0
+    assert E.embedding_agreement(torch.from_numpy(a), torch.from_numpy(3 * a))["top1_agreement"] == 1.0
     prev = same
     for sigma in (0.3, 1.0, 3.0):
-        got = M.embedding_agreement(a, a + sigma * rng.normal(size=a.shape), k=5)
+        got = E.embedding_agreement(a, a + sigma * rng.normal(size=a.shape), k=5)
         assert got["cosine_mean"] < prev["cosine_mean"] and got["cosine_min"] <= got["cosine_mean"]
         assert got["topk_overlap"] <= prev["topk_overlap"]
         prev = got
@@ -295,7 +296,7 @@ def test_embedding_agreement():
     ref = np.stack([np.cos(ang), np.sin(ang)], axis=1)
     test = ref.copy()
     test[1] = [np.cos(-0.5), np.sin(-0.5)]  # point 1 moves away: 0's nearest becomes 2, 1's nearest stays 0
-    got = M.embedding_agreement(ref, test, k=1)
+    got = E.embedding_agreement(ref, test, k=1)
     # top-1 ref: 0->1, 1->0, 2->1, 3->2 ; test: 0->2, 1->0, 2->0, 3->2
     assert got["top1_agreement"] == pytest.approx(0.5)
     assert got["cosine_min"] == pytest.approx(math.cos(0.6))
@@ -304,15 +305,15 @@ def test_embedding_agreement():
 def test_embedding_agreement_bad_inputs():
     a = np.ones((4, 3))
     with pytest.raises(ValueError, match="test"):
-        M.embedding_agreement(a, np.ones((5, 3)))
+        E.embedding_agreement(a, np.ones((5, 3)))
     with pytest.raises(ValueError, match="k"):
-        M.embedding_agreement(a, a, k=4)
+        E.embedding_agreement(a, a, k=4)
     with pytest.raises(ValueError, match="ref"):
-        M.embedding_agreement(np.ones((1, 3)), np.ones((1, 3)), k=1)
+        E.embedding_agreement(np.ones((1, 3)), np.ones((1, 3)), k=1)
     with pytest.raises(TypeError, match="ref"):
-        M.embedding_agreement([[1.0, 2.0]], a)
+        E.embedding_agreement([[1.0, 2.0]], a)
     with pytest.raises(ValueError, match="zero"):
-        M.embedding_agreement(np.zeros((4, 3)), a, k=1)
+        E.embedding_agreement(np.zeros((4, 3)), a, k=1)
 
 
 METHODS_8BIT = [
@@ -333,12 +334,12 @@ METHODS_8BIT = [
 def test_minilm_methods_8bit(minilm, sentences, calib, ref_emb, method, kw):
     cfg, params = minilm
     hook = M.minilm_quant_hook(method, params=params, config=cfg, calib=calib, bits=8, **kw)
-    emb = M.minilm_embeddings(params, cfg, sentences[0], sentences[1], hook)
+    emb = E.minilm_embeddings(params, cfg, sentences[0], sentences[1], hook)
     assert emb.shape == ref_emb.shape
     # unit norm up to float32 rounding: the normalising norm (a 384-term sum, a sqrt), the division and the
     # norm measured here: |norm - 1| <= gamma_{384+4}
     torch.testing.assert_close(emb.norm(dim=1), torch.ones(emb.shape[0]), rtol=0, atol=gamma(384 + 4, U32))
-    got = M.embedding_agreement(ref_emb, emb)
+    got = E.embedding_agreement(ref_emb, emb)
     assert 0.9 < got["cosine_min"] and got["cosine_mean"] < 1 - 1e-7, got
 
 
@@ -417,8 +418,8 @@ def test_gptq_minilm_sequential(minilm, sentences, ref_emb):
     assert np.array_equal(
         new["encoder.layer.2.output.LayerNorm.weight"], params["encoder.layer.2.output.LayerNorm.weight"]
     )
-    emb = M.minilm_embeddings(new, cfg, sentences[0], sentences[1])
-    assert M.embedding_agreement(ref_emb, emb)["cosine_mean"] > 0.9
+    emb = E.minilm_embeddings(new, cfg, sentences[0], sentences[1])
+    assert E.embedding_agreement(ref_emb, emb)["cosine_mean"] > 0.9
 
 
 def test_minilm_hook_bad_inputs(minilm, sentences, calib):
@@ -448,9 +449,9 @@ def test_minilm_hook_bad_inputs(minilm, sentences, calib):
     with pytest.raises(ValueError, match="unknown layer"):
         hook("encoder.layer.9.output.dense", torch.ones(1, 384), torch.ones(384, 384), None)
     with pytest.raises(ValueError, match="mask"):
-        M.minilm_embeddings(params, cfg, sentences[0], sentences[1][:3])
+        E.minilm_embeddings(params, cfg, sentences[0], sentences[1][:3])
     with pytest.raises(TypeError, match="hook"):
-        M.minilm_embeddings(params, cfg, sentences[0], sentences[1], hook=3)
+        E.minilm_embeddings(params, cfg, sentences[0], sentences[1], hook=3)
 
 
 # ---------------------------------------------------------------------------------------------------- re-exports
