@@ -99,6 +99,7 @@ __all__ = [
     "fold_smoothquant",
     "gptq_minilm",
     "minilm_quant_hook",
+    "minilm_smoothing_factors",
     "quantize_",
     "quantize_tinylm",
     "tinylm_perplexity",
@@ -547,6 +548,54 @@ def _check_calib(calib: Any, names: list[str], key: str, method: str) -> dict:
     return calib
 
 
+def minilm_smoothing_factors(
+    params: dict[str, Any],
+    config: MiniLMConfig,
+    calib: dict,
+    *,
+    alpha: float = 0.5,
+    smooth_layers: str = "ln",
+    share_qkv: bool = True,
+) -> dict[str, torch.Tensor]:
+    """SmoothQuant's factors ``s`` (one tensor ``[in_features]`` per smoothed layer) for
+    MiniLM, from ``max|X_j|`` in ``calib`` (:func:`record_minilm_linears`).
+
+    ``share_qkv=True``: query, key and value read one LayerNorm output, so they share
+    one ``s``, computed from the largest ``|w|`` of column ``j`` over their three stacked
+    weights: the only ``s`` a LayerNorm folding ``1/s`` can deliver to all three (the
+    paper's code does the same). ``False``: every layer its own ``s``.
+    ``smooth_layers``: ``"ln"`` (the LayerNorm-fed layers) or ``"all"``.
+    """
+    check_minilm_linear_weights(params, config)
+    alpha = check_float("alpha", alpha, min_value=0.0, max_value=1.0)
+    smooth_layers = check_choice("smooth_layers", smooth_layers, SMOOTH_LAYERS)
+    share_qkv = check_bool("share_qkv", share_qkv)
+    names = minilm_linear_names(config)
+    smoothed = [n for n in names if smooth_layers == "all" or n.endswith(_MINILM_LN_FED)]
+    calib = _check_calib(calib, smoothed, "in_absmax", "smoothquant")
+    factors: dict[str, torch.Tensor] = {}
+    for n in smoothed:
+        if n in factors:
+            continue
+        group = [n]
+        if share_qkv and n.endswith("attention.self.query"):
+            prefix = n[: -len("query")]
+            group = [prefix + k for k in ("query", "key", "value")]
+        w = torch.cat([_weight_of(params, g) for g in group])
+        a = torch.as_tensor(calib[n]["in_absmax"]).to(w.device)
+        s = T.smooth_scales(a, w, alpha)
+        factors.update({g: s for g in group})
+    return factors
+
+
+def _smoothquant_with(x, weight, bias, *, s, act_granularity, bits):
+    s = s.to(x.device, x.dtype)
+    return T.w8a8_linear(
+        x / s, weight * s, bias, act_granularity=act_granularity,
+        weight_granularity="channel", bits=bits,
+    )
+
+
 def minilm_quant_hook(
     method: str,
     *,
@@ -563,6 +612,7 @@ def minilm_quant_hook(
     weight_granularity: str = "channel",
     symmetric: bool = False,
     smooth_layers: str = "ln",
+    share_qkv: bool = False,
 ) -> Callable[[str, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
     """A hook ``linear(name, x, weight, bias)`` for ``minilm_forward(params, config, ids, mask, linear=hook)``
     that computes every linear layer of MiniLM with a quantization ``method``:
@@ -579,6 +629,8 @@ def minilm_quant_hook(
       the paper's code) smooths only the layers fed by a LayerNorm (query, key, value, intermediate.dense),
       where ``1/s`` folds into the LayerNorm offline; attention.output.dense and output.dense (fed by the
       attention context and by GELU) get plain W8A8 at ``bits``. ``"all"`` smooths every layer;
+      ``share_qkv=True`` gives query, key and value one ``s``, the foldable variant (see
+      :func:`minilm_smoothing_factors`);
     * ``"zeroquant"``: group-wise weights (``weight_bits``, ``group_size`` default 64), token-wise activations
       (``act_bits``);
     * ``"rtn"``: weight-only round-to-nearest at ``bits``, per channel or per ``group_size`` (affine unless
@@ -601,6 +653,7 @@ def minilm_quant_hook(
     weight_granularity = check_choice("weight_granularity", weight_granularity, WEIGHT_GRANULARITIES)
     symmetric = check_bool("symmetric", symmetric)
     smooth_layers = check_choice("smooth_layers", smooth_layers, SMOOTH_LAYERS)
+    share_qkv = check_bool("share_qkv", share_qkv)
     threshold = _check_threshold(threshold)
     alpha = check_float("alpha", alpha, min_value=0.0, max_value=1.0)
     names = minilm_linear_names(config)
@@ -634,6 +687,18 @@ def minilm_quant_hook(
         matmuls = {n: _act_quant_matmul(a_bits, act_granularity) for n in names}
     elif method == "llm_int8":
         matmuls = {n: functools.partial(_llm_int8, threshold=threshold, bits=bits) for n in names}
+    elif method == "smoothquant" and share_qkv:
+        factors = minilm_smoothing_factors(
+            params, config, calib, alpha=alpha, smooth_layers=smooth_layers, share_qkv=True
+        )
+        for n in names:
+            if n in factors:
+                matmuls[n] = functools.partial(
+                    _smoothquant_with, s=factors[n], act_granularity=act_granularity, bits=bits
+                )
+            else:  # plain W8A8 (per-channel weights) at `bits`
+                quantizers[n] = functools.partial(_weight_fake_quantize, bits=bits, granularity="channel")
+                matmuls[n] = _act_quant_matmul(bits, act_granularity)
     elif method == "smoothquant":
         smoothed = [n for n in names if smooth_layers == "all" or n.endswith(_MINILM_LN_FED)]
         calib = _check_calib(calib, smoothed, "in_absmax", method)

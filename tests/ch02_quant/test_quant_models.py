@@ -404,6 +404,48 @@ def test_minilm_smoothquant_smooths_layernorm_fed_layers(minilm, calib):
             assert float((y - ref).norm() / ref.norm()) < 0.05
 
 
+def test_minilm_smoothing_factors_share_one_s_across_query_key_value(minilm, calib):
+    """share_qkv: one s from max|X_j| and the stacked q/k/v weights (the foldable s); FC1 its own."""
+    cfg, params = minilm
+    shared = M.minilm_smoothing_factors(params, cfg, calib, alpha=0.5)
+    apart = M.minilm_smoothing_factors(params, cfg, calib, alpha=0.5, share_qkv=False)
+    p = "encoder.layer.2."
+    qkv = [p + "attention.self." + k for k in ("query", "key", "value")]
+    assert set(shared) == set(apart) and len(shared) == 4 * cfg.num_hidden_layers
+    w = torch.cat([torch.as_tensor(params[n + ".weight"]) for n in qkv])
+    want = T.smooth_scales(calib[qkv[0]]["in_absmax"], w, 0.5)
+    for n in qkv:
+        assert torch.equal(shared[n], want)
+        own = T.smooth_scales(calib[n]["in_absmax"], torch.as_tensor(params[n + ".weight"]), 0.5)
+        assert torch.equal(apart[n], own)
+    assert not torch.equal(apart[qkv[0]], apart[qkv[1]])  # each layer's own weights differ
+    fc1 = p + "intermediate.dense"
+    assert torch.equal(shared[fc1], apart[fc1])
+    with pytest.raises(TypeError, match="share_qkv"):
+        M.minilm_smoothing_factors(params, cfg, calib, share_qkv="yes")
+    with pytest.raises(ValueError, match="calib"):
+        M.minilm_smoothing_factors(params, cfg, None)
+
+
+def test_minilm_smoothquant_share_qkv_is_w8a8_of_the_smoothed_layer(minilm, calib):
+    """In float64 the foldable hook is exactly w8a8_linear(x / s, w * s) with the shared s."""
+    cfg, params = minilm
+    params64 = _params64(params)
+    calib64 = {n: {k: v.double() for k, v in c.items() if k == "in_absmax"} for n, c in calib.items()}
+    hook = M.minilm_quant_hook(
+        "smoothquant", params=params64, config=cfg, calib=calib64, alpha=0.5, share_qkv=True
+    )
+    s = M.minilm_smoothing_factors(params64, cfg, calib64, alpha=0.5)
+    name = "encoder.layer.0.attention.self.key"
+    w = torch.as_tensor(params64[name + ".weight"])
+    b = torch.as_tensor(params64[name + ".bias"])
+    x = torch.randn(2, 5, 384, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    want = T.w8a8_linear(x / s[name], w * s[name], b, act_granularity="tensor")
+    assert torch.equal(hook(name, x, w, b), want)
+    plain = M.minilm_quant_hook("smoothquant", params=params64, config=cfg, calib=calib64, alpha=0.5)
+    assert not torch.equal(plain(name, x, w, b), want)  # per-layer s: a different smoothing
+
+
 def test_gptq_minilm_sequential(minilm, sentences, ref_emb):
     cfg, params = minilm
     before = params["encoder.layer.0.attention.self.query.weight"].copy()
