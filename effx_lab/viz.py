@@ -1089,7 +1089,10 @@ def dropdown_figure(
 # ------------------------------------------------------------------------------------
 # Package source, highlighted and folded
 
-_SOURCE_STYLE = "a11y-light"  # pygments: WCAG-contrast colours on a light background
+# pygments styles, best first: WCAG-contrast colours on a light background come from the
+# accessible-pygments plugin (the book's theme installs it; Colab has none), "default"
+# ships with pygments itself
+_SOURCE_STYLES = ("a11y-light", "default")
 _SOURCE_BG, _SOURCE_FG, _SOURCE_BORDER = "#f8f8f8", "#1f2328", "#d0d7de"
 
 
@@ -1146,11 +1149,14 @@ class _SourceListing:
         p.text(self.text())
 
     def _repr_html_(self) -> str:
-        from pygments import highlight
-        from pygments.formatters import HtmlFormatter
-        from pygments.lexers import PythonLexer
-
-        formatter = HtmlFormatter(nowrap=True, noclasses=True, style=_SOURCE_STYLE)
+        try:
+            from pygments import highlight
+            from pygments.formatters import HtmlFormatter
+            from pygments.lexers import PythonLexer
+        except ImportError:  # no pygments: the same block, not highlighted
+            highlight = None
+        if highlight is not None:
+            formatter = HtmlFormatter(nowrap=True, noclasses=True, style=_source_style())
         # Every colour is inline and the block brings its own background: it reads the
         # same in a light or a dark theme, in JupyterLab, Colab and the book, with no
         # stylesheet and no script.
@@ -1166,7 +1172,11 @@ class _SourceListing:
         opened = "" if self.collapsed else " open"
         blocks = []
         for name, source in self.items:
-            body = highlight(source, PythonLexer(), formatter)
+            body = (
+                _html.escape(source)
+                if highlight is None
+                else highlight(source, PythonLexer(), formatter)
+            )
             blocks.append(
                 f'<details class="effx-source"{opened} style="{box}">'
                 f'<summary style="{summary}">Source of '
@@ -1175,6 +1185,20 @@ class _SourceListing:
                 f'<pre class="effx-source-code" style="{pre}">{body}</pre></details>'
             )
         return "\n".join(blocks)
+
+
+def _source_style() -> str:
+    """The first of :data:`_SOURCE_STYLES` this pygments knows."""
+    from pygments.styles import get_style_by_name
+    from pygments.util import ClassNotFound
+
+    for name in _SOURCE_STYLES[:-1]:
+        try:
+            get_style_by_name(name)
+            return name
+        except ClassNotFound:
+            continue
+    return _SOURCE_STYLES[-1]
 
 
 def _source_of(obj: Any, where: str) -> tuple[str, str]:

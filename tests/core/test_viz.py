@@ -363,3 +363,12 @@ def test_show_source_reads_a_triton_kernel_with_or_without_triton(capsys):
     viz.show_source(K._quantize_rows_kernel)
     out = capsys.readouterr().out
     assert "def _quantize_rows_kernel(" in out
+
+
+def test_show_source_html_without_the_accessible_styles_plugin(monkeypatch):
+    """Colab has no accessible-pygments: the listing falls back to pygments' own style."""
+    monkeypatch.setattr(viz, "_SOURCE_STYLES", ("no-such-style-anywhere", "default"))
+    assert viz._source_style() == "default"
+    listing = viz._SourceListing([("effx_lab.viz.stamp", "def stamp():\n    pass\n")], True)
+    html = listing._repr_html_()
+    assert "<details" in html and "stamp" in html and "style=" in html
