@@ -340,7 +340,25 @@ def _prune_output(app, exception):
         logger.info("effx_book: removed from the output (unused): %s", ", ".join(sorted(removed)))
 
 
+#: Code cells hold at most 88 columns (tests/book/test_notebook_style.py); at the theme's
+#: code size an 88-column line scrolls sideways in the column of a 1400 px window, so code
+#: and output blocks use a slightly smaller monospace size (the browser test measures it).
+CODE_CSS_NAME = "effx-code.css"
+CODE_CSS = """div.cell_input pre, div.cell_output pre { font-size: 0.78rem; }
+"""
+
+
+def _write_code_css(app, exception):
+    if exception is not None or app.builder.format != "html":
+        return
+    static = Path(app.outdir) / "_static"
+    static.mkdir(parents=True, exist_ok=True)
+    (static / CODE_CSS_NAME).write_text(CODE_CSS, encoding="utf8")
+
+
 def setup(app):
+    app.add_css_file(CODE_CSS_NAME)
+    app.connect("build-finished", _write_code_css, priority=50)
     # Early (priority 1), so the duplicates are gone before other handlers look at the list.
     app.connect("html-page-context", _dedupe_scripts, priority=1)
     # Late (after sphinx.ext.mathjax and myst-nb, priority 500), so their scripts are in the list.

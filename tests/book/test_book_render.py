@@ -437,8 +437,10 @@ def _share(part: int, whole: int) -> str:
 
 
 @pytest.mark.browser
-def test_code_cells_fit_88_columns(server, browser):
-    """No code-cell line over 88 columns; lines overflowing at 1400 px, per page."""
+def test_code_cells_fit_the_page_at_laptop_width(server, browser):
+    """No code-cell line scrolls sideways at 1400 px, as the reader sees it (the source
+    check, 88 columns, is tests/book/test_notebook_style.py; this one sees the theme's
+    font and column). Output lines that overflow are counted in the message only."""
     rows, offenders = [], []
     for doc in NOTEBOOK_PAGES:
         context, page, _, _ = _open(browser, f"{server}/{doc}.html", width=1400)
@@ -454,11 +456,11 @@ def test_code_cells_fit_88_columns(server, browser):
             f"{outputs}; input lines over {CODE_COLUMNS} columns: {len(s['long'])}"
             f"{longest}"
         )
-        if s["long"]:
+        if s["inputOver"]:
             offenders.append(doc)
     assert not offenders, (
-        f"{len(offenders)} notebook page(s) have code-cell lines over {CODE_COLUMNS} "
-        "columns; per page:\n" + "\n".join(rows)
+        f"{len(offenders)} notebook page(s) have code-cell lines that scroll sideways "
+        "at 1400 px; per page:\n" + "\n".join(rows)
     )
 
 

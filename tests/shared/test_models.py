@@ -554,8 +554,11 @@ def test_the_checkpoint_script_trains_a_few_steps(tmp_path) -> None:
     from effx_lab.data.pools import token_splits
 
     _, val = token_splits()
+    # the script measured in float32 on one thread, this process may use several: the
+    # summation order differs, so float32 rounding (u = 6e-8 per operation, a few hundred
+    # terms per dot product) may move the perplexity in the 5th digit, never more
     assert perplexity(model, val, seq_len=128) == pytest.approx(
-        measured["val_ppl_128"], rel=1e-9
+        measured["val_ppl_128"], rel=1e-4
     )
 
 
