@@ -136,6 +136,7 @@ __all__ = [
     "ReferenceRecorder",
     "RegisteredChecker",
     "STRICT_ENV_VAR",
+    "adopt",
     "as_numpy",
     "check_function",
     "check_value",
@@ -1385,7 +1386,13 @@ def check_value(
 
 
 def _strict() -> bool:
-    return os.environ.get(STRICT_ENV_VAR, "") == "1"
+    """Whether a failed check raises: under ``EFFX_CHECK_STRICT=1`` (CI on the solution notebooks) and when
+    nbgrader executes a notebook to grade or validate it (it scores a test cell by whether it raises)."""
+    return os.environ.get(STRICT_ENV_VAR, "") == "1" or _grading()
+
+
+def _grading() -> bool:
+    return os.environ.get("NBGRADER_EXECUTION", "") in ("autograde", "validate")
 
 
 def report(result: CheckResult) -> CheckResult:
@@ -1711,7 +1718,105 @@ def checker(*, reference: Callable) -> Callable[[Callable], Callable]:
                 f"got {describe(fn)}"
             )
         qualname = f"{fn.__module__}.{fn.__qualname__}"
-        CHECKERS[qualname] = RegisteredChecker(qualname, fn, reference)
-        return fn
+
+        @functools.wraps(fn)
+        def checked(student_fn: Any, *args: Any, **kwargs: Any) -> CheckResult:
+            try:
+                result = fn(student_fn, *args, **kwargs)
+            except CheckerError as exc:  # strict mode: remember the failure, then raise it
+                if exc.result is not None:
+                    _LAST_CHECK[qualname] = (student_fn, exc.result)
+                raise
+            if isinstance(result, CheckResult):
+                _LAST_CHECK[qualname] = (student_fn, result)
+            return result
+
+        CHECKERS[qualname] = RegisteredChecker(qualname, checked, reference)
+        return checked
 
     return register
+
+
+#: The latest (student function, result) of every registered checker, for :func:`adopt`.
+_LAST_CHECK: dict[str, tuple[Any, CheckResult]] = {}
+
+
+def _registered(check: Any) -> RegisteredChecker:
+    for entry in CHECKERS.values():
+        if entry.function is check:
+            return entry
+    raise TypeError(
+        f"checked_by must be one of the course's check_<exercise> functions (e.g. check_glu), "
+        f"got {describe(check)}"
+    )
+
+
+def adopt(student_fn: Any, checked_by: Callable, *, budget_s: float = 30.0) -> Callable:
+    """The function the experiment after an exercise runs: the student's if it passed, else the course's.
+
+    The MIT-EfficientML pattern: the student's answer drives the plot that follows it. ``checked_by`` is
+    the exercise's ``check_<name>``; if its latest check was of this very ``student_fn`` that result is
+    used, otherwise the check runs now (and reports). Then:
+
+    * passed: the returned function calls ``student_fn``, with a time budget of ``budget_s`` seconds for
+      all its calls together. A call that runs past what is left of the budget is stopped, as is one that
+      raises on the experiment's (larger) inputs; from then on the course's reference answers, and one line
+      says so. In strict mode (``EFFX_CHECK_STRICT=1``, the solution notebooks in CI) that raises
+      :class:`CheckerError` instead: the solution must carry the experiment.
+    * not passed (or not attempted): the course's reference, with one line saying so.
+
+    The returned function has the exercise's name and signature, and ``.by_student`` (whether the student's
+    code is running) for labels such as "your quantize_symmetric".
+    """
+    entry = _registered(checked_by)
+    budget_s = check_float("budget_s", budget_s, min_value=0.0, min_inclusive=False)
+    last = _LAST_CHECK.get(entry.qualname)
+    result = last[1] if last is not None and last[0] is student_fn else checked_by(student_fn)
+    reference = entry.reference
+    name = result.name
+
+    if not result.passed:
+        why = "has not been attempted yet" if not result.attempted else "has not passed its check yet"
+        print(fit(f"↪ {name}: yours {why}, so the experiment below uses the course's {name}."), flush=True)
+        return _labelled(reference, reference, by_student=False)
+
+    state = {"left": budget_s, "fallen": False}
+
+    def run(*args: Any, **kwargs: Any) -> Any:
+        if state["fallen"]:
+            return reference(*args, **kwargs)
+        try:
+            out, elapsed = _call_with_limit(student_fn, args, kwargs, state["left"])
+            state["left"] -= elapsed
+            if state["left"] > 0:
+                return out
+            problem = f"used up its time budget ({budget_s:g} s for this experiment)"
+        except _TimeLimitExceeded:
+            problem = f"ran past its time budget ({budget_s:g} s for this experiment) and was stopped"
+        except BaseException as exc:  # noqa: B036 - the student's code failed on the experiment's input
+            if _is_user_interrupt(exc):
+                raise
+            problem = f"raised {_exception_text(exc)} on the experiment's input"
+        state["fallen"] = True
+        run.by_student = False  # type: ignore[attr-defined]
+        message = f"↪ {name}: yours {problem}; the rest of this experiment uses the course's {name}."
+        if os.environ.get(STRICT_ENV_VAR, "") == "1":
+            raise CheckerError(message, result)
+        print(fit(message), flush=True)
+        return reference(*args, **kwargs)
+
+    print(fit(f"✓ {name}: the experiment below runs your function."), flush=True)
+    return _labelled(run, reference, by_student=True)
+
+
+def _labelled(fn: Callable, like: Callable, *, by_student: bool) -> Callable:
+    if fn is like:
+        @functools.wraps(like)
+        def same(*args: Any, **kwargs: Any) -> Any:
+            return like(*args, **kwargs)
+
+        fn = same
+    else:
+        functools.update_wrapper(fn, like)
+    fn.by_student = by_student  # type: ignore[attr-defined]
+    return fn
