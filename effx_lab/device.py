@@ -266,7 +266,7 @@ def summary() -> str:
 
 def short_summary() -> str:
     """The device in a few words, e.g. ``"GPU NVIDIA H100 80GB HBM3 (sm_90)"`` or ``"CPU AMD EPYC 7B13 (2 cores)"``:
-    what :func:`effx_lab.claims.verdict` names as the device a claim was measured on."""
+    what a claim's verdict (:class:`effx_lab.claims.ClaimRecord`) names as its device."""
     if has_cuda():
         import torch
 

@@ -24,7 +24,7 @@ its chapter-7 configurations), and has three extension points:
 The budget is a number of ``steps`` (deterministic for a seed and a thread count: use it
 for anything a notebook or a test asserts) or a ``time_budget_s`` of training time (the
 number of steps then depends on the machine: use it for demonstrations, with printed
-results or :func:`effx_lab.claims.verdict`, never for asserts). Loops longer than a
+results or a device-dependent :class:`effx_lab.claims.Claim`, never for asserts). Loops longer than a
 couple of seconds show a progress bar (:mod:`effx_lab.progress`).
 """
 
