@@ -21,14 +21,15 @@ NB_MAX_RSS_MB := 4096
 NBVAL      := $(BIN)/python -m pytest --nbval-lax -q -p no:cacheprovider -p nbval_cache --nb-max-rss-mb $(NB_MAX_RSS_MB)
 NB_CACHE   := _build/.jupyter_cache
 
-.PHONY: help setup book book-strict book-cache-guard test test-package test-notebooks test-browser test-portable \
-        lab student bench gpu-check clean
+.PHONY: help setup book book-strict book-cache-guard test test-package test-notebooks test-instructor test-browser notebook-form \
+        test-portable lab student bench gpu-check clean
 
 help:
 	@echo "make book   build the HTML book into _build/html (executes every notebook)"
-	@echo "make test   package tests + notebooks under nbval + strict book build + headless-browser check"
+	@echo "make test   package tests + notebooks under nbval + nbgrader + strict book build + browser check"
 	@echo "make lab    JupyterLab on the notebooks"
 	@echo "make student  student versions of the notebooks into _build/student"
+	@echo "make test-instructor  real nbgrader: generate and autograde every notebook (installs .[instructor])"
 	@echo "make bench  chapter 1, 2 and 7 benchmarks (JSON into bench_results/)"
 	@echo "make gpu-check  on a CUDA machine: GPU tests, compiled Triton kernels, GPU benchmarks (JSON)"
 	@echo "make test-portable  a notebook per chapter + every kernel notebook from the wheel, without Triton"
@@ -67,12 +68,23 @@ book-strict: $(STAMP) $(VENDOR) book-cache-guard
 	$(BOOK_ENV) $(BIN)/jupyter-book build . -W -n --keep-going
 
 test-package: $(STAMP)
-	$(BIN)/python -m pytest tests -m "not browser" -q
+	$(BIN)/python -m pytest tests -m "not browser and not instructor" -q
 
 # Solution notebooks must pass every checker: EFFX_CHECK_STRICT turns a failed check into an error.
 # Run with the book's renderer so that what nbval executed can be reused by the book build.
 test-notebooks: $(STAMP) book-cache-guard
 	EFFX_CHECK_STRICT=1 $(BOOK_ENV) PYTHONPATH=tests $(NBVAL) --nb-cache=$(NB_CACHE) notebooks
+
+# Instructors use nbgrader: generate_assignment releases every notebook, autograde gives the solutions full marks
+# and the released student versions zero, and the executed student versions give no exercise away
+# (tests/book/test_nbgrader.py; EFFX_NBGRADER_ONLY=02.1,07.1 restricts it to some notebooks).
+INSTRUCTOR_STAMP := $(VENV)/.effx-instructor
+$(INSTRUCTOR_STAMP): $(STAMP) pyproject.toml
+	$(BIN)/python -m pip install --quiet -e ".[instructor]"
+	@touch $@
+
+test-instructor: $(INSTRUCTOR_STAMP)
+	$(BIN)/python -m pytest tests -m instructor -q
 
 # The package as a student on macOS/Windows or on Colab gets it: built as a wheel, installed into a fresh
 # venv without Triton (so `import triton` really fails), notebooks run from a folder outside the checkout.
@@ -108,7 +120,7 @@ test-browser: $(STAMP)
 # Each step's time is printed at the end (the budget: 25 minutes on a 2-core CPU from a cold clone).
 test: $(STAMP) $(VENDOR)
 	@start=$$(date +%s); split=""; \
-	for step in test-package test-notebooks book-strict test-browser test-portable; do \
+	for step in test-package test-notebooks test-instructor book-strict test-browser test-portable; do \
 	  t0=$$(date +%s); \
 	  $(MAKE) --no-print-directory $$step || { echo "make test: $$step FAILED"; exit 1; }; \
 	  split="$$split $$step=$$(( $$(date +%s) - t0 ))s"; \
@@ -119,6 +131,10 @@ test: $(STAMP) $(VENDOR)
 lab: $(STAMP)
 	@$(BIN)/python -c "import jupyterlab" 2>/dev/null || $(BIN)/python -m pip install --quiet -e ".[lab]"
 	$(BIN)/jupyter lab notebooks $$( [ "$$(id -u)" = 0 ] && echo --allow-root )
+
+# Before committing a notebook written in MyST: the stored form (Colab-readable, nbgrader marks).
+notebook-form: $(STAMP)
+	$(BIN)/python book/_ext/notebook_form.py --write notebooks
 
 student: $(STAMP)
 	$(BIN)/effx-lab student notebooks _build/student

@@ -1777,7 +1777,10 @@ def adopt(student_fn: Any, checked_by: Callable, *, budget_s: float = 30.0) -> C
 
     if not result.passed:
         why = "has not been attempted yet" if not result.attempted else "has not passed its check yet"
-        print(fit(f"↪ {name}: yours {why}, so the experiment below uses the course's {name}."), flush=True)
+        message = f"↪ {name}: yours {why}, so the experiment below uses the course's {name}."
+        if os.environ.get(STRICT_ENV_VAR, "") == "1":  # CI on the solution notebooks: never a fallback
+            raise CheckerError(message, result)
+        print(fit(message), flush=True)  # (under nbgrader the test cell is what scores: no raise here)
         return _labelled(reference, reference, by_student=False)
 
     state = {"left": budget_s, "fallen": False}

@@ -3,6 +3,9 @@
 * ``effx-lab student IN OUT`` writes student versions of notebooks (solutions replaced by placeholders,
   see :mod:`effx_lab.student`): a notebook to a notebook (or into an existing folder), or a folder
   of notebooks to a folder, mirroring the tree.
+* ``effx-lab nbgrader IN COURSE [--assignment NAME]`` puts notebooks into an nbgrader
+  course folder as assignment sources, with their nbgrader metadata, and writes its
+  ``nbgrader_config.py`` (see :func:`effx_lab.student.write_nbgrader_course`).
 * ``effx-lab bench CHAPTER [--quick]`` runs a chapter's benchmarks (the same as
   ``python -m effx_lab.bench CHAPTER``).
 * ``effx-lab pin REF [--root DIR]`` pins the course to a git ref (a release tag): it rewrites
@@ -49,6 +52,26 @@ def build_parser() -> argparse.ArgumentParser:
     student.add_argument("src", type=Path, help="a solution notebook (.ipynb) or a folder of them")
     student.add_argument("dst", type=Path, help="where to write the student version(s)")
 
+    grader = sub.add_parser(
+        "nbgrader",
+        help="put notebooks into an nbgrader course folder (source/<assignment>/)",
+        description="Copy a notebook, or every notebook under a folder, into "
+        "COURSE/source/<assignment>/ with its nbgrader metadata (solution cells, "
+        "autograded test cells with points), and write COURSE/nbgrader_config.py unless "
+        "it exists. Then, in COURSE: nbgrader generate_assignment <assignment>.",
+    )
+    grader.add_argument(
+        "src", type=Path, help="a solution notebook (.ipynb) or a folder of them"
+    )
+    grader.add_argument(
+        "course", type=Path, help="the nbgrader course folder (created if missing)"
+    )
+    grader.add_argument(
+        "--assignment",
+        default=None,
+        help="the assignment name (default: the name of each notebook's folder)",
+    )
+
     bench = sub.add_parser("bench", help="run a chapter's benchmarks", description="Run a chapter's benchmarks.")
     bench.add_argument("chapter", help="the chapter's benchmark name, e.g. costs")
     bench.add_argument("--quick", action="store_true", help="small sizes, a few seconds")
@@ -81,6 +104,20 @@ def _student(src: Path, dst: Path) -> int:
     for path in written:
         print(f"wrote {path}")
     print(f"{len(written)} student notebook{'s' if len(written) != 1 else ''} written")
+    return 0
+
+
+def _nbgrader(src: Path, course: Path, assignment: str | None) -> int:
+    from .student import write_nbgrader_course
+
+    written = write_nbgrader_course(src, course, assignment=assignment)
+    for path in written:
+        print(f"wrote {path}")
+    assignments = sorted({path.parent.name for path in written})
+    plural = "s" if len(written) != 1 else ""
+    print(f"{len(written)} notebook{plural} in {course / 'source'}; next, in {course}:")
+    for name in assignments:
+        print(f"  nbgrader generate_assignment {name}")
     return 0
 
 
@@ -231,6 +268,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _student(args.src, args.dst)
         except (ValueError, OSError) as exc:
             print(f"effx-lab student: error: {exc}", file=sys.stderr)
+            return 1
+    if args.command == "nbgrader":
+        try:
+            return _nbgrader(args.src, args.course, args.assignment)
+        except (ValueError, OSError) as exc:
+            print(f"effx-lab nbgrader: error: {exc}", file=sys.stderr)
             return 1
     if args.command == "pin":
         try:
