@@ -17,15 +17,19 @@ FLASH              same as GAU                            ``2 n c (s + e)`` + ``
 
 The FLASH row is the paper's ``O(n c) + O(n e s)``: local attention inside chunks, and one ``K^T V`` state
 product plus one ``Q_lin`` read-out per token for the global part.
+:func:`mixing_crossover` is the length from which FLASH's token mixing needs fewer FLOPs
+than softmax attention's.
 """
 
 from __future__ import annotations
+
+import math
 
 from effx_lab._validate import check_choice, check_int
 
 from .shapes import gau_param_shapes, glu_param_shapes
 
-__all__ = ["KINDS", "layer_params", "layer_flops", "model_flops"]
+__all__ = ["KINDS", "layer_params", "layer_flops", "mixing_crossover", "model_flops"]
 
 KINDS = ("transformer", "glu", "gau", "flash")
 
@@ -99,3 +103,38 @@ def model_flops(kind: str, n: int, d_model: int, n_layers: int, **kwargs) -> int
     with ``2N`` GAU or FLASH layers at about the same parameter count)."""
     n_layers = check_int("n_layers", n_layers, min_value=1)
     return n_layers * layer_flops(kind, n, d_model, **kwargs)["total"]
+
+
+
+def _smallest_length_below(quad: int, per_chunk: int, c: int) -> int:
+    """The smallest ``n >= 1`` with ``ceil(n / c) * per_chunk < quad * n^2`` (ints).
+
+    Inside chunk ``k`` (``(k - 1) c < n <= k c``) the left side is constant and the
+    right side grows, so the inequality first holds in the first chunk where it holds
+    at ``n = k c``: ``k > per_chunk / (quad c^2)``.
+    """
+    k = per_chunk // (quad * c * c) + 1
+    n = max((k - 1) * c + 1, math.isqrt(k * per_chunk // quad))
+    while quad * n * n <= k * per_chunk:
+        n += 1
+    return n
+
+
+def mixing_crossover(
+    d_model: int, *, expansion: int = 2, s: int = 128, chunk_size: int = 256
+) -> int:
+    """The smallest length ``n`` at which FLASH's token mixing needs fewer FLOPs than
+    softmax attention's.
+
+    Compares the ``"mixing"`` entries of :func:`layer_flops`: ``kind="flash"``,
+    ``2 N c (s + e) + 4 N s e`` with ``N = ceil(n / c) c`` (the sequence padded to whole
+    chunks), against ``kind="transformer"``, ``4 n^2 d`` (``QK^T`` and ``AV`` over all
+    heads), with ``e = expansion * d_model``. Padding makes FLASH's count a staircase,
+    flat inside a chunk, so the answer need not be a multiple of ``chunk_size``; it is
+    the first ``n`` at which FLASH is cheaper (with the course's shapes it stays cheaper
+    from there on). At ``d_model = 256``, ``s = 128``, ``c = 256``: 666.
+    """
+    d, e, s = _dims(d_model, expansion, s)
+    c = check_int("chunk_size", chunk_size, min_value=1)
+    per_chunk = 2 * c * c * (s + e) + 2 * 2 * c * s * e
+    return _smallest_length_below(4 * d, per_chunk, c)

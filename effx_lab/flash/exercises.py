@@ -19,6 +19,11 @@ that drops the diagonal), the verdict ends with a ``hint:`` line naming it. What
 * 07.2 ``mixed_chunk_flops(n, d_model, expansion, s, chunk_size) -> int``: the token-mixing FLOPs of one
   FLASH layer, padding to whole chunks included, the ``"mixing"`` entry of
   :func:`effx_lab.flash.costs.layer_flops` with ``kind="flash"``.
+* 07.3 ``flash_crossover(d_model, expansion, s, chunk_size) -> int``: the smallest
+  length ``n`` at which FLASH's token mixing (padded to whole chunks) needs fewer FLOPs
+  than softmax attention's ``4 n^2 d``, as
+  :func:`effx_lab.flash.costs.mixing_crossover`: the prediction the notebook puts next
+  to the length where FLASH overtakes SDPA on the reader's device.
 * 07.3 ``scaling_exponent(lengths, times) -> float``: the slope of the least-squares line through
   ``(log n, log t)`` (any log base), as :func:`effx_lab.flash.analysis.scaling_exponent`.
 * 07.3 ``causal_linear_attention(q, k, v)``: causal normalised linear attention on feature-mapped ``q, k``,
@@ -49,7 +54,12 @@ from effx_lab.models.reference import softmax
 
 from . import reference as R
 from .analysis import scaling_exponent
-from .costs import layer_flops, layer_params
+from .costs import (
+    _smallest_length_below,
+    layer_flops,
+    layer_params,
+    mixing_crossover,
+)
 
 __all__ = [
     "check_relu2_attention",
@@ -57,6 +67,7 @@ __all__ = [
     "check_gau_param_count",
     "check_chunk_linear_states",
     "check_mixed_chunk_flops",
+    "check_flash_crossover",
     "check_scaling_exponent",
     "check_causal_linear_attention",
 ]
@@ -514,6 +525,118 @@ def check_mixed_chunk_flops(student_fn: Any) -> CheckResult:
     return check_with_hints(
         student_fn, _mixed_flops_reference, _flops_cases, _FLOPS_MISTAKES,
         name="mixed_chunk_flops", rtol=0.0, atol=0.0, exact=True,
+    )  # fmt: skip
+
+
+# ================================================================ 07.3 FLOP crossover
+@named("flash_crossover")
+def _crossover_reference(d_model, expansion, s, chunk_size):
+    return mixing_crossover(d_model, expansion=expansion, s=s, chunk_size=chunk_size)
+
+
+def _crossover_variant(quad="softmax", local=True, global_=True, per_mac=2):
+    """The crossover with one thing changed (the reference: softmax's 4 n^2 d, both
+    parts of FLASH, 2 FLOPs per multiply-add)."""
+
+    def wrong(d_model, expansion, s, chunk_size):
+        e, c = expansion * d_model, chunk_size
+        per_chunk = per_mac * c * c * (s + e) if local else 0
+        per_chunk += per_mac * 2 * c * s * e if global_ else 0
+        coef = {"softmax": 4 * d_model, "one_product": 2 * d_model, "gau": 2 * (s + e)}
+        return _smallest_length_below(coef[quad], per_chunk, c)
+
+    return wrong
+
+
+def _crossover_unpadded(d_model, expansion, s, chunk_size):
+    e, c = expansion * d_model, chunk_size
+    return (c * (s + e) + 2 * s * e) // (2 * d_model) + 1  # n > (c(s+e) + 2se) / 2d
+
+
+def _crossover_whole_chunks(d_model, expansion, s, chunk_size):
+    e, c = expansion * d_model, chunk_size
+    per_chunk = 2 * c * c * (s + e) + 4 * c * s * e
+    return (per_chunk // (4 * d_model * c * c) + 1) * c
+
+
+def _crossover_e_is_d(d_model, expansion, s, chunk_size):
+    return _crossover_reference(d_model, 1, s, chunk_size)
+
+
+_CROSSOVER_MISTAKES = [
+    Mistake(
+        _crossover_unpadded,
+        "FLASH pads the sequence to whole chunks: count N = ceil(n / c) * c tokens on "
+        "FLASH's side, so a length just past a chunk boundary pays for a whole extra "
+        "chunk.",
+    ),
+    Mistake(
+        _crossover_whole_chunks,
+        "n need not be a multiple of c: inside a chunk FLASH's (padded) count stays "
+        "flat while softmax's 4 n^2 d keeps growing, so the first cheaper n can fall "
+        "inside a chunk.",
+    ),
+    Mistake(
+        _crossover_variant(quad="gau"),
+        "compare with softmax attention, 4 n^2 d (QK^T and AV, width d over all "
+        "heads), not with FLASH-Quad's 2 n^2 (s + e).",
+    ),
+    Mistake(
+        _crossover_variant(quad="one_product"),
+        "softmax attention does two n x n products, QK^T and AV, 2 n^2 d FLOPs each: "
+        "4 n^2 d in all.",
+    ),
+    Mistake(
+        _crossover_variant(global_=False),
+        "FLASH's mixing has a global linear part too: 2 * 2 N s e for the K_lin^T V "
+        "states and the Q_lin read-out.",
+    ),
+    Mistake(
+        _crossover_variant(local=False),
+        "FLASH's mixing has a local quadratic part too: 2 N c (s + e) inside the "
+        "chunks.",
+    ),
+    Mistake(
+        _crossover_variant(per_mac=1),
+        "count FLASH's side in FLOPs too (2 per multiply-add), as softmax's 4 n^2 d "
+        "is.",
+    ),
+    Mistake(
+        _crossover_e_is_d, "the value width is e = expansion * d_model, not d_model."
+    ),
+]
+
+
+def _crossover_cases(rng: np.random.Generator) -> list[Case]:
+    cases = [  # the first case tells every mistake apart
+        Case("a mid-size model: d = 512, e = 2d, s = 128, c = 128", (512, 2, 128, 128)),
+        Case("this notebook's shapes: d = 256, e = 2d, c = 256", (256, 2, 128, 256)),
+        Case("the paper's FLASH: d = 768, e = 2d, c = 256", (768, 2, 128, 256)),
+        Case("crossover in the first chunk: d = 4096, c = 1024", (4096, 1, 32, 1024)),
+        Case("small chunks: d = 64, s = 64, c = 64", (64, 2, 64, 64)),
+        Case("c = 1: no padding at all", (16, 3, 8, 1)),
+        Case("tiny: d = 1, e = d, s = 1, c = 1", (1, 1, 1, 1)),
+        Case("narrow model, wide chunks: d = 32, e = 4d, c = 512", (32, 4, 128, 512)),
+        Case("c not a power of two: d = 100, s = 100, c = 77", (100, 2, 100, 77)),
+    ]
+    for i in range(6):
+        args = (
+            int(rng.choice([32, 64, 128, 256, 512, 1024, 2048])),
+            int(rng.integers(1, 4)),
+            int(rng.choice([16, 32, 64, 128, 256])),
+            int(rng.choice([16, 32, 64, 100, 128, 256, 512])),
+        )
+        cases.append(Case(f"random draw {i + 1}: d = {args[0]}, c = {args[3]}", args))
+    return cases
+
+
+@checker(reference=_crossover_reference)
+def check_flash_crossover(student_fn: Any) -> CheckResult:
+    """Check ``flash_crossover(d_model, expansion, s, chunk_size) -> int`` (exact,
+    padding counted)."""
+    return check_with_hints(
+        student_fn, _crossover_reference, _crossover_cases, _CROSSOVER_MISTAKES,
+        name="flash_crossover", rtol=0.0, atol=0.0, exact=True,
     )  # fmt: skip
 
 

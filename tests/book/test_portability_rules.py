@@ -5,7 +5,7 @@ A notebook runs top to bottom on any reader's machine: a laptop CPU or a Colab G
 * reads a kernel's source with ``K.kernel_source(K._kernel)``, never ``K._kernel.fn`` (no ``.fn`` without Triton);
 * launches a Triton kernel only inside a cell that asks ``K.available()`` first and says why it skips;
 * never asserts a timing: a claim whose direction depends on the device is shown with
-  ``effx_lab.claims.verdict`` for the device it ran on;
+  a ``effx_lab.claims.Claim(..., device=True)`` verdict for the device it ran on;
 * never hides a claim behind ``if ON_CPU``: GPU readers get the verdict too.
 These checks read the notebooks' code; tests/book/test_repo.py checks their anatomy.
 """
@@ -62,7 +62,7 @@ def test_kernel_launches_are_guarded(path):
 def test_no_claim_is_hidden_behind_on_cpu(path):
     for i, src in _code_cells(path):
         assert not re.search(r"^\s*if\s+(ON_CPU|on_cpu)\s*:", src, re.M), (
-            f"{path.name} cell {i}: a claim guarded by `if ON_CPU:`; show it with claims.verdict on every device")
+            f"{path.name} cell {i}: a claim guarded by `if ON_CPU:`; show it as a Claim(..., device=True) on every device")
 
 
 # An inequality in a timing cell is allowed only as a derived rounding bound (named as such).
@@ -81,7 +81,7 @@ def test_timings_are_shown_not_asserted(path):
                 continue
             if _TIMED_NAME.search(code) or (re.search(r"[<>]", code) and not _DERIVED_BOUND.search(code)):
                 pytest.fail(f"{path.name} cell {i} asserts a timing or an inequality: {code!r}; use "
-                            "effx_lab.claims.verdict(...) so a slower or faster machine is told, not stopped")
+                            "a Claim(..., device=True) so a slower or faster machine is told, not stopped")
 
 
 def test_the_rules_catch_what_they_are_for(tmp_path):

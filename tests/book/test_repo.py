@@ -81,6 +81,14 @@ def test_notebook_anatomy(nb):
     n_checks = len(re.findall(r"^check_\w+\(", text, flags=re.M))
     assert n_checks >= 2, f"{nb.name}: {n_checks} checker calls, expected at least 2 exercises"
     assert text.count("### BEGIN SOLUTION") == text.count("### END SOLUTION") >= 2
+    # at least one exercise drives the experiment after it: adopt(fn, check_fn) after check_fn(fn)
+    adopted = re.findall(r"\badopt\(\s*(\w+)\s*,\s*(check_\w+)", text)
+    assert adopted, f"{nb.name}: no exercise drives an experiment (effx_lab.check.adopt(fn, check_fn))"
+    for fn, check in adopted:
+        first_check = text.find(f"{check}({fn})")
+        assert 0 <= first_check < text.find(f"adopt({fn}"), f"{nb.name}: {check}({fn}) must come before adopt"
+    # claims have one mechanism (effx_lab.claims.Claim); the old one-line verdict is gone
+    assert "verdict(" not in text, f"{nb.name}: use effx_lab.claims.Claim, not verdict()"
     # title first
     assert cells[0]["cell_type"] == "markdown" and _src(cells[0]).startswith("# ")
 

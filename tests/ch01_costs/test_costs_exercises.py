@@ -294,3 +294,180 @@ def test_checkers_report_not_attempted_and_non_functions():
     assert res.passed is False and res.attempted is False
     res = E.check_pack(42)
     assert res.passed is False and "expected a function" in res.message
+
+
+# ------------------------------------------------------------------------------- hints
+# Each classic wrong answer gets the hint that names its mistake (and no other's).
+def _kv(factor=2, scale=1, rounding=math.ceil, batch=True, layers=True):
+    def wrong(n_layers, n_kv_heads, head_dim, seq_len, batch_size, bytes_per_elem):
+        n = factor * (n_layers if layers else 1) * n_kv_heads * head_dim * seq_len
+        n *= batch_size if batch else 1
+        return int(rounding(n * bytes_per_elem * scale))
+
+    return wrong
+
+
+@pytest.mark.parametrize(
+    "wrong, hint",
+    [
+        (_kv(factor=1), "a key AND a value"),
+        (_kv(scale=8), "counts bits, not bytes"),
+        (_kv(scale=1 / 8), "do not divide by 8"),
+        (_kv(rounding=int), "round up: a partly used byte"),
+        (_kv(rounding=lambda v: int(v + 0.5)), "round up, not to the nearest"),
+        (_kv(batch=False), "multiply by batch_size"),
+        (_kv(layers=False), "multiply by n_layers"),
+    ],
+    ids=["no_factor_2", "bits", "divided_by_8", "floor", "half_up", "no_batch",
+         "no_layers"],
+)
+def test_kv_hints_name_the_mistake(wrong, hint):
+    _fails(E.check_kv_cache_bytes(wrong), "hint:", hint)
+
+
+def _batch(heads="n_kv_heads", factor=2, weights_rounding=math.ceil, fit="floor",
+           clamp=True):
+    def wrong(memory_bytes, shape, seq_len, weight_bytes_per_param, kv_bytes_per_elem):
+        weights = weights_rounding(shape.params() * weight_bytes_per_param)
+        per_seq = factor * shape.n_layers * getattr(shape, heads) * shape.head_dim
+        per_seq *= seq_len * kv_bytes_per_elem
+        free = memory_bytes - weights
+        if clamp and free < 0:
+            return 0
+        if fit == "round":
+            return round(free / per_seq)
+        if fit == "strict":  # while weights + (b + 1) * per_seq < memory_bytes
+            b = 0
+            while weights + (b + 1) * per_seq < memory_bytes:
+                b += 1
+            return b
+        return int(free // per_seq)
+
+    return wrong
+
+
+@pytest.mark.parametrize(
+    "wrong, hint",
+    [
+        (_batch(heads="n_heads"), "not shape.n_heads"),
+        (_batch(factor=1), "the factor 2 is missing"),
+        (_batch(clamp=False), "never a negative number"),
+        (_batch(fit="strict"), "(<=, not <)"),
+        (_batch(fit="round"), "take the floor"),
+        (_batch(weights_rounding=int), "round the weights' bytes up"),
+    ],
+    ids=["n_heads", "no_factor_2", "negative", "strict", "round", "weights_floor"],
+)
+def test_max_batch_hints_name_the_mistake(wrong, hint):
+    _fails(E.check_max_batch_size(wrong), "hint:", hint)
+
+
+def _matmul(factor=2, write_c=True, scale=1, rounding=math.ceil, swap=False):
+    def wrong(m, n, k, bytes_per_elem):
+        elements = m * k + k * n + (m * n if write_c else 0)
+        flops, n_bytes = factor * m * n * k, rounding(elements * bytes_per_elem * scale)
+        return (n_bytes, flops) if swap else (flops, n_bytes)
+
+    return wrong
+
+
+@pytest.mark.parametrize(
+    "wrong, hint",
+    [
+        (_matmul(factor=1), "2 FLOPs"),
+        (_matmul(write_c=False), "writes C"),
+        (_matmul(scale=8), "bits"),
+        (_matmul(swap=True), "in that order"),
+        (_matmul(rounding=int), "round the bytes up"),
+    ],
+    ids=["no_factor_2", "no_c", "bits", "swapped", "floor"],
+)
+def test_matmul_hints_name_the_mistake(wrong, hint):
+    _fails(E.check_matmul_flops_bytes(wrong), "hint:", hint)
+
+
+@pytest.mark.parametrize(
+    "wrong, hint",
+    [
+        (lambda f, b, pf, pb: f / pf + b / pb, "not their sum"),
+        (lambda f, b, pf, pb: min(f / pf, b / pb), "not the min"),
+        (lambda f, b, pf, pb: f / pf, "nor one of the two terms alone"),
+        (lambda f, b, pf, pb: b / pb, "nor one of the two terms alone"),
+    ],
+    ids=["sum", "min", "compute_only", "memory_only"],
+)
+def test_roofline_hints_name_the_mistake(wrong, hint):
+    _fails(E.check_roofline_time(wrong), "hint:", hint)
+
+
+def _cumsum(lengths):
+    return np.cumsum(np.asarray(lengths, dtype=np.int64))
+
+
+@pytest.mark.parametrize(
+    "wrong, hint",
+    [
+        (_cumsum, "start with 0"),
+        (lambda ls: np.concatenate([[0], _cumsum(ls)[:-1]]), "end with the total"),
+        (lambda ls: np.concatenate([[0], _cumsum(ls) - 1]), "off by one: cu[b + 1] is"),
+        (lambda ls: np.concatenate([[0], _cumsum(ls) + 1]), "with nothing added"),
+    ],
+    ids=["no_zero", "no_total", "minus_one", "plus_one"],
+)
+def test_cu_seqlens_hints_name_the_mistake(wrong, hint):
+    _fails(E.check_cu_seqlens(wrong), "hint:", hint)
+
+
+def _mask(x, lengths, inclusive=False):
+    t = np.arange(x.shape[1])[None, :]
+    lengths = np.asarray(lengths)[:, None]
+    return t <= lengths if inclusive else t < lengths
+
+
+def _pack_no_zero(x, lengths):
+    return x[_mask(x, lengths)], _cumsum(lengths)
+
+
+def _pack_inclusive(x, lengths):  # keeps one padding token per sequence
+    return x[_mask(x, lengths, True)], R.cu_seqlens(lengths)
+
+
+def _pack_by_position(x, lengths):  # position 0 of every sequence, then position 1...
+    return np.swapaxes(x, 0, 1)[_mask(x, lengths).T], R.cu_seqlens(lengths)
+
+
+@pytest.mark.parametrize(
+    "wrong, hint",
+    [
+        (_pack_no_zero, "cu must start with 0"),
+        (_pack_inclusive, "(not <=)"),
+        (_pack_by_position, "keep each sequence's tokens together"),
+    ],
+    ids=["cu_no_zero", "inclusive_mask", "by_position"],
+)
+def test_pack_hints_name_the_mistake(wrong, hint):
+    _fails(E.check_pack(wrong), "hint:", hint)
+
+
+def test_unpack_hints_name_the_mistake():
+    def zeros(packed, cu, max_len, pad_value=0):
+        return R.unpack(packed, cu, max_len, 0)
+
+    def shifted(packed, cu, max_len, pad_value=0):
+        shape = (len(cu) - 1, max_len) + packed.shape[1:]
+        out = np.full(shape, pad_value, dtype=packed.dtype)
+        for b in range(len(cu) - 1):
+            rows = packed[cu[b] + 1 : cu[b + 1] + 1]
+            out[b, : len(rows)] = rows
+        return out
+
+    _fails(E.check_unpack(zeros), "hint:", "not with zeros")
+    _fails(E.check_unpack(shifted), "hint:", "rows cu[b] to cu[b + 1] - 1")
+
+
+def test_a_wrong_answer_that_is_no_classic_mistake_gets_no_hint():
+    def wrong(n_layers, n_kv_heads, head_dim, seq_len, batch_size, bytes_per_elem):
+        return 3 * n_layers * n_kv_heads * head_dim * seq_len * batch_size * 2
+
+    result = E.check_kv_cache_bytes(wrong)
+    assert result.passed is False and "hint:" not in result.message

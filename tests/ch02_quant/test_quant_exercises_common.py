@@ -2,6 +2,8 @@
 a None answer is reported, and nothing is raised into the student's notebook."""
 from __future__ import annotations
 
+import importlib
+
 import numpy as np
 import pytest
 from _checks import fails
@@ -11,8 +13,23 @@ from effx_lab.quant import exercises
 CHECKERS = {name: getattr(exercises, name) for name in exercises.__all__}
 
 
+MODULES = ["fundamentals", "outliers", "llm_int8", "fine_grained", "second_order", "smoothquant", "qat"]
+
+
 def test_every_notebook_module_is_exported():
-    assert len(CHECKERS) == 19 and all(callable(c) for c in CHECKERS.values())
+    """The package exports exactly the checkers of its seven notebook modules (02.1 to 02.7), each once, at
+    least two per notebook, and every one is the module's own registered function."""
+    modules = [importlib.import_module(f"{exercises.__name__}.{m}") for m in MODULES]
+    assert [m.__name__ for m in exercises.MODULES] == [m.__name__ for m in modules]
+    own = {}
+    for module in modules:
+        names = [n for n in module.__all__ if n.startswith("check_")]
+        assert len(names) >= 2, module.__name__
+        for name in names:
+            assert name not in own, (name, own.get(name), module.__name__)
+            own[name] = getattr(module, name)
+    assert sorted(own) == exercises.__all__
+    assert all(getattr(exercises, name) is fn for name, fn in own.items())
 
 
 @pytest.mark.parametrize("name", sorted(CHECKERS))

@@ -2,6 +2,8 @@
 both rounding conventions, and reject each classic mistake with its hint."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -72,38 +74,39 @@ def affine_qparams_other_style(x, bits):
     return np.float64(scale), float(min(max(_round_away(qmax - hi / scale), 0), qmax))
 
 
-def quantize_per_group_plain(w, bits, group_size):
-    out, k = w.shape
-    qmax = 2 ** (bits - 1) - 1
-    scales = np.abs(w.reshape(out, k // group_size, group_size)).max(axis=-1) / qmax
-    scales = np.where(scales > 0, scales, 1.0)
-    full = np.repeat(scales, group_size, axis=1)
-    return np.clip(np.round(w / full), -qmax, qmax).astype(np.int8), scales
+def bits_per_weight_plain(shape, bits, granularity, group_size=None, scale_bits=16):
+    n_out, n_in = shape
+    n_scales = {"tensor": 1, "channel": n_out}.get(granularity)
+    if n_scales is None:
+        n_scales = n_out * math.ceil(n_in / group_size)
+    return bits + n_scales * scale_bits / (n_out * n_in)
 
 
-def quantize_per_group_loops(w, bits, group_size):
-    out, k = w.shape
-    qmax = 2 ** (bits - 1) - 1
-    q = np.zeros((out, k), dtype=np.int64)
-    scales = np.ones((out, k // group_size))
-    for r in range(out):
-        for g in range(k // group_size):
-            cols = slice(g * group_size, (g + 1) * group_size)
-            peak = np.abs(w[r, cols]).max()
-            if peak > 0:
-                scales[r, g] = peak / qmax
-            q[r, cols] = np.clip(_round_away(w[r, cols] / scales[r, g]), -qmax, qmax)
-    return q, scales
+def bits_per_weight_bytes_first(shape, bits, granularity, group_size=None, scale_bits=16):
+    """Counts the total storage in bits as an int, then divides once (a NumPy float)."""
+    n_out, n_in = np.int64(shape[0]), np.int64(shape[1])
+    if granularity == "tensor":
+        n_scales = 1
+    elif granularity == "channel":
+        n_scales = n_out
+    else:
+        n_scales = n_out * (-(-n_in // group_size))
+    return (bits * n_out * n_in + n_scales * scale_bits) / (n_out * n_in)
 
 
-def quantize_per_group_torch(w, bits, group_size):
-    t = torch.from_numpy(np.array(w))
-    out, k = t.shape
-    qmax = 2 ** (bits - 1) - 1
-    scales = t.view(out, -1, group_size).abs().amax(dim=-1) / qmax
-    scales = torch.where(scales > 0, scales, torch.ones_like(scales))
-    q = torch.round(t.view(out, -1, group_size) / scales[..., None]).clamp(-qmax, qmax).reshape(out, k)
-    return q.to(torch.int8), scales
+def bits_per_weight_by_groups(shape, bits, granularity, group_size=None, scale_bits=16):
+    """Every granularity as groups: the whole tensor, a whole row, or group_size inputs (a loop over rows)."""
+    n_out, n_in = shape
+    if granularity == "tensor":
+        return bits + scale_bits / (n_out * n_in)
+    size = n_in if granularity == "channel" else group_size
+    total = 0
+    for _ in range(n_out):
+        start = 0
+        while start < n_in:
+            total += scale_bits
+            start += size
+    return bits + total / (n_out * n_in)
 
 
 RIGHT = [
@@ -113,9 +116,9 @@ RIGHT = [
     (E.check_quantize_symmetric, quantize_symmetric_clip_x_first),
     (E.check_affine_qparams, affine_qparams_plain),
     (E.check_affine_qparams, affine_qparams_other_style),
-    (E.check_quantize_per_group, quantize_per_group_plain),
-    (E.check_quantize_per_group, quantize_per_group_loops),
-    (E.check_quantize_per_group, quantize_per_group_torch),
+    (E.check_bits_per_weight, bits_per_weight_plain),
+    (E.check_bits_per_weight, bits_per_weight_bytes_first),
+    (E.check_bits_per_weight, bits_per_weight_by_groups),
 ]
 
 
@@ -136,8 +139,13 @@ def test_references_match_the_package():
     assert scale == float(qp.scale.item())
     assert refs["affine_qparams"][0](x, 8) == (float(R.compute_qparams(x, 8, False).scale.item()),
                                                int(R.compute_qparams(x, 8, False).zero_point.item()))
-    qg, sg = refs["quantize_per_group"][0](x, 4, 4)
-    assert qg.shape == (4, 8) and sg.shape == (4, 2)
+    # bits_per_weight counts what the packed format stores: 4-bit codes two per byte, fp16 scales
+    w = np.random.default_rng(1).normal(size=(6, 40))
+    for granularity, kw in (("tensor", {}), ("channel", {"axis": 0}), ("group", {"axis": -1, "group_size": 8})):
+        qp = R.compute_qparams(w, 4, granularity=granularity, **kw)
+        stored = R.pack_int4(R.quantize(w, qp)).nbytes + qp.scale.astype(np.float16).nbytes
+        predicted = refs["bits_per_weight"][0](w.shape, 4, granularity, kw.get("group_size"), 16)
+        assert predicted == pytest.approx(8 * stored / w.size, rel=1e-12)
 
 
 # ---------------------------------------------------------------------------------- no ties: both conventions agree
@@ -149,11 +157,10 @@ def _fractions(name, ref, case):
     if name == "affine_qparams":
         lo = min(x.min(), 0.0)
         return np.array([-lo / out[0]])
-    scales = np.repeat(out[1].astype(np.float64), case.args[2], axis=1)
-    return x / scales
+    raise AssertionError(name)
 
 
-@pytest.mark.parametrize("name", ["quantize_symmetric", "affine_qparams", "quantize_per_group"])
+@pytest.mark.parametrize("name", ["quantize_symmetric", "affine_qparams"])
 def test_no_case_has_a_rounding_tie(name):
     ref, make = E._cases_for_tests()[name]
     cases = make(np.random.default_rng(123))
@@ -164,7 +171,7 @@ def test_no_case_has_a_rounding_tie(name):
     assert any(np.asarray(c.args[0]).dtype == np.float32 for c in cases)
 
 
-@pytest.mark.parametrize("name", ["quantize_symmetric", "affine_qparams", "quantize_per_group"])
+@pytest.mark.parametrize("name", ["quantize_symmetric", "affine_qparams"])
 def test_checker_cases_have_no_ties(name):
     """The cases the checker actually uses (its generator is seeded from the exercise's name)."""
     seen = []
@@ -173,8 +180,7 @@ def test_checker_cases_have_no_ties(name):
         seen.append(Case("x", args, kwargs))
         return E._cases_for_tests()[name][0](*args, **kwargs)
 
-    checker = {"quantize_symmetric": E.check_quantize_symmetric, "affine_qparams": E.check_affine_qparams,
-               "quantize_per_group": E.check_quantize_per_group}[name]
+    checker = {"quantize_symmetric": E.check_quantize_symmetric, "affine_qparams": E.check_affine_qparams}[name]
     assert checker(spy).passed
     ref = E._cases_for_tests()[name][0]
     for case in seen:
@@ -186,7 +192,7 @@ def test_checker_cases_have_no_ties(name):
 def test_every_hint_is_reachable():
     """Each listed mistake differs from the right answer on at least one case (else its hint is dead)."""
     lists = {"quantize_symmetric": E._SYMMETRIC_MISTAKES, "affine_qparams": E._AFFINE_MISTAKES,
-             "quantize_per_group": E._GROUP_MISTAKES}
+             "bits_per_weight": E._BPW_MISTAKES}
     for name, mistakes in lists.items():
         ref, make = E._cases_for_tests()[name]
         cases = make(np.random.default_rng(7))
@@ -294,39 +300,51 @@ def test_affine_qparams_all_zeros_convention():
     _fails(E.check_affine_qparams(nan_scale), "all zeros")
 
 
-# ---------------------------------------------------------------------------------- quantize_per_group mistakes
-def _grp(w, bits, g, *, strided=False, tile=False, div=None, lo=None, peak="abs"):
-    out, k = w.shape
-    qmax = 2 ** (bits - 1) - 1
-    blocks = w.reshape(out, g, k // g) if strided else w.reshape(out, k // g, g)
-    axis = 1 if strided else 2
-    m = np.abs(blocks).max(axis=axis) if peak == "abs" else blocks.max(axis=axis)
-    scales = m / (qmax if div is None else div)
-    scales = np.where(scales != 0, scales, 1.0)
-    full = np.tile(scales, (1, g)) if (strided or tile) else np.repeat(scales, g, axis=1)
-    return np.clip(np.round(w / full), -qmax if lo is None else lo, qmax), scales
+# ---------------------------------------------------------------------------------- bits_per_weight mistakes
+def _bpw(shape, bits, granularity, group_size=None, scale_bits=16, *, count=None, per=None):
+    n_out, n_in = shape
+    if count is None:
+        count = {"tensor": lambda: 1, "channel": lambda: n_out,
+                 "group": lambda: n_out * math.ceil(n_in / group_size)}[granularity]()
+    else:
+        count = count(shape, granularity, group_size)
+    return bits + count * scale_bits / (n_out * n_in if per is None else per(shape))
+
+
+def _right_count(shape, granularity, group_size):
+    return {"tensor": 1, "channel": shape[0]}.get(granularity) or shape[0] * math.ceil(shape[1] / (group_size or 1))
 
 
 @pytest.mark.parametrize(
     "fn, hint",
     [
-        (lambda w, b, g: _grp(w, b, g, strided=True), "CONSECUTIVE"),
-        (lambda w, b, g: _grp(w, b, g, tile=True), "np.tile"),
-        (lambda w, b, g: _grp(w, b, g, div=2 ** (b - 1), lo=-(2 ** (b - 1))), "restricted"),
-        (lambda w, b, g: _grp(w, b, g, div=2 ** (b - 1)), "not by 2^(b-1)"),
-        (lambda w, b, g: _grp(w, b, g, peak="max"), "largest magnitude"),
+        (lambda shape, bits, granularity, group_size=None, scale_bits=16: bits, "code bits alone"),
+        (lambda shape, bits, granularity, group_size=None, scale_bits=16: (
+            bits * shape[0] * shape[1] + _right_count(shape, granularity, group_size) * scale_bits
+        ) // (shape[0] * shape[1]), "integer division"),
+        (lambda *a, **k: _bpw(*a, **k, count=lambda s, g, gs: s[1] if g == "channel" else _right_count(s, g, gs)),
+         "OUTPUT channel"),
+        (lambda *a, **k: _bpw(*a, **k, count=lambda s, g, gs: s[0] * s[1] / gs if g == "group"
+                              else _right_count(s, g, gs)), "last group is shorter"),
+        (lambda *a, **k: _bpw(*a, **k, count=lambda s, g, gs: math.ceil(s[0] * s[1] / gs) if g == "group"
+                              else _right_count(s, g, gs)), "never spans two rows"),
+        (lambda *a, **k: _bpw(*a, **k, count=lambda s, g, gs: math.ceil(s[1] / gs) if g == "group"
+                              else _right_count(s, g, gs)), "every row has its own groups"),
+        (lambda *a, **k: _bpw(*a, **k, per=lambda s: s[0]), "not over the out rows"),
+        (lambda *a, **k: _bpw(*a, **k) / 8, "not bytes"),
+        (lambda shape, bits, granularity, group_size=None, scale_bits=16: _bpw(
+            shape, bits, granularity, group_size, scale_bits / 8), "already in bits"),
     ],
 )
-def test_quantize_per_group_mistakes_get_their_hint(fn, hint):
-    _fails(E.check_quantize_per_group(fn), "hint:", hint)
+def test_bits_per_weight_mistakes_get_their_hint(fn, hint):
+    _fails(E.check_bits_per_weight(fn), "hint:", hint)
 
 
-def test_quantize_per_group_shape_of_scales_is_checked():
-    def per_row(w, bits, g):
-        q, s = quantize_per_group_plain(w, bits, g)
-        return q, s.reshape(-1)  # flattened scales
+def test_bits_per_weight_must_accept_group_size_none():
+    def group_size_required(shape, bits, granularity, group_size, scale_bits):
+        return bits_per_weight_plain(shape, bits, granularity, group_size, scale_bits)
 
-    _fails(E.check_quantize_per_group(per_row), "shape")
+    _fails(E.check_bits_per_weight(group_size_required), "could not call your function", "group_size=None")
 
 
 # ---------------------------------------------------------------------------------- never crash
@@ -341,7 +359,7 @@ def test_diagnosis_compares_tuples_element_by_element():
 
 
 def test_all_names_exported():
-    assert sorted(E.__all__) == ["check_affine_qparams", "check_quantize_per_group", "check_quantize_symmetric"]
+    assert sorted(E.__all__) == ["check_affine_qparams", "check_bits_per_weight", "check_quantize_symmetric"]
     from effx_lab.quant import exercises
 
     for name in E.__all__:

@@ -11,7 +11,8 @@ from effx_lab.check import Case, Diagnosis
 from effx_lab.quant import reference as R
 from effx_lab.quant.exercises import llm_int8 as E
 
-NAMES = ["vectorwise_quantize", "vectorwise_matmul", "llm_int8_matmul"]
+NAMES = ["max_safe_k", "vectorwise_matmul", "llm_int8_matmul"]
+MATMULS = ["vectorwise_matmul", "llm_int8_matmul"]
 CHECKERS = {name: getattr(E, f"check_{name}") for name in NAMES}
 
 
@@ -20,6 +21,7 @@ def _round_away(v):
 
 
 # ---------------------------------------------------------------------------------- right answers
+# the row quantizers the matmul answers below are built from, in several styles
 def vq_plain(x, bits=8):
     qmax = 2 ** (bits - 1) - 1
     peak = np.abs(x).max(axis=1)
@@ -114,11 +116,42 @@ def lm_torch(x, w, threshold=6.0):
     return y
 
 
+def max_safe_k_plain(bits=8, acc_bits=32, restricted=True):
+    qmax = 2 ** (bits - 1) - 1
+    largest = qmax * qmax if restricted else (qmax + 1) ** 2  # (-128) * (-128) when -128 is allowed
+    return (2 ** (acc_bits - 1) - 1) // largest
+
+
+def max_safe_k_search(bits=8, acc_bits=32, restricted=True):
+    """Walks the worst case: the largest K whose K * (largest product) still fits, found by bisection,
+    returned as a NumPy integer."""
+    lo_code = -(2 ** (bits - 1)) + (1 if restricted else 0)
+    hi_code = 2 ** (bits - 1) - 1
+    products = [a * b for a in (lo_code, hi_code) for b in (lo_code, hi_code)]
+    top, bottom = 2 ** (acc_bits - 1) - 1, -(2 ** (acc_bits - 1))
+    lo, hi = 0, 2**acc_bits
+    while lo < hi:  # the largest K with every K * p in [bottom, top]
+        mid = (lo + hi + 1) // 2
+        if all(bottom <= mid * p <= top for p in products):
+            lo = mid
+        else:
+            hi = mid - 1
+    return np.int64(lo)
+
+
+def max_safe_k_float_then_floor(bits=8, acc_bits=32, restricted=True):
+    """math.floor of a float quotient: exact here, because the quotients are far from whole numbers."""
+    import math
+
+    qmax = 2 ** (bits - 1) - 1
+    p = qmax**2 if restricted else 4 ** (bits - 1)
+    return math.floor((2.0 ** (acc_bits - 1) - 1) / p) if acc_bits <= 52 else (2 ** (acc_bits - 1) - 1) // p
+
+
 RIGHT = [
-    ("vectorwise_quantize", vq_plain),
-    ("vectorwise_quantize", vq_keepdims_half_away_float64),
-    ("vectorwise_quantize", vq_loops),
-    ("vectorwise_quantize", vq_torch),
+    ("max_safe_k", max_safe_k_plain),
+    ("max_safe_k", max_safe_k_search),
+    ("max_safe_k", max_safe_k_float_then_floor),
     ("vectorwise_matmul", vm_plain),
     ("vectorwise_matmul", vm_dequantize_first_float64),
     ("vectorwise_matmul", vm_int64_einsum),
@@ -142,11 +175,10 @@ def test_references_match_the_package():
     rng = np.random.default_rng(0)
     x, w = rng.normal(size=(5, 12)), rng.normal(size=(4, 12))
     x[:, 3] = 20.0
-    q, scale = refs["vectorwise_quantize"][0](x, 8)
-    q_pkg, s_pkg = R.absmax_quantize(x)
-    np.testing.assert_array_equal(q, q_pkg)
-    assert scale.shape == (5,)
-    np.testing.assert_allclose(scale, s_pkg[:, 0])
+    assert refs["max_safe_k"][0]() == (2**31 - 1) // 127**2 == 133144
+    assert refs["max_safe_k"][0](8, 32, restricted=False) == 2**17 - 1  # (-128)^2 = 2^14
+    # the package's int8_matmul documents the same bound for codes in [-128, 127]
+    assert "131071" in R.int8_matmul.__doc__
     np.testing.assert_allclose(refs["vectorwise_matmul"][0](x, w), R.vectorwise_linear(x, w))
     np.testing.assert_allclose(refs["llm_int8_matmul"][0](x, w), R.llm_int8_linear(x, w, threshold=6.0))
     np.testing.assert_allclose(refs["llm_int8_matmul"][0](x, w, threshold=0.0), x @ w.T, rtol=1e-12)
@@ -156,8 +188,6 @@ def test_references_match_the_package():
 def _quantized_operands(name: str, case: Case) -> list[np.ndarray]:
     """Every 2-D array the exercise quantizes by rows on this case (x, w, or the regular columns of both)."""
     x = np.asarray(case.args[0])
-    if name == "vectorwise_quantize":
-        return [x]
     w = np.asarray(case.args[1])
     if name == "vectorwise_matmul":
         return [x, w]
@@ -175,7 +205,7 @@ def _tie_distance(a: np.ndarray, bits: int = 8) -> float:
     return float(np.abs(v - np.floor(v) - 0.5).min())
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", MATMULS)
 def test_checker_cases_are_far_from_rounding_ties(name):
     """The cases the checker actually uses (seeded from the exercise's name): half-even, half-away, float32
     and float64 arithmetic all give the same integers (float32 needs a wider margin: its ulp at 127 is 8e-6)."""
@@ -190,10 +220,9 @@ def test_checker_cases_are_far_from_rounding_ties(name):
     assert len(seen) >= 10
     assert any(np.asarray(c.args[0]).dtype == np.float32 for c in seen)
     for case in seen:
-        bits = case.args[1] if name == "vectorwise_quantize" and len(case.args) > 1 else 8
         margin = 1e-4 if np.asarray(case.args[0]).dtype == np.float32 else 1e-6
         for a in _quantized_operands(name, case):
-            assert _tie_distance(a, bits) > margin, (name, case.label)
+            assert _tie_distance(a) > margin, (name, case.label)
 
 
 def test_every_hint_is_reachable():
@@ -219,68 +248,75 @@ def _close_any(diag, a, b) -> bool:
     return diag.close(a, b)
 
 
-# ---------------------------------------------------------------------------------- vectorwise_quantize mistakes
-def _vq(x, bits=8, *, axis=1, div=None, lo=None, peak=None, rnd=np.round, zero=1.0, per_tensor=False):
+# ---------------------------------------------------------------------------------- max_safe_k mistakes
+def _k(bits=8, acc_bits=32, restricted=True, *, top=None, p=None, div=lambda t, p: t // p):
     qmax = 2 ** (bits - 1) - 1
-    a = np.asarray(x, dtype=np.float64)
-    m = np.abs(a).max(axis=axis) if peak is None else peak(a, axis)
-    if per_tensor:
-        m = np.full(a.shape[0], np.abs(a).max())
-    scale = m / (qmax if div is None else div(bits))
-    if zero is not None:
-        scale = np.where(m != 0, scale, zero)
-    s = scale[:, None] if axis == 1 else scale[None, :]
-    with np.errstate(all="ignore"):
-        return np.clip(rnd(a / s), -qmax if lo is None else lo(bits), qmax), scale
+    largest = (qmax * qmax if restricted else (qmax + 1) ** 2) if p is None else p(bits, restricted)
+    return div(2 ** (acc_bits - 1) - 1 if top is None else top(acc_bits), largest)
 
 
 @pytest.mark.parametrize(
     "fn, hint",
     [
-        (lambda x, bits=8: _vq(x, bits, axis=0), "one scale per ROW"),
-        (lambda x, bits=8: _vq(x, bits, per_tensor=True), "not one for the whole matrix"),
-        (lambda x, bits=8: _vq(x, bits, div=lambda b: 2 ** (b - 1), lo=lambda b: -(2 ** (b - 1))), "restricted"),
-        (lambda x, bits=8: _vq(x, bits, div=lambda b: 2 ** (b - 1)), "not by 2^(b-1)"),
-        (lambda x, bits=8: _vq(x, 8), "use the bits argument"),
-        (lambda x, bits=8: _vq(x, bits, peak=lambda a, axis: a.max(axis=axis)), "largest MAGNITUDE"),
-        (lambda x, bits=8: (np.clip(np.trunc(x / _vq(x, bits)[1][:, None]), -127, 127), _vq(x, bits)[1]), "np.trunc"),
-        (lambda x, bits=8: _vq(x, bits, rnd=np.floor), "np.floor"),
-        (lambda x, bits=8: _vq(x, bits, zero=None), "0 / 0 = NaN"),
+        (lambda bits=8, acc_bits=32, restricted=True: _k(bits, acc_bits, restricted, top=lambda a: 2 ** (a - 1)),
+         "not 2^31"),
+        (lambda bits=8, acc_bits=32, restricted=True: _k(bits, acc_bits, restricted, top=lambda a: 2**a - 1),
+         "SIGNED"),
+        (lambda bits=8, acc_bits=32, restricted=True: ((2 ** (acc_bits - 1) - 1) // (2 ** (bits - 1) - 1) ** 2),
+         "larger than 127 * 127"),
+        (lambda bits=8, acc_bits=32, restricted=True: _k(
+            bits, acc_bits, restricted, p=lambda b, r: (2 ** (b - 1) - 1) ** 2 if r else 2 ** (b - 1) * (2 ** (b - 1) - 1)),
+         "not 128 * 127"),
+        (lambda bits=8, acc_bits=32, restricted=True: _k(bits, acc_bits, restricted, p=lambda b, r: 4 ** (b - 1)),
+         "not 128^2"),
+        (lambda bits=8, acc_bits=32, restricted=True: _k(
+            bits, acc_bits, restricted, p=lambda b, r: 2 ** (b - 1) - (1 if r else 0)),
+         "TWO codes"),
+        (lambda bits=8, acc_bits=32, restricted=True: _k(bits, acc_bits, restricted, p=lambda b, r: (2**b - 1) ** 2),
+         "uint8"),
+        (lambda bits=8, acc_bits=32, restricted=True: _k(bits, acc_bits, restricted, div=lambda t, p: t / p),
+         "whole number"),
+        (lambda bits=8, acc_bits=32, restricted=True: _k(bits, acc_bits, restricted, div=lambda t, p: -(-t // p)),
+         "first K that CAN overflow"),
+        (lambda bits=8, acc_bits=32, restricted=True: _k(bits, acc_bits, restricted) + 1,
+         "first K that CAN overflow"),
+        (lambda bits=8, acc_bits=32, restricted=True: _k(bits, acc_bits, restricted, div=lambda t, p: round(t / p)),
+         "nearest integer"),
     ],
 )
-def test_vectorwise_quantize_mistakes_get_their_hint(fn, hint):
-    _fails(E.check_vectorwise_quantize(fn), "hint:", hint)
+def test_max_safe_k_mistakes_get_their_hint(fn, hint):
+    _fails(E.check_max_safe_k(fn), "hint:", hint)
 
 
-def test_vectorwise_quantize_zero_scale_gets_a_hint():
-    def zero_scale(x, bits=8):
-        q, s = vq_plain(x, bits) if np.all(np.abs(x).max(axis=1) > 0) else (None, None)
-        if q is None:
-            qmax = 2 ** (bits - 1) - 1
-            s = np.abs(x).max(axis=1) / qmax
-            with np.errstate(all="ignore"):
-                q = np.nan_to_num(np.round(x / s[:, None]))
-        return q, s
+def test_max_safe_k_is_measured_by_int32_wraparound():
+    """The prediction is where a worst-case int32 sum stops being exact: K codes of 127 * 127 fit, K + 1 wrap
+    (the measurement the notebook makes with torch._int_mm on the reader's device)."""
+    k = E._max_safe_k_reference(8, 32)
+    for n, exact in ((k, True), (k + 1, False)):
+        codes = np.full(n, 127, dtype=np.int32)
+        assert (int(codes @ codes) == n * 127 * 127) is exact  # NumPy's int32 dot wraps silently
+    k_full = E._max_safe_k_reference(8, 32, restricted=False)
+    for n, exact in ((k_full, True), (k_full + 1, False)):
+        codes = np.full(n, -128, dtype=np.int32)
+        assert (int(codes @ codes) == n * 128 * 128) is exact
 
-    _fails(E.check_vectorwise_quantize(zero_scale), "all-zero row", "hint:", "not 0")
 
-
-def test_vectorwise_quantize_scale_shape_is_checked_but_keepdims_accepted():
-    def flat_wrong(x, bits=8):
-        q, s = vq_plain(x, bits)
-        return q, np.repeat(s, 2)  # a scale vector of the wrong length
-
-    _fails(E.check_vectorwise_quantize(flat_wrong), "shape")
-    assert E.check_vectorwise_quantize(lambda x, bits=8: (vq_plain(x, bits)[0], vq_plain(x, bits)[1][:, None])).passed
-
-    def dequantized(x, bits=8):
-        q, s = vq_plain(x, bits)
-        return q * s[:, None], s  # x_hat instead of q
-
-    _fails(E.check_vectorwise_quantize(dequantized), "output[0]")
+def test_max_safe_k_wants_an_int():
+    _fails(E.check_max_safe_k(lambda bits=8, acc_bits=32, restricted=True: float(max_safe_k_plain(
+        bits, acc_bits, restricted))), "expected an integer")
 
 
 # ---------------------------------------------------------------------------------- vectorwise_matmul mistakes
+def _vq(x, bits=8, *, axis=1, div=None, per_tensor=False):
+    """Row quantization with the knobs of the matmul mistakes below (defaults: one scale per row)."""
+    qmax = 2 ** (bits - 1) - 1
+    a = np.asarray(x, dtype=np.float64)
+    m = np.full(a.shape[0], np.abs(a).max()) if per_tensor else np.abs(a).max(axis=axis)
+    scale = np.where(m != 0, m / (qmax if div is None else div(bits)), 1.0)
+    s = scale[:, None] if axis == 1 else scale[None, :]
+    return np.clip(np.round(a / s), -qmax, qmax), scale
+
+
 def _vm(x, w, *, xa=1, wa=1, epi="both", per_tensor=False, div=None, acc=np.int32, swap=False):
     def rows(a, axis):
         return _vq(a, 8, axis=axis, per_tensor=per_tensor, div=div)
@@ -384,18 +420,8 @@ def test_inputs_modified_in_place_are_reported():
     _fails(E.check_vectorwise_matmul(scales_in_place))
 
 
-def test_squeeze_scale_only_touches_matching_pairs():
-    q, s = np.zeros((3, 4)), np.ones(3)
-    assert E._squeeze_scale((q, s[:, None]), (q, s))[1].shape == (3,)
-    assert E._squeeze_scale((q, torch.ones(3, 1)), (q, s))[1].shape == (3,)
-    assert E._squeeze_scale((q, np.ones((1, 3))), (q, s))[1].shape == (1, 3)
-    assert E._squeeze_scale(q, (q, s)) is q
-    triple = (q, s, s)
-    assert E._squeeze_scale(triple, (q, s)) is triple
-
-
 def test_all_names_exported():
-    assert sorted(E.__all__) == ["check_llm_int8_matmul", "check_vectorwise_matmul", "check_vectorwise_quantize"]
+    assert sorted(E.__all__) == ["check_llm_int8_matmul", "check_max_safe_k", "check_vectorwise_matmul"]
     from effx_lab.quant import exercises
 
     for name in E.__all__:

@@ -8,6 +8,7 @@ from _checks import fails as _fails
 
 from effx_lab.check import Diagnosis
 from effx_lab.quant import reference as R
+from effx_lab.quant import torch_ops as T
 from effx_lab.quant.exercises import smoothquant as E
 
 
@@ -190,8 +191,127 @@ def test_diagnosis_compares_tuples_element_by_element():
 
 
 def test_all_names_exported():
-    assert sorted(E.__all__) == ["check_fold_smoothing", "check_smooth_scales"]
+    assert sorted(E.__all__) == [
+        "ALPHA_GRID", "ALPHA_TOLERANCE", "AlphaCurve", "alpha_curves",
+        "check_choose_alpha", "check_fold_smoothing", "check_smooth_scales",
+        "smoothquant_error",
+    ]
     from effx_lab.quant import exercises
 
-    for name in E.__all__:
+    for name in set(E.__all__) & set(exercises.__all__):
         assert getattr(exercises, name) is getattr(E, name)
+
+
+# ------------------------------------------------------------------------ choose_alpha
+def choose_alpha_constant(act_absmax, w):
+    return 0.75
+
+
+def choose_alpha_by_spread(act_absmax, w):
+    """A rule from the statistics: more migration for stronger outliers, within the
+    flat bottom."""
+    a = np.maximum(np.asarray(act_absmax), 1e-5)
+    spread = a.max() / np.median(a)
+    return float(np.clip(0.6 + 0.05 * np.log2(spread), 0.0, 1.0))
+
+
+def choose_alpha_torch(act_absmax, w):
+    """A 0-d tensor, from torch inputs."""
+    a = torch.as_tensor(np.array(act_absmax))
+    return (a.max() / a.median()).clamp(max=1.0) * 0 + 0.72
+
+
+@pytest.mark.parametrize(
+    "fn",
+    [choose_alpha_constant, choose_alpha_by_spread, choose_alpha_torch,
+     lambda a, w: np.float32(0.8)],
+)
+def test_choose_alpha_right_answers_pass(fn):
+    result = E.check_choose_alpha(fn)
+    assert result.passed is True, result.message
+    assert result.n_cases == 12
+
+
+def test_alpha_curves_are_the_ground_truth_the_exercise_needs():
+    curves = E.alpha_curves()
+    assert len(curves) == 12 and E.alpha_curves() is curves  # measured once
+    kinds = {c.layer.split(".", 3)[-1] for c in curves}
+    assert kinds == {"attention.self (q, k, v)", "intermediate.dense"}
+    half = list(E.ALPHA_GRID).index(0.5)
+    for c in curves:
+        assert c.weight.shape[1] == c.act_absmax.shape[0] == 384
+        assert not c.weight.flags.writeable
+        assert c.errors.shape == E.ALPHA_GRID.shape and np.all(c.errors > 0)
+        # both ends are worse
+        assert c.errors[0] > c.best_error and c.errors[-1] > c.best_error
+        lo, hi = c.near_best()
+        assert lo <= c.best_alpha <= hi
+        assert c.no_smoothing > c.best_error  # smoothing helps every one of these
+        assert c.error_at(c.best_alpha) == pytest.approx(c.best_error, rel=1e-6)
+    # the exercise is a real choice: the paper's default is outside the tolerance on
+    # most layers, and the course's rule inside it on all of them
+    limit = 1 + E.ALPHA_TOLERANCE
+    assert sum(c.errors[half] > limit * c.best_error for c in curves) >= 8
+    ref = E._cases_for_tests()["choose_alpha"][0]
+    assert all(c.error_at(ref(c.act_absmax, c.weight)) <= limit * c.best_error
+               for c in curves)
+
+
+@pytest.mark.parametrize(
+    "fn, facts",
+    [
+        (lambda a, w: 0.5, ("x its best", "hint:", "ONE scale per tensor")),
+        (lambda a, w: 1.0, ("x its best", "hint:", "ALL of the activations' range")),
+        (lambda a, w: 0.0, ("x its best", "hint:", "worst end")),
+        (lambda a, w: R.smooth_scales(a, w, 0.5),
+         ("shape (384,)", "hint:", "not the smoothing factors")),
+        (lambda a, w: 75.0, ("fraction in [0, 1]",)),
+        (lambda a, w: float("nan"), ("nan", "finite")),
+        (lambda a, w: "0.75", ("you returned a str",)),
+    ],
+)
+def test_choose_alpha_wrong_answers_are_named(fn, facts):
+    _fails(E.check_choose_alpha(fn), *facts)
+
+
+def test_choose_alpha_a_rule_wrong_on_some_layers_fails_there():
+    """0.75 on the attention inputs, the paper's 0.5 on FC1: the first FC1 layer is
+    the failing case."""
+    def half_on_fc1(act_absmax, w):
+        return 0.5 if w.shape[0] == 1536 else 0.75
+
+    result = E.check_choose_alpha(half_on_fc1)
+    _fails(result, "encoder.layer.0.intermediate.dense", "within 25% of it")
+    assert result.n_passed == 1
+
+
+def test_smoothquant_error_is_the_relative_squared_error_of_w8a8():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 16, generator=gen, dtype=torch.float64)
+    x[:, 3] *= 30.0  # an outlier channel
+    w = torch.randn(8, 16, generator=gen, dtype=torch.float64) * 0.1
+    b = torch.randn(8, generator=gen, dtype=torch.float64)
+    a = x.abs().amax(dim=0)
+    y = x @ w.T + b
+    plain = E.smoothquant_error(x, w, b, a, None)
+    y_w8a8 = T.w8a8_linear(x, w, b, act_granularity="tensor")
+    want = float(((y_w8a8 - y) ** 2).sum() / (y**2).sum())
+    assert plain == pytest.approx(want, rel=1e-12)
+    smoothed = E.smoothquant_error(x, w, b, a, 0.5)
+    y_sq = T.smoothquant_linear(x, w, b, alpha=0.5, act_absmax=a,
+                                act_granularity="tensor")
+    want = float(((y_sq - y) ** 2).sum() / (y**2).sum())
+    assert smoothed == pytest.approx(want, rel=1e-12)
+    assert smoothed < plain  # smoothing the outlier channel helps
+    with pytest.raises(ValueError, match="alpha"):
+        E.smoothquant_error(x, w, b, a, 1.5)
+    with pytest.raises(TypeError, match="w must be a torch tensor"):
+        E.smoothquant_error(x, w.numpy(), b, a, 0.5)
+
+
+def test_alpha_curve_validates_its_arguments():
+    c = E.alpha_curves()[0]
+    with pytest.raises(ValueError, match="alpha"):
+        c.error_at(-0.1)
+    with pytest.raises(ValueError, match="tolerance"):
+        c.near_best(-1.0)

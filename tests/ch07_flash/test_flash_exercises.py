@@ -32,6 +32,10 @@ def mixed_chunk_flops_ref(n, d_model, expansion, s, chunk_size):
     return C.layer_flops("flash", n, d_model, expansion=expansion, s=s, chunk_size=chunk_size)["mixing"]
 
 
+def flash_crossover_ref(d_model, expansion, s, chunk_size):
+    return C.mixing_crossover(d_model, expansion=expansion, s=s, chunk_size=chunk_size)
+
+
 def causal_linear_attention_ref(q, k, v):
     return linear_attention(q, k, v, causal=True, normalize=True, eps=1e-6)
 
@@ -42,6 +46,7 @@ REFERENCES = [
     (E.check_gau_param_count, gau_param_count_ref),
     (E.check_chunk_linear_states, R.chunk_linear_states),
     (E.check_mixed_chunk_flops, mixed_chunk_flops_ref),
+    (E.check_flash_crossover, flash_crossover_ref),
     (E.check_scaling_exponent, A.scaling_exponent),
     (E.check_causal_linear_attention, causal_linear_attention_ref),
 ]
@@ -112,6 +117,18 @@ def mixed_chunk_flops_plain(n, d_model, expansion, s, chunk_size):
     return local + global_
 
 
+def flash_crossover_loop(d_model, expansion, s, chunk_size):
+    """What most students write: try n = 1, 2, ... until FLASH's mixing is cheaper."""
+    e, c = expansion * d_model, chunk_size
+    n = 1
+    while True:
+        padded = math.ceil(n / c) * c
+        flash = 2 * padded * c * (s + e) + 4 * padded * s * e
+        if flash < 4 * n * n * d_model:
+            return n
+        n += 1
+
+
 def scaling_polyfit(lengths, times):
     return float(np.polyfit(np.log(lengths), np.log(times), 1)[0])
 
@@ -136,6 +153,7 @@ def causal_linear_attention_loops(q, k, v):
         (E.check_gau_param_count, gau_param_count_plain),
         (E.check_chunk_linear_states, chunk_states_loops),
         (E.check_mixed_chunk_flops, mixed_chunk_flops_plain),
+        (E.check_flash_crossover, flash_crossover_loop),
         (E.check_scaling_exponent, scaling_polyfit),
         (E.check_causal_linear_attention, causal_linear_attention_loops),
     ],
@@ -391,6 +409,62 @@ def test_mixed_chunk_flops_rejects_int32_overflow():
         return (x + 2**31) % 2**32 - 2**31  # what an int32 accumulator would hold
 
     _fails(E.check_mixed_chunk_flops(int32), "mixed_chunk_flops")
+
+
+# ---------------------------------------------------------- 07.3 flash_crossover
+def _crossover(d_model, expansion, s, chunk_size, *, pad=True, quad="softmax",
+               local=True, global_=True, per_mac=2, e_is_d=False, step="token"):
+    """A student's loop over n, with one knob per classic mistake."""
+    e, c = (1 if e_is_d else expansion) * d_model, chunk_size
+    n = c if step == "chunk" else 1
+    while True:
+        tokens = math.ceil(n / c) * c if pad else n
+        flash = per_mac * tokens * c * (s + e) if local else 0
+        flash += per_mac * 2 * tokens * s * e if global_ else 0
+        other = {"softmax": 4 * n * n * d_model, "one product": 2 * n * n * d_model,
+                 "gau": 2 * n * n * (s + e)}[quad]
+        if flash < other:
+            return n
+        n += c if step == "chunk" else 1
+
+
+def test_crossover_knobs_default_to_the_reference():
+    assert E.check_flash_crossover(_crossover).passed
+
+
+@pytest.mark.parametrize(
+    "change, facts",
+    [
+        ({"pad": False}, ["pads the sequence to whole chunks", "ceil(n / c)"]),
+        ({"step": "chunk"}, ["need not be a multiple of c"]),
+        ({"quad": "gau"}, ["not with FLASH-Quad"]),
+        ({"quad": "one product"}, ["two n x n products"]),
+        ({"global_": False}, ["global linear part"]),
+        ({"local": False}, ["local quadratic part"]),
+        ({"per_mac": 1}, ["2 per multiply-add"]),
+        ({"e_is_d": True}, ["e = expansion * d_model"]),
+    ],
+)
+def test_crossover_rejects(change, facts):
+    def wrong(d_model, expansion, s, chunk_size):
+        return _crossover(d_model, expansion, s, chunk_size, **change)
+
+    _fails(E.check_flash_crossover(wrong), "flash_crossover", "hint:", *facts)
+
+
+def test_crossover_rejects_the_real_root_and_an_off_by_one():
+    def root(d_model, expansion, s, chunk_size):  # solves 4dn^2 = 2nc(s + e) + 4nse
+        e, c = expansion * d_model, chunk_size
+        return (c * (s + e) + 2 * s * e) / (2 * d_model)
+
+    _fails(E.check_flash_crossover(root), "flash_crossover", "a float")
+
+    def last_not_cheaper(d_model, expansion, s, chunk_size):
+        return _crossover(d_model, expansion, s, chunk_size) - 1
+
+    res = E.check_flash_crossover(last_not_cheaper)
+    _fails(res, "flash_crossover", "you returned 452, expected 453")
+    assert "hint:" not in res.message
 
 
 # ---------------------------------------------------------------------------------- 07.3 scaling_exponent

@@ -1,33 +1,24 @@
 """Checkers for the exercises of notebook 02.4 (fine-grained quantization: Q-BERT, PEG, ZeroQuant).
 
-Each ``check_<name>(student_fn)`` runs the student's function against the course's reference
-(:mod:`effx_lab.quant.reference`) on fixed edge cases and seeded random draws, prints a plain-words verdict and
-returns the :class:`effx_lab.check.CheckResult`. When a wrong answer equals a classic mistake the verdict ends
-with a ``hint:`` line naming it. What the student writes:
+Each ``check_<name>(student_fn)`` runs the student's function against the course's reference on fixed edge
+cases and seeded random draws, prints a plain-words verdict and returns the
+:class:`effx_lab.check.CheckResult`. When a wrong answer equals a classic mistake the verdict ends with a
+``hint:`` line naming it. What the student writes:
 
-* ``head_quantize(w, n_heads, bits) -> (q, scales)``: Q-BERT's group-wise quantization of an attention
-  projection ``w [out, in]`` (Shen et al. 2020): the ``out`` rows are cut into ``n_heads`` blocks of
-  ``out // n_heads`` *consecutive* rows (head ``h`` owns rows ``h * d .. (h + 1) * d - 1``, its slice of the
-  query/key/value vector), one symmetric absmax scale per block on the restricted range:
-  ``scales [n_heads] = max |w[block]| / (2^(b-1) - 1)`` (a block of zeros: scale 1) and
-  ``q = clip(round(w / scale of the row's head), -qmax, qmax)``, integers ``[out, in]``. As
-  ``compute_qparams(w.reshape(n_heads, -1), bits, True, "channel", axis=0)`` + ``quantize``.
+* ``group_error_ratio(x, n_groups) -> float``: a prediction, from the ranges alone, of how much one scale per
+  group of rows lowers the quantization error of ``x [rows, cols]`` against one scale for the whole tensor.
+  The rows are cut into ``n_groups`` blocks of ``rows // n_groups`` *consecutive* rows (Q-BERT's heads of an
+  attention projection, Shen et al. 2020; with ``n_groups = rows``, ZeroQuant's one scale per token, Yao et
+  al. 2022). Under the uniform-noise model (rounding error spread evenly over ``[-s/2, s/2]``, so a mean
+  square of ``s^2 / 12`` for a step ``s`` set by the group's ``m_g = max |x|``), the ratio of the relative
+  Frobenius errors is ``sqrt(mean_g m_g^2) / max_g m_g``, whatever the bit width. The notebook then measures
+  the real ratio at 8 and 4 bits. Compared with ``rtol=1e-5`` (one case is float32).
 * ``peg_order(calib, n_groups) -> perm``: PEG's range-based permutation (Bondarenko et al. 2021) from
   calibration activations ``calib [tokens, D]``: the range ``max - min`` of every dimension over the tokens,
   then the dimensions sorted by range, as integer indices ``[D]``; PEG's group ``g`` is
   ``perm[g * D / n_groups : (g + 1) * D / n_groups]``. Only the *groups* matter to the quantizer, so the
   checker compares the partition of the dimensions into groups: ascending or descending order, and any order
   inside a group, are all accepted. As :func:`effx_lab.quant.reference.peg_permutation` of the ranges.
-* ``tokenwise_quantize(x, bits) -> (q, scales)``: ZeroQuant's token-wise activation quantization (Yao et
-  al. 2022) of ``x [tokens, D]``: one symmetric absmax scale per row (token), ``scales [tokens] =
-  max_j |x[t, j]| / (2^(b-1) - 1)`` (a row of zeros, e.g. padding: scale 1), ``q = clip(round(x /
-  scales[:, None]), -qmax, qmax)``, integers ``[tokens, D]``. As :func:`effx_lab.quant.reference.absmax_quantize`
-  along the last axis, and the Triton kernel :func:`effx_lab.quant.kernels.quantize_rows`.
-
-**Rounding ties.** As in 02.1, no case holds a value of ``x / scale`` within ``1e-6`` (``1e-4`` for float32
-input) of a half integer (``tests/ch02_quant/test_quant_exercises_fine_grained.py`` verifies it), so rounding half to even
-and half away from zero give the same integers, and both are accepted. Integers are compared exactly (a float array of whole numbers
-is accepted for ``q``), scales with ``rtol=1e-5``.
 """
 from __future__ import annotations
 
@@ -53,173 +44,128 @@ from effx_lab.check import (
 from .. import reference as R
 
 __all__ = [
-    "check_head_quantize",
+    "check_group_error_ratio",
     "check_peg_order",
-    "check_tokenwise_quantize",
 ]
 
-_RTOL = 1e-5  # scales; integers are always compared exactly
-_ATOL = 1e-12
 
-
-def _qmax(bits: int) -> int:
-    return 2 ** (bits - 1) - 1
-
-
-def _check_with_hints(
-    student_fn: Any, reference_fn: Callable, cases: Any, mistakes: list[Mistake], *, name: str
-) -> CheckResult:
-    """:func:`effx_lab.check.check_with_hints` with this module's tolerances (answers are tuples)."""
-    return check_with_hints(student_fn, reference_fn, cases, mistakes, name=name, rtol=_RTOL, atol=_ATOL)
-
-
-def _symmetric_blocks(blocks: np.ndarray, bits: int, *, peak: str = "absmax", levels: Callable[[int], int] = _qmax,
-                      qmin: Callable[[int], int] | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Symmetric quantization of each row of ``blocks [n, m]`` with its own scale; one knob per mistake."""
-    m = np.max(np.abs(blocks), axis=1) if peak == "absmax" else np.max(blocks, axis=1)
-    scales = m / levels(bits)
-    scales = np.where(scales != 0, scales, 1.0)
-    top = _qmax(bits)
-    bottom = -top if qmin is None else qmin(bits)
-    return np.clip(np.round(blocks / scales[:, None]), bottom, top), scales
-
-
-# =========================================================================== head_quantize (Q-BERT)
-@named("head_quantize")
-def _head_quantize_reference(w, n_heads, bits):
-    blocks = w.reshape(n_heads, -1)  # head h = rows h*d .. (h+1)*d - 1, flattened: one "channel" per head
-    qp = R.compute_qparams(blocks, bits, symmetric=True, granularity="channel", axis=0)
-    return R.quantize(blocks, qp).reshape(w.shape), qp.scale.reshape(-1)
-
-
-def _per_head(w, n_heads, bits, *, layout: str = "rows", expand: str = "repeat", **kwargs):
-    """Per-head quantization with one knob per classic mistake (defaults: the right answer).
-
-    ``layout="strided"``: head h gets rows h, h + n_heads, h + 2 n_heads, ...; ``layout="columns"``: head h gets
-    a block of input columns (all rows); ``expand="tile"``: the right scales, but row r uses scale
-    ``r % n_heads`` (np.tile instead of np.repeat).
-    """
-    a = np.asarray(w, dtype=np.float64)
-    out, n_in = a.shape
-    d = out // n_heads
-    if layout == "rows":
-        blocks = a.reshape(n_heads, -1)
+# =========================================================================== group_error_ratio (Q-BERT, ZeroQuant)
+def _group_peaks(x: Any, n_groups: int, *, layout: str = "blocks", peak: str = "absmax") -> np.ndarray:
+    """``max |x|`` of each group of rows: consecutive blocks (right), or every ``n_groups``-th row
+    (``layout="strided"``), or each row alone (``"rows"``); ``peak="max"`` forgets the absolute value."""
+    a = np.asarray(x, dtype=np.float64)
+    if layout == "blocks":
+        groups = a.reshape(n_groups, -1)
     elif layout == "strided":
-        blocks = a.reshape(d, n_heads, n_in).transpose(1, 0, 2).reshape(n_heads, -1)
+        groups = a.reshape(a.shape[0] // n_groups, n_groups, -1).transpose(1, 0, 2).reshape(n_groups, -1)
     else:
-        if n_in % n_heads:
-            return None
-        blocks = a.reshape(out, n_heads, n_in // n_heads).transpose(1, 0, 2).reshape(n_heads, -1)
-    _, scales = _symmetric_blocks(blocks, bits, **kwargs)
-    if layout == "rows":
-        row_scale = np.repeat(scales, d) if expand == "repeat" else np.tile(scales, d)
-        full = np.broadcast_to(row_scale[:, None], a.shape)
-    elif layout == "strided":
-        full = np.broadcast_to(np.tile(scales, d)[:, None], a.shape)
-    else:
-        full = np.broadcast_to(np.repeat(scales, n_in // n_heads)[None, :], a.shape)
-    top = _qmax(bits)
-    bottom = -top if kwargs.get("qmin") is None else kwargs["qmin"](bits)
-    return np.clip(np.round(a / full), bottom, top), scales
+        groups = a
+    return np.abs(groups).max(axis=1) if peak == "absmax" else groups.max(axis=1)
 
 
-def _per_row(w, n_heads, bits):
-    q, scales = _symmetric_blocks(np.asarray(w, dtype=np.float64), bits)
-    return q, scales
+@named("group_error_ratio")
+def _group_error_ratio_reference(x, n_groups):
+    m = _group_peaks(x, n_groups)  # each group's step is proportional to its max |x|
+    return float(np.sqrt(np.mean(m**2)) / np.max(m))
 
 
-def _per_tensor_repeated(w, n_heads, bits):
-    a = np.asarray(w, dtype=np.float64)
-    q, scale = _symmetric_blocks(a.reshape(1, -1), bits)
-    return q.reshape(a.shape), np.repeat(scale, n_heads)
+def _ratio_of(peaks: Callable[..., np.ndarray], combine: str = "rms") -> Callable:
+    def wrong(x, n_groups):
+        m = peaks(x, n_groups)
+        top = np.max(np.abs(np.asarray(x, dtype=np.float64)))
+        if combine == "mean":
+            return float(np.mean(m) / top)
+        if combine == "squared":
+            return float(np.mean(m**2) / top**2)
+        if combine == "inverted":
+            return float(top / np.sqrt(np.mean(m**2)))
+        return float(np.sqrt(np.mean(m**2)) / np.max(m))
+
+    return wrong
 
 
-_HEAD_MISTAKES = [
+_RATIO_MISTAKES = [
     Mistake(
-        lambda w, n_heads, bits: _per_head(w, n_heads, bits, layout="columns"),
-        "a head owns output ROWS of W (its slice of the query, key or value vector: rows h*d .. (h+1)*d - 1 with "
-        "d = out // n_heads), not a block of input columns: w.reshape(n_heads, d, in), or simply "
-        "w.reshape(n_heads, -1), and reduce everything but the first axis.",
+        _ratio_of(_group_peaks, "mean"),
+        "average the squares: each group's mean-square error is s_g^2 / 12, so the ratio of the errors is "
+        "sqrt(mean_g m_g^2) / max_g m_g (a root mean square of the group maxima), not mean_g m_g / max.",
     ),
     Mistake(
-        lambda w, n_heads, bits: _per_head(w, n_heads, bits, layout="strided"),
-        "a head's rows are CONSECUTIVE: head h owns rows h*d .. (h+1)*d - 1. w.reshape(d, n_heads, in) puts rows "
-        "h, h + n_heads, h + 2 n_heads, ... together instead.",
+        _ratio_of(_group_peaks, "squared"),
+        "that is the ratio of the mean SQUARED errors; take its square root to compare the (relative "
+        "Frobenius) errors themselves: sqrt(mean_g m_g^2) / max_g m_g.",
     ),
     Mistake(
-        lambda w, n_heads, bits: _per_head(w, n_heads, bits, expand="tile"),
-        "the scales are right, but expand them to rows with np.repeat(scales, d) (each head's scale repeated for "
-        "its d rows), not np.tile (which cycles through the heads row by row).",
+        _ratio_of(_group_peaks, "inverted"),
+        "per group over per tensor: the finer scales give the smaller error, so the ratio is at most 1 "
+        "(sqrt(mean_g m_g^2) / max_g m_g), not its inverse.",
     ),
     Mistake(
-        _per_row,
-        "that is per-channel quantization (one scale per row). Q-BERT's groups are coarser: one scale per head, "
-        "shared by the head's d = out // n_heads rows; scales has shape [n_heads].",
+        _ratio_of(lambda x, n: _group_peaks(x, n, layout="strided")),
+        "a group is a block of CONSECUTIVE rows (head h owns rows h*d .. (h+1)*d - 1): x.reshape(n_groups, -1), "
+        "not every n_groups-th row.",
     ),
     Mistake(
-        _per_tensor_repeated,
-        "every head got the same scale (max over the whole matrix): take the maximum over each head's block of "
-        "rows separately.",
+        lambda x, n_groups: None if n_groups == np.shape(x)[0] else _ratio_of(
+            lambda a, n: _group_peaks(a, n, layout="rows"))(x, n_groups),
+        "one maximum per GROUP of rows (x.reshape(n_groups, -1)), not per row: per row is per channel, a finer "
+        "granularity than the heads.",
     ),
     Mistake(
-        lambda w, n_heads, bits: _per_head(w, n_heads, bits, levels=lambda b: 2 ** (b - 1), qmin=lambda b: -(2 ** (b - 1))),
-        "the symmetric range is restricted: qmax = 2^(b-1) - 1 (7 for 4 bits), scale = max|block| / qmax, "
-        "q in [-qmax, qmax].",
+        _ratio_of(lambda x, n: _group_peaks(x, n, peak="max")),
+        "a symmetric scale is set by the largest MAGNITUDE, max |x| of the group (np.abs first): a group whose "
+        "extreme value is negative needs it too.",
     ),
     Mistake(
-        lambda w, n_heads, bits: _per_head(w, n_heads, bits, levels=lambda b: 2 ** (b - 1)),
-        "divide by qmax = 2^(b-1) - 1 (7 for 4 bits), not by 2^(b-1).",
-    ),
-    Mistake(
-        lambda w, n_heads, bits: _per_head(w, n_heads, bits, peak="max"),
-        "each head's range is its largest magnitude, max |w| over the block (np.abs first), not its max.",
+        lambda x, n_groups: float(np.sqrt(np.mean(np.asarray(x, dtype=np.float64) ** 2))
+                                  / np.abs(np.asarray(x, dtype=np.float64)).max()),
+        "the error follows the STEP of each group's grid, set by the group's max |x|: use the group maxima, "
+        "sqrt(mean_g m_g^2) / max_g m_g, not the values of x themselves.",
     ),
 ]
 
 
-def _head_cases(rng: np.random.Generator) -> list[Case]:
-    def normal(*shape: int, scale: float = 0.1) -> np.ndarray:
-        return rng.normal(0.0, scale, size=shape)
+def _ratio_cases(rng: np.random.Generator) -> list[Case]:
+    def heads(n_heads: int, rows: int, cols: int, spread: float = 2.5) -> np.ndarray:
+        """A projection whose heads have different scales (the largest about ``spread`` x the smallest)."""
+        scales = np.repeat(rng.uniform(1.0, spread, size=n_heads), rows // n_heads)[:, None]
+        return rng.normal(0.0, 0.05, size=(rows, cols)) * scales
 
-    def heads_of_different_ranges(n_heads: int, d: int, n_in: int) -> np.ndarray:
-        spread = rng.uniform(0.3, 3.0, size=n_heads)  # heads differ in range, as in MiniLM (x2.5 between heads)
-        return normal(n_heads, d, n_in) * spread[:, None, None]
-
-    zero_head = normal(12, 8)
-    zero_head[4:8] = 0.0  # head 1 of 3 (rows 4..7) is all zeros: scale 1 by convention
-    outlier = normal(16, 12, scale=0.05)
-    outlier[9, 3] = 1.2  # one large weight in head 2 of 4: only that head's scale grows
-    neg_peak = normal(8, 6)
-    neg_peak[1, 2] = -2.0  # head 0's largest magnitude is negative
+    negative = heads(4, 16, 8)
+    negative[5, 3] = -2.0  # head 1's extreme value is negative (and the tensor's too)
+    tokens = rng.normal(0.0, 1.0, size=(20, 12)) * rng.uniform(0.1, 3.0, size=(20, 1))
+    tokens[:, 4] *= 30.0  # an outlier feature large in every token
+    square = rng.normal(0.0, 1.0, size=(6, 6)) * np.array([[0.1], [0.1], [0.1], [5.0], [5.0], [5.0]])
+    outlier = heads(8, 32, 16, spread=1.0)
+    outlier[13, 2] = 3.0  # one weight 60 standard deviations out, in head 3
     cases = [
-        Case("MiniLM-like: 12 heads of 4 rows, [48, 24], 4 bits",
-             (heads_of_different_ranges(12, 4, 24).reshape(48, 24), 12, 4)),
-        Case("small: 4 heads of 2 rows, [8, 12], 8 bits", (normal(8, 12), 4, 8)),
-        Case("3 bits: 3 heads of 5 rows, [15, 10]", (heads_of_different_ranges(3, 5, 10).reshape(15, 10), 3, 3)),
-        Case("2 bits: the grid is {-1, 0, 1}", (normal(6, 9), 2, 2)),
-        Case("one head: the whole matrix shares one scale (per tensor)", (normal(6, 5), 1, 4)),
-        Case("one row per head: n_heads = out (per channel)", (normal(5, 7), 5, 4)),
-        Case("outlier: one large weight in head 2", (outlier, 4, 4)),
-        Case("negative peak: head 0's largest magnitude is negative", (neg_peak, 2, 4)),
-        Case("a head of zeros: scale 1 by convention", (zero_head, 3, 8)),
-        Case("rectangular: [12, 40] (in != out), 6 heads", (normal(12, 40), 6, 4)),
-        Case("float32: input", (normal(12, 8).astype(np.float32), 3, 8)),
+        Case("MiniLM-like: a [384, 384] projection, 12 heads of 32 rows", (heads(12, 384, 384), 12)),
+        Case("4 heads of 4 rows", (heads(4, 16, 8), 4)),
+        Case("one group: the whole tensor, ratio 1", (heads(3, 9, 5), 1)),
+        Case("one group per row: per channel / per token", (heads(5, 10, 7), 10)),
+        Case("tokens of very different size, one outlier feature: per token", (tokens, 20)),
+        Case("a negative extreme: max |x| of a head is negative", (negative, 4)),
+        Case("2 heads of 3 rows, very different scales", (square, 2)),
+        Case("equal heads: all groups have the same max, ratio 1", (np.tile(heads(1, 4, 6), (3, 1)), 3)),
+        Case("one outlier weight: only its head's step grows", (outlier, 8)),
+        Case("float32: input", (heads(6, 24, 10).astype(np.float32), 6)),
     ]
     for i in range(3):
-        bits = int(rng.choice([3, 4, 5, 8]))
-        n_heads = int(rng.choice([2, 3, 4, 6]))
-        d = int(rng.integers(1, 5))
-        n_in = int(rng.integers(3, 20))
-        w = heads_of_different_ranges(n_heads, d, n_in).reshape(n_heads * d, n_in) * float(rng.uniform(0.1, 5.0))
-        cases.append(Case(f"random draw {i + 1}: {bits} bits, {n_heads} heads of {d} rows, in = {n_in}",
-                          (w, n_heads, bits)))
+        n_groups = int(rng.choice([2, 3, 4, 6, 12]))
+        rows = n_groups * int(rng.integers(1, 6))
+        cols = int(rng.integers(1, 30))
+        cases.append(Case(f"random draw {i + 1}: [{rows}, {cols}] in {n_groups} groups",
+                          (heads(n_groups, rows, cols, spread=float(rng.uniform(1.2, 10.0))), n_groups)))
     return cases
 
 
-@checker(reference=_head_quantize_reference)
-def check_head_quantize(student_fn: Any) -> CheckResult:
-    """Check ``head_quantize(w, n_heads, bits) -> (q [out, in], scales [n_heads])`` (Q-BERT's per-head groups)."""
-    return _check_with_hints(student_fn, _head_quantize_reference, _head_cases, _HEAD_MISTAKES, name="head_quantize")
+@checker(reference=_group_error_ratio_reference)
+def check_group_error_ratio(student_fn: Any) -> CheckResult:
+    """Check ``group_error_ratio(x, n_groups) -> float``: ``sqrt(mean_g m_g^2) / max_g m_g`` (rtol 1e-5)."""
+    return check_with_hints(
+        student_fn, _group_error_ratio_reference, _ratio_cases, _RATIO_MISTAKES,
+        name="group_error_ratio", rtol=1e-5, atol=0.0,
+    )  # fmt: skip
 
 
 # =========================================================================== peg_order (PEG)
@@ -385,104 +331,9 @@ def check_peg_order(student_fn: Any) -> CheckResult:
     return report(result)
 
 
-# =========================================================================== tokenwise_quantize (ZeroQuant)
-@named("tokenwise_quantize")
-def _tokenwise_quantize_reference(x, bits):
-    q, scale = R.absmax_quantize(x, axis=-1, bits=bits)  # reduce along the features: one scale per token
-    return q, scale.reshape(-1)
-
-
-def _tokenwise(x, bits, *, axis: int = 1, keepdims: bool = False, **kwargs):
-    """Token-wise quantization with one knob per classic mistake (defaults: the right answer)."""
-    a = np.asarray(x, dtype=np.float64)
-    blocks = a if axis == 1 else a.T
-    q, scales = _symmetric_blocks(blocks, bits, **kwargs)
-    q = q if axis == 1 else q.T
-    return q, scales[:, None] if keepdims else scales
-
-
-def _per_tensor_tokens(x, bits):
-    a = np.asarray(x, dtype=np.float64)
-    q, scale = _symmetric_blocks(a.reshape(1, -1), bits)
-    return q.reshape(a.shape), np.repeat(scale, a.shape[0])
-
-
-_TOKEN_MISTAKES = [
-    Mistake(
-        lambda x, bits: _tokenwise(x, bits, axis=0),
-        "one scale per TOKEN (row of x): reduce over the features, np.abs(x).max(axis=1). Reducing over axis 0 "
-        "gives one scale per feature column, which a matmul over the features cannot factor out.",
-    ),
-    Mistake(
-        lambda x, bits: _tokenwise(x, bits, keepdims=True),
-        "the integers are right; return scales as a 1-D array of shape [tokens] (one per row), e.g. "
-        "scales.reshape(-1), not [tokens, 1].",
-    ),
-    Mistake(
-        _per_tensor_tokens,
-        "every token got the same scale (the max over the whole tensor): that is per-tensor quantization. Take the "
-        "maximum of each row separately (axis=1).",
-    ),
-    Mistake(
-        lambda x, bits: _tokenwise(x, bits, levels=lambda b: 2 ** (b - 1), qmin=lambda b: -(2 ** (b - 1))),
-        "the symmetric range is restricted: qmax = 2^(b-1) - 1 (127 for 8 bits), scale = max|row| / qmax, q in "
-        "[-qmax, qmax].",
-    ),
-    Mistake(
-        lambda x, bits: _tokenwise(x, bits, levels=lambda b: 2 ** (b - 1)),
-        "divide by qmax = 2^(b-1) - 1 (127 for 8 bits), not by 2^(b-1).",
-    ),
-    Mistake(
-        lambda x, bits: _tokenwise(x, bits, peak="max"),
-        "each token's range is its largest magnitude, max |x| over the row (np.abs first), not its max.",
-    ),
-]
-
-
-def _token_cases(rng: np.random.Generator) -> list[Case]:
-    def normal(*shape: int, scale: float = 1.0) -> np.ndarray:
-        return rng.normal(0.0, scale, size=shape)
-
-    varied = normal(6, 10) * rng.uniform(0.05, 20.0, size=(6, 1))  # tokens of very different magnitudes
-    padded = normal(5, 8)
-    padded[3] = 0.0  # a padding token: a row of zeros gets scale 1 by convention
-    column_outlier = normal(12, 8, scale=0.5)
-    column_outlier[:, 5] += 30.0  # an outlier feature present in every token (LLM.int8's columns)
-    neg_peak = normal(4, 7)
-    neg_peak[2, 1] = -9.0
-    cases = [
-        Case("small: 4 tokens, 6 features, 8 bits", (normal(4, 6), 8)),
-        Case("tokens of very different magnitudes: [6, 10], 8 bits", (varied, 8)),
-        Case("4 bits: [5, 12]", (normal(5, 12), 4)),
-        Case("2 bits: the grid is {-1, 0, 1}", (normal(3, 9), 2)),
-        Case("square: [8, 8] (tokens = features)", (normal(8, 8), 4)),
-        Case("an outlier feature in every token: [12, 8]", (column_outlier, 8)),
-        Case("negative peak: a token whose largest magnitude is negative", (neg_peak, 6)),
-        Case("a padding token: a row of zeros gets scale 1", (padded, 8)),
-        Case("one token: [1, 16]", (normal(1, 16), 8)),
-        Case("one feature: [7, 1]", (normal(7, 1), 8)),
-        Case("float32: input", (normal(6, 10, scale=3.0).astype(np.float32), 8)),
-    ]
-    for i in range(3):
-        bits = int(rng.choice([3, 4, 6, 8]))
-        shape = (int(rng.integers(2, 12)), int(rng.integers(2, 20)))
-        cases.append(Case(f"random draw {i + 1}: {bits} bits, shape {shape}",
-                          (normal(*shape, scale=float(rng.uniform(0.01, 10.0))), bits)))
-    return cases
-
-
-@checker(reference=_tokenwise_quantize_reference)
-def check_tokenwise_quantize(student_fn: Any) -> CheckResult:
-    """Check ``tokenwise_quantize(x, bits) -> (q [tokens, D], scales [tokens])`` (ZeroQuant's activations)."""
-    return _check_with_hints(
-        student_fn, _tokenwise_quantize_reference, _token_cases, _TOKEN_MISTAKES, name="tokenwise_quantize"
-    )
-
-
 def _cases_for_tests() -> dict[str, tuple[Callable, Callable[[np.random.Generator], list[Case]], list[Mistake]]]:
-    """The reference, case generator and mistakes of each exercise (for the tests: ties, hints reachable)."""
+    """The reference, case generator and mistakes of each exercise (for the tests: hints reachable)."""
     return {
-        "head_quantize": (_head_quantize_reference, _head_cases, _HEAD_MISTAKES),
+        "group_error_ratio": (_group_error_ratio_reference, _ratio_cases, _RATIO_MISTAKES),
         "peg_order": (_peg_order_reference, _peg_cases, _PEG_MISTAKES),
-        "tokenwise_quantize": (_tokenwise_quantize_reference, _token_cases, _TOKEN_MISTAKES),
     }

@@ -3,8 +3,8 @@
 Each ``check_<name>(student_fn)`` runs the student's function against the course's reference
 (:mod:`effx_lab.quant.reference`) on fixed edge cases and seeded random draws, prints a plain-words verdict and
 returns the :class:`effx_lab.check.CheckResult`. When a wrong answer equals a classic mistake (a grid of
-``2^(b-1)`` levels, a zero point left unrounded, a range not widened to contain 0, groups cut the wrong way...)
-the verdict ends with a ``hint:`` line naming it. What the student writes:
+``2^(b-1)`` levels, a zero point left unrounded, a range not widened to contain 0, scales of a group
+counted per input channel...) the verdict ends with a ``hint:`` line naming it. What the student writes:
 
 * ``quantize_symmetric(x, bits, clip_ratio=1.0) -> (q, scale)``: per-tensor symmetric quantization on the
   restricted range ``[-(2^(b-1) - 1), 2^(b-1) - 1]``, ``scale = clip_ratio * max|x| / (2^(b-1) - 1)`` (an
@@ -15,10 +15,13 @@ the verdict ends with a ``hint:`` line naming it. What the student writes:
   the range ``[lo, hi] = [min(min x, 0), max(max x, 0)]``, ``scale = (hi - lo) / (2^b - 1)``,
   ``zero_point = round(-lo / scale)`` an int in ``[0, 2^b - 1]`` (all zeros: ``(1.0, 0)``), as
   :func:`effx_lab.quant.reference.compute_qparams` with ``symmetric=False``.
-* ``quantize_per_group(w, bits, group_size) -> (q, scales)``: symmetric quantization of a weight ``[out, in]``
-  with one scale per row and per block of ``group_size`` consecutive input features: ``scales`` is
-  ``[out, in // group_size]``, ``q`` integers ``[out, in]``; a group of zeros gets scale 1. As
-  ``compute_qparams(w, bits, True, "group", axis=-1, group_size=group_size)`` + ``quantize``.
+* ``bits_per_weight(shape, bits, granularity, group_size=None, scale_bits=16) -> float``: the storage of a
+  weight ``[out, in] = shape`` quantized to ``bits``-bit codes, packed tightly, with one ``scale_bits``-bit
+  scale per tensor (``"tensor"``), per output channel (``"channel"``: ``out`` scales) or per row and block of
+  ``group_size`` consecutive inputs (``"group"``: ``out * ceil(in / group_size)`` scales, the last group of a
+  row may be shorter), in bits per weight: ``bits + n_scales * scale_bits / (out * in)``. A prediction from
+  counts; the notebook then measures the bytes of the packed arrays
+  (:func:`effx_lab.quant.reference.pack_int4` and the scales in float16). Compared with ``rtol=1e-12``.
 
 **Rounding ties.** The course rounds half to even (``np.round``, ``torch.round``), but rounding half away from
 zero (``np.floor(v + 0.5)`` for positive ``v``, C's ``round``) is an equally valid convention: both give the
@@ -26,7 +29,7 @@ same error bound ``s / 2``. The checkers therefore accept both. No case contains
 ``x / scale`` or ``-lo / scale`` exactly halfway between two integers; ``tests/ch02_quant/test_quant_exercises_fundamentals``
 verifies it), so both conventions give the same integers on every case.
 
-Inputs are float64 arrays except one float32 case per exercise. Integers (``q``, ``zero_point``) are compared
+Array inputs are float64 except one float32 case per exercise. Integers (``q``, ``zero_point``) are compared
 exactly (a float array of whole numbers is accepted for ``q``), scales with ``rtol=1e-5``.
 """
 from __future__ import annotations
@@ -42,7 +45,7 @@ from .. import reference as R
 
 __all__ = [
     "check_affine_qparams",
-    "check_quantize_per_group",
+    "check_bits_per_weight",
     "check_quantize_symmetric",
 ]
 
@@ -318,122 +321,129 @@ def check_affine_qparams(student_fn: Any) -> CheckResult:
     return _check_with_hints(student_fn, _affine_qparams_reference, _affine_cases, _AFFINE_MISTAKES, name="affine_qparams")
 
 
-# =========================================================================== quantize_per_group
-@named("quantize_per_group")
-def _quantize_per_group_reference(w, bits, group_size):
-    qp = R.compute_qparams(w, bits, symmetric=True, granularity="group", axis=-1, group_size=group_size)
-    return R.quantize(w, qp), qp.scale
+# =========================================================================== bits_per_weight
+#: the granularities of :func:`effx_lab.quant.reference.compute_qparams` that bits_per_weight counts
+_GRANULARITIES = ("tensor", "channel", "group")
 
 
-def _per_group(
-    w,
-    bits,
-    group_size,
-    *,
-    layout: str = "contiguous",
-    expand: str = "repeat",
-    levels: Callable[[int], int] = _qmax,
-    qmin: Callable[[int], int] | None = None,
-    peak: str = "absmax",
-):
-    """Per-group symmetric quantization with one knob per classic mistake (defaults: the right answer).
-
-    ``layout="strided"``: group j holds the input features j, j + n_groups, j + 2 n_groups, ... (a reshape to
-    ``(out, group_size, n_groups)``); ``expand="tile"``: the right scales, but feature i uses scale
-    ``i % n_groups`` (``np.tile`` instead of ``np.repeat``).
-    """
-    a = np.asarray(w, dtype=np.float64)
-    out, k = a.shape
-    n_groups = k // group_size
-    if layout == "contiguous":
-        blocks = a.reshape(out, n_groups, group_size)
-        reduce_axis = 2
-    else:
-        blocks = a.reshape(out, group_size, n_groups)
-        reduce_axis = 1
-    m = np.max(np.abs(blocks), axis=reduce_axis) if peak == "absmax" else np.max(blocks, axis=reduce_axis)
-    scales = m / levels(bits)
-    scales = np.where(scales != 0, scales, 1.0)
-    if layout == "strided":
-        full = np.tile(scales, (1, group_size))
-    elif expand == "repeat":
-        full = np.repeat(scales, group_size, axis=1)
-    else:
-        full = np.tile(scales, (1, group_size))
-    top = _qmax(bits)
-    bottom = -top if qmin is None else qmin(bits)
-    return np.clip(np.round(a / full), bottom, top), scales
+def _n_scales(shape, granularity, group_size, *, per_row_groups=True, channel_axis=0) -> int:
+    """The number of scales of a weight ``[out, in]``, with one knob per classic mistake."""
+    n_out, n_in = shape
+    if granularity == "tensor":
+        return 1
+    if granularity == "channel":
+        return shape[channel_axis]
+    if per_row_groups:
+        return n_out * -(-n_in // group_size)  # ceil: a row's last group may be shorter
+    return -(-(n_out * n_in) // group_size)  # groups cut across the rows of the flattened matrix
 
 
-_GROUP_MISTAKES = [
+@named("bits_per_weight")
+def _bits_per_weight_reference(shape, bits, granularity, group_size=None, scale_bits=16):
+    n_out, n_in = shape
+    return bits + _n_scales(shape, granularity, group_size) * scale_bits / (n_out * n_in)
+
+
+def _bpw(shape, bits, granularity, group_size=None, scale_bits=16, *, n_scales=None, per=None):
+    """bits_per_weight with the scales counted wrongly (``n_scales``) or spread over ``per`` weights."""
+    n_out, n_in = shape
+    count = _n_scales(shape, granularity, group_size) if n_scales is None else n_scales
+    return bits + count * scale_bits / (n_out * n_in if per is None else per)
+
+
+_BPW_MISTAKES = [
     Mistake(
-        lambda w, bits, group_size: _per_group(w, bits, group_size, layout="strided"),
-        "groups are blocks of group_size CONSECUTIVE input features: w.reshape(out, in // group_size, "
-        "group_size) and reduce the last axis. w.reshape(out, group_size, -1) puts features j, j + n_groups, "
-        "j + 2 n_groups, ... in one group.",
+        lambda shape, bits, granularity, group_size=None, scale_bits=16: bits,
+        "you returned the code bits alone: count the scales too, scale_bits bits apiece, so each weight costs "
+        "bits + (number of scales) * scale_bits / (number of weights), a float (integer division // would "
+        "drop the fraction).",
     ),
     Mistake(
-        lambda w, bits, group_size: _per_group(w, bits, group_size, expand="tile"),
-        "the scales are right, but expand them with np.repeat(scales, group_size, axis=1) (each scale repeated "
-        "for its group_size features), not np.tile (which cycles through the groups).",
-    ),
-    Mistake(
-        lambda w, bits, group_size: _per_group(
-            w, bits, group_size, levels=lambda b: 2 ** (b - 1), qmin=lambda b: -(2 ** (b - 1))
+        lambda shape, bits, granularity, group_size=None, scale_bits=16: (
+            None if granularity != "channel" else _bpw(shape, bits, granularity, group_size, scale_bits,
+                                                       n_scales=shape[1])
         ),
-        "the symmetric range is restricted: qmax = 2^(b-1) - 1 (7 for 4 bits), scale = max|group| / qmax, "
-        "q in [-qmax, qmax].",
+        "per channel means one scale per OUTPUT channel, a row of w [out, in]: out scales (shape[0]), not in.",
     ),
     Mistake(
-        lambda w, bits, group_size: _per_group(w, bits, group_size, levels=lambda b: 2 ** (b - 1)),
-        "divide by qmax = 2^(b-1) - 1 (7 for 4 bits), not by 2^(b-1).",
+        lambda shape, bits, granularity, group_size=None, scale_bits=16: (
+            None if granularity != "group"
+            else bits + scale_bits / group_size
+        ),
+        "when group_size does not divide the row, the row's last group is shorter but still needs a scale: "
+        "ceil(in / group_size) groups per row, out * ceil(in / group_size) scales in all.",
     ),
     Mistake(
-        lambda w, bits, group_size: _per_group(w, bits, group_size, peak="max"),
-        "each group's range is its largest magnitude, max|w| over the group (np.abs first), not its max.",
+        lambda shape, bits, granularity, group_size=None, scale_bits=16: (
+            None if granularity != "group"
+            else _bpw(shape, bits, granularity, group_size, scale_bits,
+                      n_scales=_n_scales(shape, "group", group_size, per_row_groups=False))
+        ),
+        "a group never spans two rows: groups are blocks of consecutive inputs of ONE row, so each row has "
+        "ceil(in / group_size) groups (the last one may be shorter), out * ceil(in / group_size) scales.",
+    ),
+    Mistake(
+        lambda shape, bits, granularity, group_size=None, scale_bits=16: (
+            None if granularity != "group"
+            else _bpw(shape, bits, granularity, group_size, scale_bits, n_scales=-(-shape[1] // group_size))
+        ),
+        "every row has its own groups: out * ceil(in / group_size) scales, not ceil(in / group_size).",
+    ),
+    Mistake(
+        lambda shape, bits, granularity, group_size=None, scale_bits=16: (
+            _bpw(shape, bits, granularity, group_size, scale_bits, per=shape[0])
+        ),
+        "spread the scales over all out * in weights, not over the out rows: "
+        "bits + n_scales * scale_bits / (out * in).",
+    ),
+    Mistake(
+        lambda shape, bits, granularity, group_size=None, scale_bits=16: (
+            _bits_per_weight_reference(shape, bits, granularity, group_size, scale_bits) / 8
+        ),
+        "return bits per weight, not bytes: 4-bit codes with a few fp16 scales cost a little over 4 bits.",
+    ),
+    Mistake(
+        lambda shape, bits, granularity, group_size=None, scale_bits=16: (
+            _bpw(shape, bits, granularity, group_size, scale_bits / 8)
+        ),
+        "scale_bits is already in bits (16 for an fp16 scale): do not divide it by 8.",
     ),
 ]
 
 
-def _group_cases(rng: np.random.Generator) -> list[Case]:
-    def normal(*shape: int, scale: float = 0.1) -> np.ndarray:
-        return rng.normal(0.0, scale, size=shape)
-
-    with_zero_group = normal(3, 16)
-    with_zero_group[1, 4:8] = 0.0  # one group of zeros: scale 1 by convention
-    outlier = normal(4, 32, scale=0.05)
-    outlier[2, 5] = 1.5  # one large weight: only its group's scale grows
+def _bpw_cases(rng: np.random.Generator) -> list[Case]:
     cases = [
-        Case("small: 4 bits, [4, 16] in groups of 4", (normal(4, 16), 4, 4)),
-        Case("small: 8 bits, [3, 32] in groups of 8", (normal(3, 32), 8, 8)),
-        Case("small: 3 bits, [2, 24] in groups of 6", (normal(2, 24), 3, 6)),
-        Case("one group per row: group_size = in, i.e. per channel", (normal(5, 12), 4, 12)),
-        Case("groups of one weight: each weight becomes +-qmax", (normal(2, 6), 4, 1)),
-        Case("outlier: one weight 30 standard deviations out", (outlier, 4, 8)),
-        Case("a group of zeros: scale 1 by convention", (with_zero_group, 4, 4)),
-        Case("one row: [1, 64] in groups of 16", (normal(1, 64), 4, 16)),
-        Case("float32: input", (normal(3, 8).astype(np.float32), 8, 4)),
-        Case("2 bits: the grid is {-1, 0, 1}", (normal(3, 8), 2, 4)),
+        Case("MiniLM's FFN weight [1536, 384], 4 bits per tensor", ((1536, 384), 4, "tensor")),
+        Case("MiniLM's FFN weight [1536, 384], 4 bits per channel", ((1536, 384), 4, "channel")),
+        Case("MiniLM's [384, 1536] weight, 4 bits per channel (out != in)", ((384, 1536), 4, "channel")),
+        Case("groups of 128, fp16 scales (GPTQ's format)", ((1536, 384), 4, "group", 128)),
+        Case("groups of 32", ((384, 1536), 4, "group", 32)),
+        Case("int8 per channel with fp32 scales", ((1536, 384), 8, "channel", None, 32)),
+        Case("groups of 64 on 100 inputs: each row's last group holds 36", ((3, 100), 3, "group", 64)),
+        Case("group_size = in: one group per row, i.e. per channel", ((10, 48), 4, "group", 48)),
+        Case("group_size > in: one short group per row", ((6, 20), 4, "group", 128)),
+        Case("groups of one weight: a scale per weight", ((4, 6), 2, "group", 1)),
+        Case("a 4096 x 11008 weight, groups of 128", ((4096, 11008), 4, "group", 128)),
+        Case("8-bit scales", ((64, 96), 4, "group", 32, 8)),
+        Case("one weight, per tensor", ((1, 1), 8, "tensor")),
+        Case("one row: per channel = per tensor", ((1, 300), 3, "channel", None, 32)),
     ]
     for i in range(4):
-        bits = int(rng.choice([2, 3, 4, 8]))
-        group_size = int(rng.choice([2, 4, 8, 16]))
-        shape = (int(rng.integers(1, 6)), group_size * int(rng.integers(2, 6)))
-        cases.append(
-            Case(
-                f"random draw {i + 1}: {bits} bits, shape {shape}, groups of {group_size}",
-                (normal(*shape, scale=float(rng.uniform(0.01, 2.0))), bits, group_size),
-            )
-        )
+        n_out, n_in = int(rng.integers(1, 400)), int(rng.integers(1, 700))
+        granularity = str(rng.choice(_GRANULARITIES))
+        group_size = int(rng.choice([16, 32, 64, 100, 128])) if granularity == "group" else None
+        args = ((n_out, n_in), int(rng.integers(2, 9)), granularity, group_size, int(rng.choice([8, 16, 32])))
+        cases.append(Case(f"random draw {i + 1}: [{n_out}, {n_in}], {granularity}", args))
     return cases
 
 
-@checker(reference=_quantize_per_group_reference)
-def check_quantize_per_group(student_fn: Any) -> CheckResult:
-    """Check ``quantize_per_group(w, bits, group_size) -> (q [out, in], scales [out, in // group_size])``."""
-    return _check_with_hints(
-        student_fn, _quantize_per_group_reference, _group_cases, _GROUP_MISTAKES, name="quantize_per_group"
-    )
+@checker(reference=_bits_per_weight_reference)
+def check_bits_per_weight(student_fn: Any) -> CheckResult:
+    """Check ``bits_per_weight(shape, bits, granularity, group_size=None, scale_bits=16) -> float``."""
+    return check_with_hints(
+        student_fn, _bits_per_weight_reference, _bpw_cases, _BPW_MISTAKES,
+        name="bits_per_weight", rtol=1e-12, atol=0.0,
+    )  # fmt: skip
 
 
 def _cases_for_tests() -> dict[str, tuple[Callable, Callable[[np.random.Generator], list[Case]]]]:
@@ -441,6 +451,6 @@ def _cases_for_tests() -> dict[str, tuple[Callable, Callable[[np.random.Generato
     return {
         "quantize_symmetric": (_quantize_symmetric_reference, _symmetric_cases),
         "affine_qparams": (_affine_qparams_reference, _affine_cases),
-        "quantize_per_group": (_quantize_per_group_reference, _group_cases),
+        "bits_per_weight": (_bits_per_weight_reference, _bpw_cases),
     }
 

@@ -3,13 +3,16 @@
 Each ``check_<name>(student_fn)`` runs the student's function against the course's reference
 (:mod:`effx_lab.quant.reference`) on fixed edge cases and seeded random draws, prints a plain-words verdict and
 returns the :class:`effx_lab.check.CheckResult`. When a wrong answer equals a classic mistake (scales along the
-wrong axis, a forgotten epilogue, an int8 accumulator that overflows, ``>=`` instead of ``>``...) the verdict
-ends with a ``hint:`` line naming it. What the student writes (Dettmers et al. 2022, Sec. 3):
+wrong axis, a forgotten epilogue, an int8 accumulator that overflows, ``>=`` instead of ``>``, 2^31 for the
+largest int32...) the verdict ends with a ``hint:`` line naming it. What the student writes (Dettmers et al.
+2022, Sec. 3):
 
-* ``vectorwise_quantize(x, bits=8) -> (q, scale)``: symmetric absmax quantization of a 2-D ``x [M, K]`` with
-  one scale per row, ``scale[m] = max_k |x[m, k]| / qmax`` with ``qmax = 2^(b-1) - 1`` (an all-zero row gets
-  scale 1), ``q = round(x / scale[:, None])``, integers ``[M, K]`` in ``[-qmax, qmax]``; ``scale`` is ``[M]``
-  (``[M, 1]`` is accepted too). As :func:`effx_lab.quant.reference.absmax_quantize` with ``axis=-1``.
+* ``max_safe_k(bits=8, acc_bits=32, restricted=True) -> int``: the largest inner dimension ``K`` for which a dot
+  product of ``K`` pairs of signed ``bits``-bit codes cannot overflow a signed ``acc_bits``-bit accumulator,
+  whatever the codes: codes in ``[-qmax, qmax]`` (restricted, ``qmax = 2^(b-1) - 1``) or ``[-2^(b-1), qmax]``,
+  the products then bounded by ``qmax^2`` or ``2^(2b-2)`` above and ``-2^(b-1) qmax`` below, the accumulator
+  holding ``[-2^(acc-1), 2^(acc-1) - 1]``. A prediction from counts (133144 for int8 and int32); the notebook
+  then measures where worst-case int32 sums wrap around on the reader's device. Compared exactly, as an int.
 * ``vectorwise_matmul(x, w) -> y``: LLM.int8's vector-wise int8 product of ``x [T, K]`` and ``w [N, K]``:
   8-bit ``q_x`` with one scale per row of ``x`` (token), ``q_w`` with one per row of ``w`` (output channel),
   the exact integer product ``acc = q_x q_w^T`` (int32 accumulation) and the epilogue ``acc * s_x[:, None] *
@@ -18,8 +21,7 @@ ends with a ``hint:`` line naming it. What the student writes (Dettmers et al. 2
   with any ``|x[t, j]| > threshold`` (strictly) are multiplied in float, ``x[:, O] @ w[:, O].T``, the others
   go through ``vectorwise_matmul``, and the two are added. As :func:`effx_lab.quant.reference.llm_int8_linear`.
 
-Inputs are float64 arrays except one float32 case per exercise. Integers are compared exactly (a float array
-of whole numbers is accepted for ``q``), scales with ``rtol=1e-5``, products with ``rtol=1e-4`` and
+The matmul exercises get float64 arrays except one float32 case each, and are compared with ``rtol=1e-4`` and
 ``atol=1e-5`` (the outputs are of order 1; every listed mistake is off by far more). No case puts a value of
 ``x / scale`` within ``1e-6`` of a rounding tie, so both rounding conventions (half to even, half away from
 zero) and float32 or float64 arithmetic give the same integers (``tests/ch02_quant/test_quant_exercises_llm_int8`` checks
@@ -38,29 +40,12 @@ from .. import reference as R
 
 __all__ = [
     "check_llm_int8_matmul",
+    "check_max_safe_k",
     "check_vectorwise_matmul",
-    "check_vectorwise_quantize",
 ]
 
-_SCALE_RTOL = 1e-5  # vectorwise_quantize: scales (integers are always compared exactly)
-_SCALE_ATOL = 1e-12
 _RTOL = 1e-4  # the two matmul exercises (one case is float32)
 _ATOL = 1e-5
-
-
-def _squeeze_scale(got: Any, expected: Any) -> Any:
-    """``(q, scale [M, 1])`` -> ``(q, scale [M])`` when ``[M]`` is expected, else unchanged.
-
-    The ``prepare`` of :func:`effx_lab.check.check_with_hints`: both shapes of the scale
-    are accepted.
-    """
-    if not (isinstance(got, (tuple, list)) and len(got) == 2 and isinstance(expected, tuple) and len(expected) == 2):
-        return got
-    scale, want = got[1], expected[1]
-    shape = getattr(scale, "shape", None)
-    if shape is not None and tuple(shape) == (want.shape[0], 1):
-        return (got[0], scale.reshape(-1))
-    return got
 
 
 def _qmax(bits: int) -> int:
@@ -71,139 +56,150 @@ def _normal(rng: np.random.Generator, *shape: int, scale: float = 1.0) -> np.nda
     return rng.normal(0.0, scale, size=shape)
 
 
-# =========================================================================== vectorwise_quantize
-@named("vectorwise_quantize")
-def _vectorwise_quantize_reference(x, bits=8):
-    q, scale = R.absmax_quantize(x, axis=-1, bits=bits)  # scale [M, 1]: reduce over the columns of each row
-    return q, scale.reshape(-1)
-
-
 def _rows(
     x,
     bits=8,
     *,
     axis: int = 1,
     levels: Callable[[int], int] = _qmax,
-    qmin: Callable[[int], int] | None = None,
-    peak: Callable[..., np.ndarray] = lambda a, axis: np.abs(a).max(axis=axis),
-    rounding: Callable[[np.ndarray], np.ndarray] = np.round,
-    zero_scale: float | None = 1.0,
     per_tensor: bool = False,
 ):
     """Absmax quantization with one knob per classic mistake (defaults: the right answer, one scale per row)."""
     a = np.asarray(x, dtype=np.float64)
     top = _qmax(bits)
-    bottom = -top if qmin is None else qmin(bits)
-    m = np.full(a.shape[0], np.abs(a).max()) if per_tensor else peak(a, axis)
-    scale = m / levels(bits)
-    if zero_scale is not None:
-        scale = np.where(m != 0, scale, zero_scale)
+    m = np.full(a.shape[0], np.abs(a).max()) if per_tensor else np.abs(a).max(axis=axis)
+    scale = np.where(m != 0, m / levels(bits), 1.0)
     s = scale[:, None] if axis == 1 else scale[None, :]
-    with np.errstate(all="ignore"):
-        q = np.clip(rounding(a / s), bottom, top)
-    return q, scale
+    return np.clip(np.round(a / s), -top, top), scale
 
 
-def _zero_scale_no_nan(x, bits=8):
-    """An all-zero row gets scale 0 and, after ``nan_to_num``, q = 0 (the NaN is hidden, the scale is not)."""
-    q, scale = _rows(x, bits, zero_scale=None)
-    return np.nan_to_num(q), scale
+# =========================================================================== max_safe_k
+def _code_range(bits: int, restricted: bool) -> tuple[int, int]:
+    """The signed ``bits``-bit codes: ``[-qmax, qmax]`` (restricted) or ``[-2^(b-1), 2^(b-1) - 1]``."""
+    top = _qmax(bits)
+    return (-top if restricted else -top - 1), top
 
 
-_QUANTIZE_MISTAKES = [
+@named("max_safe_k")
+def _max_safe_k_reference(bits=8, acc_bits=32, restricted=True):
+    lo, hi = _code_range(bits, restricted)
+    largest, most_negative = max(lo * lo, hi * hi), lo * hi  # the extreme products of two codes
+    acc_max, acc_min = 2 ** (acc_bits - 1) - 1, -(2 ** (acc_bits - 1))
+    # K products of `largest` must stay <= acc_max, K of `most_negative` >= acc_min
+    return min(acc_max // largest, acc_min // most_negative)
+
+
+def _safe_k(bits=8, acc_bits=32, restricted=True, *, product=None, acc_max=None, divide=None):
+    """max_safe_k with one knob per classic mistake: the product bound, the accumulator bound, the division."""
+    lo, hi = _code_range(bits, restricted)
+    p = max(lo * lo, hi * hi) if product is None else product(bits, restricted)
+    top = 2 ** (acc_bits - 1) - 1 if acc_max is None else acc_max(acc_bits)
+    return top // p if divide is None else divide(top, p)
+
+
+def _full_range_only(fn: Callable) -> Callable:
+    """A mistake that shows only when ``restricted=False`` (where the code -2^(b-1) is allowed)."""
+
+    def wrong(bits=8, acc_bits=32, restricted=True):
+        return None if restricted else fn(bits, acc_bits, restricted)
+
+    return wrong
+
+
+def _safe_k_with(**knobs: Any) -> Callable:
+    def wrong(bits=8, acc_bits=32, restricted=True):
+        return _safe_k(bits, acc_bits, restricted, **knobs)
+
+    return wrong
+
+
+_SAFE_K_MISTAKES = [  # the order matters where two give the same number on a case: see _safe_k_cases
     Mistake(
-        lambda x, bits=8: _rows(x, bits, axis=0),
-        "one scale per ROW of x (one per token): reduce over the columns, np.abs(x).max(axis=1). Your scales "
-        "are per column (axis=0), one per input feature; such scales sit inside the sum over k of a matmul "
-        "and cannot be pulled out of the integer product.",
+        _safe_k_with(divide=lambda top, p: round(top / p)),
+        "round DOWN (floor), not to the nearest integer: K * p must stay <= 2^(acc_bits-1) - 1.",
     ),
     Mistake(
-        lambda x, bits=8: _rows(x, bits, per_tensor=True),
-        "one scale per row, not one for the whole matrix: each row's largest |value| sets that row's scale, "
-        "so a row with small values keeps a fine grid.",
+        _safe_k_with(acc_max=lambda a: 2 ** (a - 1)),
+        "the largest int32 is 2^31 - 1, not 2^31: K products of p fit when K * p <= 2^(acc_bits-1) - 1.",
     ),
     Mistake(
-        lambda x, bits=8: _rows(x, bits, levels=lambda b: 2 ** (b - 1), qmin=lambda b: -(2 ** (b - 1))),
-        "the symmetric grid is restricted: qmax = 2^(b-1) - 1 (127 for 8 bits), scale = max|row| / qmax, and "
-        "q lies in [-qmax, qmax]; dividing by 2^(b-1) = 128 wastes a level and breaks the symmetry.",
+        _safe_k_with(acc_max=lambda a: 2**a - 1),
+        "the accumulator is SIGNED (int32 holds -2^31 .. 2^31 - 1): products of signed codes can be negative, "
+        "so only 2^(acc_bits-1) - 1 is available on the positive side, not 2^acc_bits - 1.",
     ),
     Mistake(
-        lambda x, bits=8: _rows(x, bits, levels=lambda b: 2 ** (b - 1)),
-        "divide by qmax = 2^(b-1) - 1 (127 for 8 bits), not by 2^(b-1): the largest |value| of each row must "
-        "land exactly on qmax.",
+        _full_range_only(lambda bits, acc_bits, restricted: _safe_k(bits, acc_bits, True)),
+        "with restricted=False the code -2^(b-1) (-128 for int8) is allowed, and (-128) * (-128) = 16384 "
+        "is the largest product, larger than 127 * 127.",
     ),
     Mistake(
-        lambda x, bits=8: None if bits == 8 else _rows(x, 8),
-        "use the bits argument: qmax = 2^(bits-1) - 1 (7 for 4 bits), not always 127.",
+        _full_range_only(_safe_k_with(product=lambda b, r: 2 ** (b - 1) * _qmax(b))),
+        "the largest product is (-128) * (-128) = 16384 (both codes at the bottom of the full range), "
+        "not 128 * 127.",
     ),
     Mistake(
-        lambda x, bits=8: _rows(x, bits, peak=lambda a, axis: a.max(axis=axis)),
-        "the scale comes from the largest MAGNITUDE of the row, max|x| (np.abs(x).max(axis=1)): a row whose "
-        "extreme value is negative needs it too.",
+        lambda bits=8, acc_bits=32, restricted=True: (
+            None if not restricted else _safe_k(bits, acc_bits, True, product=lambda b, r: 2 ** (2 * b - 2))
+        ),
+        "the restricted range stops at qmax = 2^(b-1) - 1 (127 for int8): the largest product is qmax^2 = "
+        "16129, not 128^2.",
     ),
     Mistake(
-        lambda x, bits=8: _rows(x, bits, rounding=np.trunc),
-        "round to the nearest integer (np.round); astype(int) or np.trunc cut towards zero and double the "
-        "worst-case error.",
+        _safe_k_with(product=lambda b, r: max(abs(v) for v in _code_range(b, r))),
+        "each term of the dot product is a product of TWO codes: bound it by the largest product, "
+        "qmax * qmax (127 * 127 for int8), not by one code.",
     ),
     Mistake(
-        lambda x, bits=8: _rows(x, bits, rounding=np.floor),
-        "round to the nearest integer (np.round), not down (np.floor).",
+        _safe_k_with(product=lambda b, r: (2**b - 1) ** 2),
+        "the codes are signed: int8 holds -127..127 (restricted), so the largest product is 127^2, not "
+        "255^2 (that is uint8).",
     ),
     Mistake(
-        lambda x, bits=8: _rows(x, bits, zero_scale=None),
-        "an all-zero row has max|row| = 0: give it scale 1 (np.where(peak > 0, peak / qmax, 1.0)), otherwise "
-        "x / scale is 0 / 0 = NaN.",
+        _safe_k_with(divide=lambda top, p: top / p),
+        "K is a whole number of terms: the largest integer K with K * p <= 2^(acc_bits-1) - 1, i.e. "
+        "(2**(acc_bits - 1) - 1) // p, an int.",
     ),
     Mistake(
-        lambda x, bits=8: _zero_scale_no_nan(x, bits),
-        "an all-zero row has max|row| = 0: give it scale 1, not 0 (a scale of 0 cannot be divided by).",
+        _safe_k_with(divide=lambda top, p: -(-top // p)),
+        "that is the first K that CAN overflow (ceil((2^31 - 1) / p), or one more than the answer): K * p "
+        "already exceeds 2^31 - 1. Round DOWN: the largest K that cannot overflow is (2**(acc_bits - 1) - 1) // p.",
     ),
 ]
 
 
-def _quantize_cases(rng: np.random.Generator) -> list[Case]:
-    outlier_col = _normal(rng, 6, 10)
-    outlier_col[:, 3] = rng.choice([-1.0, 1.0], size=6) * rng.uniform(20.0, 40.0, size=6)  # an outlier feature
-    neg_peak = _normal(rng, 4, 7)
-    neg_peak[np.arange(4), rng.integers(0, 7, size=4)] = -6.0  # every row's extreme value is negative
-    zero_row = _normal(rng, 5, 8)
-    zero_row[2] = 0.0
-    scaled_rows = _normal(rng, 6, 12) * np.array([[0.01], [0.1], [1.0], [10.0], [100.0], [0.5]])
+def _safe_k_cases(rng: np.random.Generator) -> list[Case]:
     cases = [
-        Case("defaults: 8 bits, x [4, 16]", (_normal(rng, 4, 16),)),
-        Case("rows of very different size: one scale each", (scaled_rows,)),
-        Case("an outlier column: every row's scale is set by it", (outlier_col,)),
-        Case("negative extremes: max|x| of each row is negative", (neg_peak, 8)),
-        Case("4 bits: qmax = 7", (_normal(rng, 5, 9), 4)),
-        Case("2 bits: the grid is {-1, 0, 1}", (_normal(rng, 3, 10), 2)),
-        Case("square: x [6, 6]", (_normal(rng, 6, 6), 8)),
-        Case("one row: x [1, 32]", (_normal(rng, 1, 32),)),
-        Case("one column: x [7, 1], every value lands on +-qmax", (_normal(rng, 7, 1),)),
-        Case("an all-zero row: scale 1 by convention", (zero_row,)),
-        Case("float32: input", (_normal(rng, 5, 12).astype(np.float32),)),
+        Case("int8 codes, int32 accumulator", (8, 32)),
+        # before the full-range int8 case, where 2^31 // 128^2 equals round((2^31 - 1) / 128^2)
+        Case("2-bit codes {-1, 0, 1}: every product is at most 1", (2, 32)),
+        Case("the defaults: int8 codes, int32 accumulator, restricted", ()),
+        Case("int8, int32, full range: -128 is allowed", (8, 32), {"restricted": False}),
+        Case("int4 codes, int16 accumulator", (4, 16)),
+        Case("int4, int16, full range", (4, 16), {"restricted": False}),
+        Case("int8 codes, int16 accumulator: only 2 terms fit", (8, 16)),
+        Case("int8 codes, a 14-bit accumulator: not even one product fits", (8, 14)),
+        Case("2-bit codes, full range {-2, -1, 0, 1}", (2, 32), {"restricted": False}),
+        Case("int16 codes, int32 accumulator", (16, 32)),
+        Case("int16 codes, int32, full range", (16, 32), {"restricted": False}),
+        Case("int8 codes, int64 accumulator: a very long sum", (8, 64)),
+        Case("int8, int64, full range", (8, 64), {"restricted": False}),
     ]
-    for i in range(3):
-        bits = int(rng.choice([3, 4, 6, 8]))
-        shape = (int(rng.integers(2, 9)), int(rng.integers(2, 40)))
-        cases.append(Case(f"random draw {i + 1}: {bits} bits, x {list(shape)}",
-                          (_normal(rng, *shape, scale=float(rng.uniform(0.05, 20.0))), bits)))
+    for i in range(4):
+        bits = int(rng.integers(2, 13))
+        acc = int(rng.integers(2 * bits + 2, 65))
+        restricted = bool(i % 2)
+        cases.append(Case(f"random draw {i + 1}: {bits}-bit codes, {acc}-bit accumulator, "
+                          f"restricted={restricted}", (bits, acc), {"restricted": restricted}))
     return cases
 
 
-@checker(reference=_vectorwise_quantize_reference)
-def check_vectorwise_quantize(student_fn: Any) -> CheckResult:
-    """Check ``vectorwise_quantize(x, bits=8) -> (q [M, K], scale [M])`` (one absmax scale per row)."""
+@checker(reference=_max_safe_k_reference)
+def check_max_safe_k(student_fn: Any) -> CheckResult:
+    """Check ``max_safe_k(bits=8, acc_bits=32, restricted=True) -> int`` (exact; a NumPy int is fine too)."""
     return check_with_hints(
-        student_fn,
-        _vectorwise_quantize_reference,
-        _quantize_cases,
-        _QUANTIZE_MISTAKES,
-        name="vectorwise_quantize",
-        rtol=_SCALE_RTOL,
-        atol=_SCALE_ATOL,
-        prepare=_squeeze_scale,
-    )
+        student_fn, _max_safe_k_reference, _safe_k_cases, _SAFE_K_MISTAKES,
+        name="max_safe_k", rtol=0.0, atol=0.0, exact=True,
+    )  # fmt: skip
 
 
 # =========================================================================== vectorwise_matmul
@@ -504,7 +500,7 @@ def check_llm_int8_matmul(student_fn: Any) -> CheckResult:
 def _cases_for_tests() -> dict[str, tuple[Callable, Callable[[np.random.Generator], list[Case]], list[Mistake]]]:
     """The reference, case generator and mistakes of each exercise (for the tests: ties, reachable hints)."""
     return {
-        "vectorwise_quantize": (_vectorwise_quantize_reference, _quantize_cases, _QUANTIZE_MISTAKES),
+        "max_safe_k": (_max_safe_k_reference, _safe_k_cases, _SAFE_K_MISTAKES),
         "vectorwise_matmul": (_vectorwise_matmul_reference, _matmul_cases, _MATMUL_MISTAKES),
         "llm_int8_matmul": (_llm_int8_matmul_reference, _llm_int8_cases, _LLM_INT8_MISTAKES),
     }
