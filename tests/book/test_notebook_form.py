@@ -592,6 +592,7 @@ def test_tiny_book_renders_both_forms_the_same(tmp_path):
                 "{cite:p}`nagel2021white,weng2023inference`)."
                 " Next: {doc}`second` and {doc}`a page\n<../../book/page>`."
             ),
+            new_code_cell("def check_f(fn):\n    assert fn(2) == 4"),
             new_markdown_cell(
                 ":::{exercise} Double\n:label: ex-tiny\n\nWrite `f(x)`, $2x$.\n:::"
             ),
@@ -602,7 +603,7 @@ def test_tiny_book_renders_both_forms_the_same(tmp_path):
             ),
             new_markdown_cell("Doubling is {term}`GEMV`-free."),
             new_markdown_cell(NF.GATE_END),
-            new_code_cell("assert f(2) == 4"),
+            new_code_cell("check_f(f)"),  # the exercise's test cell (nbgrader marks it)
         ]
     )
     second = new_notebook(

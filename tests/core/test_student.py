@@ -259,6 +259,7 @@ def test_nbgrader_metadata_per_cell_kind():
     nbformat.validate(graded)
 
 
+@pytest.mark.instructor
 def test_nbgrader_metadata_validates_with_nbgrader_when_installed():
     validator = pytest.importorskip("nbgrader.nbgraderformat.v3")
     validator.MetadataValidatorV3().validate_nb(
