@@ -190,10 +190,19 @@ class ClaimRecord:
     @property
     def text(self) -> str:
         """The verdict in one line (wrapped to the notebook's column)."""
-        what = "negative control" if self.control is not None else "claim"
-        name = self.id if self.control is None else f"{self.claim_id} ({self.control})"
         where = f" on this device ({self.device})" if self.device_dependent else ""
-        line = f"{MARKS[self.verdict]} {what} {name} {self.verdict}{where}: "
+        if self.control is not None:  # a control passes when the claim does NOT hold for it
+            ok = self.verdict == VERDICTS[2]
+            verdict = (
+                "does not hold, as a control must" if ok
+                else f"{self.verdict}, which a control must not"
+            )
+            line = (
+                f"{'✓' if ok else '✗'} negative control of {self.claim_id} "
+                f"({self.control}): {verdict}{where}: measured {self.value_text}"
+            )
+            return fit(line)
+        line = f"{MARKS[self.verdict]} claim {self.id} {self.verdict}{where}: "
         line += f"measured {self.value_text}"
         differs = self.verdict != VERDICTS[0] and self.control is None
         if self.device_dependent and differs:
@@ -205,16 +214,25 @@ class ClaimRecord:
         """The verdict's card: anchor ``id`` = :attr:`anchor`, the record in
         :data:`CARD_ATTRIBUTE` (escaped JSON)."""
         data = html.escape(json.dumps(self.as_dict(), ensure_ascii=False), quote=True)
-        what = " (negative control)" if self.control is not None else ""
-        detail = " ".join(self.text.split()).split(": ", 1)[1]
+        if self.control is not None:
+            ok = self.verdict == VERDICTS[2]
+            head = f"{'✓' if ok else '✗'} negative control: {self.control}"
+            detail = (
+                "the claim does not hold here, as a control must" if ok
+                else f"the claim {self.verdict} here, which a control must not"
+            ) + f"; measured {self.value_text}"
+            colour = "#57606a" if ok else _COLOUR[VERDICTS[2]]
+        else:
+            head = f"{MARKS[self.verdict]} {self.verdict}"
+            detail = " ".join(self.text.split()).split(": ", 1)[1]
+            colour = _COLOUR[self.verdict]
         style = (
-            f"border-left:4px solid {_COLOUR[self.verdict]};padding:2px 8px;"
+            f"border-left:4px solid {colour};padding:2px 8px;"
             "margin:4px 0;font-size:0.9em"
         )
         return (
             f'<div class="effx-claim" id="{self.anchor}" {CARD_ATTRIBUTE}="{data}" '
-            f'style="{style}"><b>{html.escape(MARKS[self.verdict])} '
-            f"{html.escape(self.verdict)}</b>{what}: {html.escape(detail)}<br>"
+            f'style="{style}"><b>{html.escape(head)}</b>: {html.escape(detail)}<br>'
             f'<span style="opacity:0.75">{html.escape(self.rule)}. '
             f"Scale: {html.escape(self.caveat)}</span></div>"
         )

@@ -314,7 +314,8 @@ def test_a_device_dependent_control_that_holds_is_reported_not_raised(capsys):
     assert claim.control(3.0, "a dense matrix") == "holds"
     out = " ".join(capsys.readouterr().out.split())
     assert out.startswith(
-        "✓ negative control 02.1-six-db-per-bit (a dense matrix) holds"
+        "✗ negative control of 02.1-six-db-per-bit (a dense matrix): holds, which a "
+        "control must not"
     )
 
 
