@@ -11,8 +11,9 @@ between pages.
   ``make test``'s nbval run stores what it executed from the stored file. A notebook
   already in MyST is passed through unchanged.
 * ``doctree-read``: a solution code cell's first line ``#@title ...`` (Colab's form
-  title) is dropped from the code block the page shows. The executed code still has it
-  (a comment).
+  title) and its nbgrader marker lines (``### BEGIN SOLUTION``, ``### END SOLUTION``)
+  are dropped from the code block the page shows. The executed code still has them
+  (comments); a reader sees the solution as a programmer would write it.
 
 A notebook the converter cannot read raises an error naming the notebook and the cell.
 """
@@ -71,8 +72,21 @@ def _is_solution(metadata) -> bool:
     return isinstance(meta, dict) and notebook_form.SOLUTION in meta
 
 
+#: the nbgrader lines that delimit a solution inside a code cell (the page hides them)
+SOLUTION_MARKERS = ("### BEGIN SOLUTION", "### END SOLUTION")
+
+
+def _page_code(code: str) -> str:
+    """A solution cell's code as the page shows it: no form title, no marker lines."""
+    if code.startswith(notebook_form.FORM_TITLE):
+        code = code.partition("\n")[2]
+    lines = code.split("\n")
+    return "\n".join(ln for ln in lines if ln.strip() not in SOLUTION_MARKERS)
+
+
 def hide_form_titles(doctree) -> int:
-    """Drop each solution code cell's ``#@title`` line from the page; count them."""
+    """Drop each solution code cell's ``#@title`` line and its nbgrader ``### BEGIN/END
+    SOLUTION`` lines from the page; count the code blocks changed."""
     hidden = 0
     for cell in doctree.findall(nodes.container):
         if cell.get("nb_element") != "cell_code" or not _is_solution(
@@ -84,9 +98,9 @@ def hide_form_titles(doctree) -> int:
                 continue
             for block in source.findall(nodes.literal_block):
                 code = block.astext()
-                if not code.startswith(notebook_form.FORM_TITLE):
+                shown = _page_code(code)
+                if shown == code:
                     continue
-                shown = code.partition("\n")[2]
                 block[:] = [nodes.Text(shown)]
                 block.rawsource = shown
                 hidden += 1

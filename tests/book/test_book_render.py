@@ -652,3 +652,20 @@ def test_output_has_no_source_maps_reports_or_unused_vendored_files():
     for name in ("plotly.min.js", "tex-svg.js", "require.min.js", "embed-amd.js", "scripts/fontawesome.js"):
         if (static / name).exists():
             assert f"_static/{name}" in pages, f"_static/{name} is in the output but no page uses it"
+
+
+def test_rendered_solutions_hide_colab_titles_and_nbgrader_markers():
+    """A solution reads as code a programmer would write: the page shows neither Colab's
+    ``#@title`` line nor nbgrader's ``### BEGIN/END SOLUTION`` lines (the notebook keeps
+    them)."""
+    if not (HTML / "index.html").exists():
+        pytest.fail(f"no built book at {HTML}: run `make book` (or `make book-strict`) first")
+    pages = sorted((HTML / "notebooks").rglob("*.html"))
+    assert pages, f"no notebook pages under {HTML / 'notebooks'}"
+    shown = []
+    for page in pages:
+        text = page.read_text(encoding="utf8", errors="replace")
+        for pattern in ("BEGIN SOLUTION", "END SOLUTION", "#@title Solution"):
+            if pattern in text:
+                shown.append(f"{page.relative_to(HTML)}: {pattern!r}")
+    assert not shown, "\n".join(shown)

@@ -533,17 +533,24 @@ def test_form_titles_are_hidden_in_the_page_only():
         )
 
     solution = cell(
-        "#@title Solution: f (double-click to show)\ndef f():\n    pass",
+        "#@title Solution: f (double-click to show)\ndef f():\n"
+        "    # hint\n    ### BEGIN SOLUTION\n    return 1\n    ### END SOLUTION",
         {"cellView": "form", "effx": {"solution": "ex-1"}},
     )
-    other = cell("#@title not a solution\nx = 1", {})
-    doc = nodes.section("", solution, other)
-    assert EXT.hide_form_titles(doc) == 1
+    markers_only = cell(
+        "def g():\n    ### BEGIN SOLUTION\n    pass\n    ### END SOLUTION\n",
+        {"effx": {"solution": "ex-2"}},
+    )
+    other = cell("#@title not a solution\nx = 1\n### BEGIN SOLUTION", {})
+    doc = nodes.section("", solution, markers_only, other)
+    assert EXT.hide_form_titles(doc) == 2
     blocks = [b.astext() for b in doc.findall(nodes.literal_block)]
     assert blocks == [
-        "def f():\n    pass",
+        "def f():\n    # hint\n    return 1",
         "#@title printed",
-        "#@title not a solution\nx = 1",
+        "def g():\n    pass\n",
+        "#@title printed",
+        "#@title not a solution\nx = 1\n### BEGIN SOLUTION",
         "#@title printed",
     ]
 
