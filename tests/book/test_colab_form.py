@@ -31,11 +31,7 @@ sys.path.insert(0, str(ROOT / "book" / "_ext"))
 
 import notebook_form as NF  # noqa: E402
 
-NOTEBOOKS = sorted(
-    p
-    for p in (ROOT / "notebooks").rglob("*.ipynb")
-    if ".ipynb_checkpoints" not in p.parts
-)
+from _notebooks import NOTEBOOKS  # noqa: E402
 IDS = [p.name for p in NOTEBOOKS]
 COMMONMARK = MarkdownIt("commonmark")
 FIX = "run `python book/_ext/notebook_form.py --write notebooks`"

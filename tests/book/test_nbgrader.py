@@ -50,11 +50,7 @@ from effx_lab.cli import main as effx_lab_main
 from effx_lab.student import add_nbgrader_metadata, make_student_notebook
 
 ROOT = Path(__file__).resolve().parents[2]
-NOTEBOOKS = sorted(
-    p
-    for p in (ROOT / "notebooks").rglob("*.ipynb")
-    if ".ipynb_checkpoints" not in p.parts
-)
+from _notebooks import NOTEBOOKS  # noqa: E402
 ONLY = [
     s.strip() for s in os.environ.get("EFFX_NBGRADER_ONLY", "").split(",") if s.strip()
 ]

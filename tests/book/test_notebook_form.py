@@ -31,11 +31,7 @@ import effx_notebook_form as EXT  # noqa: E402
 import notebook_form as NF  # noqa: E402
 from test_book_render import _jupyter_book  # noqa: E402  (tests/book is on sys.path)
 
-NOTEBOOKS = sorted(
-    p
-    for p in (ROOT / "notebooks").rglob("*.ipynb")
-    if ".ipynb_checkpoints" not in p.parts
-)
+from _notebooks import NOTEBOOKS  # noqa: E402
 IDS = [p.name for p in NOTEBOOKS]
 BASE = "https://effx-lab.github.io/effx-lab/"
 GLOSSARY = BASE + "book/glossary.html#"

@@ -27,11 +27,7 @@ from effx_lab.student import (
 )
 
 ROOT = Path(__file__).resolve().parents[2]
-NOTEBOOKS = sorted(
-    p
-    for p in (ROOT / "notebooks").rglob("*.ipynb")
-    if ".ipynb_checkpoints" not in p.parts
-)
+from _notebooks import NOTEBOOKS  # noqa: E402
 _GATED = re.compile(r"^[ \t]*(`{3,}|:{3,})\{solution-(start|end)\}", re.M)
 
 

@@ -12,7 +12,7 @@ import yaml
 import effx_lab
 
 ROOT = Path(__file__).resolve().parents[2]
-NOTEBOOKS = sorted(p for p in (ROOT / "notebooks").rglob("*.ipynb") if ".ipynb_checkpoints" not in p.parts)
+from _notebooks import NOTEBOOKS  # noqa: E402
 
 
 def _toc_files() -> list[str]:
