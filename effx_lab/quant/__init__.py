@@ -12,7 +12,8 @@ The later sections' methods live in topic modules and are re-exported by both fa
 02.2-02.4, 02.6), ``_np_gptq`` / ``_torch_gptq`` (round-to-nearest, GPTQ, int4/int8 weight-only storage; 02.5),
 ``_np_hawq`` / ``_torch_hawq`` (Hutchinson traces, bit allocation, the straight-through gradient; 02.5, 02.7).
 Beside them: :mod:`.kernels` (Triton), :mod:`.qat` (quantization-aware training), :mod:`.models` (whole
-TinyLM and MiniLM), :mod:`.exercises` and :mod:`.bench`.
+TinyLM and MiniLM), :mod:`.smoothquant` (SmoothQuant's alpha measured on MiniLM's layers), :mod:`.exercises`
+and :mod:`.bench`.
 
 Whole models, torchao's way: ``quantize_(model, config)`` quantizes a TinyLM **in
 place** (and returns it) with a small config from :mod:`.configs` (:class:`RTNConfig`,

@@ -7,7 +7,9 @@ weight, but what matters is the layer's *output* on real inputs, ``||X W^T - X W
 **The layer-wise problem.** Given calibration inputs ``X`` (``n`` tokens, ``[n, in]``), find quantized
 ``W_hat`` minimising ``||X W^T - X W_hat^T||_F^2``. Rows of ``W`` do not interact, and for one row ``w`` the
 loss is the quadratic form ``(w - w_hat) H (w - w_hat)^T / 2`` with the Hessian ``H = 2 X^T X / n``
-(:func:`gptq_hessian`; the ``1/n`` only fixes the scale of the damping).
+(:func:`gptq_hessian`). The ``1/n`` changes no code: the damping is relative to ``H``
+(``lambda = damp * mean(diag H)``), so ``c H`` damps to ``c (H + lambda I)``, the Cholesky factor of its
+inverse is ``U / sqrt(c)``, and every update ``(w_j - q_j) / U_jj * U_j,:`` is unchanged; only the loss scales.
 
 **OBS / OBQ** (Hassibi and Stork 1993, "Optimal Brain Surgeon"; Frantar and Alistarh 2022, "Optimal Brain
 Compression"): quantize one weight ``w_j`` at a time and let the not-yet-quantized ones absorb its error. If

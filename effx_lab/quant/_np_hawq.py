@@ -1,10 +1,11 @@
 """Hessian-aware mixed precision (HAWQ) and the straight-through estimator, in NumPy (chapter 2, 02.5 and 02.7).
 
 **Which layers can take fewer bits?** A layer whose weights sit in a flat valley of the loss can be rounded
-coarsely; one in a sharp valley cannot. HAWQ (Dong et al. 2019; HAWQ-v2, Dong et al. 2020; HAWQ-v3, Yao et
-al. 2021) measures sharpness by the Hessian of the loss with respect to the layer's weights, summarised by
-its trace. A second-order Taylor expansion around trained weights ``W`` (gradient ~ 0) gives the loss
-increase of a perturbation ``dW = Q(W) - W``::
+coarsely; one in a sharp valley cannot. The Hessian of the loss with respect to the layer's weights measures
+sharpness. HAWQ (Dong et al. 2019) and Q-BERT (Shen et al. 2020) summarised it by its *top eigenvalue*
+(power iteration); HAWQ-v2 (Dong et al. 2020) replaced that by the *trace*, the sum over all directions,
+which HAWQ-v3 (Yao et al. 2021) keeps and this module implements. A second-order Taylor expansion around
+trained weights ``W`` (gradient ~ 0) gives the loss increase of a perturbation ``dW = Q(W) - W``::
 
     dL ~ 1/2 dW^T H dW ~ 1/2 (tr(H) / n) ||dW||^2        (HAWQ-v2/v3, H replaced by its average eigenvalue)
 
@@ -13,7 +14,7 @@ so the *sensitivity* of layer ``i`` at ``b`` bits is ``Omega_i(b) = tr(H_i) / n_
 the summed sensitivity (:func:`allocate_bits`, HAWQ-v3's integer linear program, solved exactly here).
 
 **The trace without the matrix.** ``H`` has ``n^2`` entries (``n`` = weights of the layer): never formed.
-Hutchinson's estimator (Hutchinson 1990; used by PyHessian and HAWQ-v2) needs only Hessian-vector products:
+Hutchinson's estimator (Hutchinson 1989; used by PyHessian and HAWQ-v2) needs only Hessian-vector products:
 for a random vector ``v`` with independent Rademacher entries (+1 or -1 with probability 1/2),
 ``E[v v^T] = I``, so ``E[v^T H v] = tr(H E[v v^T]) = tr(H)``; the estimate is the mean over ``n_samples``
 probes (:func:`hutchinson_trace`), with standard error ``std(samples) / sqrt(n_samples)``. ``H v`` itself costs

@@ -9,7 +9,8 @@ framework can do:
   (the Hessian is symmetric, so the vector-Jacobian product of ``g`` is ``H v``). The first-order graph is
   built once and reused for every probe.
 * :func:`layer_traces` (torch only): the Hutchinson trace of the loss Hessian with respect to each listed
-  layer's weight (the diagonal block ``H_ii``), what HAWQ-v2 ranks layers by.
+  layer's weight (the diagonal block ``H_ii``), what HAWQ-v2 ranks layers by (HAWQ and Q-BERT used
+  the block's top eigenvalue instead).
 * :func:`fake_quantize_ste` (torch only): ``fake_quantize`` as a ``torch.autograd.Function`` whose backward is
   the clipped straight-through estimator :func:`ste_grad`; the building block of quantization-aware training
   (:mod:`effx_lab.quant.qat`).

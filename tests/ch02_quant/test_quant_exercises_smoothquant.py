@@ -9,6 +9,7 @@ from _checks import fails as _fails
 from effx_lab.check import Diagnosis
 from effx_lab.quant import reference as R
 from effx_lab.quant import torch_ops as T
+from effx_lab.quant import smoothquant as SQ
 from effx_lab.quant.exercises import smoothquant as E
 
 
@@ -192,9 +193,10 @@ def test_diagnosis_compares_tuples_element_by_element():
 
 def test_all_names_exported():
     assert sorted(E.__all__) == [
-        "ALPHA_GRID", "ALPHA_TOLERANCE", "AlphaCurve", "alpha_curves",
         "check_choose_alpha", "check_fold_smoothing", "check_smooth_scales",
-        "smoothquant_error",
+    ]
+    assert sorted(SQ.__all__) == [
+        "ALPHA_GRID", "AlphaCurve", "NEAR_BEST", "alpha_curves", "smoothquant_error",
     ]
     from effx_lab.quant import exercises
 
@@ -233,15 +235,15 @@ def test_choose_alpha_right_answers_pass(fn):
 
 
 def test_alpha_curves_are_the_ground_truth_the_exercise_needs():
-    curves = E.alpha_curves()
-    assert len(curves) == 12 and E.alpha_curves() is curves  # measured once
+    curves = SQ.alpha_curves()
+    assert len(curves) == 12 and SQ.alpha_curves() is curves  # measured once
     kinds = {c.layer.split(".", 3)[-1] for c in curves}
     assert kinds == {"attention.self (q, k, v)", "intermediate.dense"}
-    half = list(E.ALPHA_GRID).index(0.5)
+    half = list(SQ.ALPHA_GRID).index(0.5)
     for c in curves:
         assert c.weight.shape[1] == c.act_absmax.shape[0] == 384
         assert not c.weight.flags.writeable
-        assert c.errors.shape == E.ALPHA_GRID.shape and np.all(c.errors > 0)
+        assert c.errors.shape == SQ.ALPHA_GRID.shape and np.all(c.errors > 0)
         # both ends are worse
         assert c.errors[0] > c.best_error and c.errors[-1] > c.best_error
         lo, hi = c.near_best()
@@ -250,7 +252,7 @@ def test_alpha_curves_are_the_ground_truth_the_exercise_needs():
         assert c.error_at(c.best_alpha) == pytest.approx(c.best_error, rel=1e-6)
     # the exercise is a real choice: the paper's default is outside the tolerance on
     # most layers, and the course's rule inside it on all of them
-    limit = 1 + E.ALPHA_TOLERANCE
+    limit = 1 + SQ.NEAR_BEST
     assert sum(c.errors[half] > limit * c.best_error for c in curves) >= 8
     ref = E._cases_for_tests()["choose_alpha"][0]
     assert all(c.error_at(ref(c.act_absmax, c.weight)) <= limit * c.best_error
@@ -293,24 +295,57 @@ def test_smoothquant_error_is_the_relative_squared_error_of_w8a8():
     b = torch.randn(8, generator=gen, dtype=torch.float64)
     a = x.abs().amax(dim=0)
     y = x @ w.T + b
-    plain = E.smoothquant_error(x, w, b, a, None)
+    plain = SQ.smoothquant_error(x, w, b, a, None)
     y_w8a8 = T.w8a8_linear(x, w, b, act_granularity="tensor")
     want = float(((y_w8a8 - y) ** 2).sum() / (y**2).sum())
     assert plain == pytest.approx(want, rel=1e-12)
-    smoothed = E.smoothquant_error(x, w, b, a, 0.5)
+    smoothed = SQ.smoothquant_error(x, w, b, a, 0.5)
     y_sq = T.smoothquant_linear(x, w, b, alpha=0.5, act_absmax=a,
                                 act_granularity="tensor")
     want = float(((y_sq - y) ** 2).sum() / (y**2).sum())
     assert smoothed == pytest.approx(want, rel=1e-12)
     assert smoothed < plain  # smoothing the outlier channel helps
     with pytest.raises(ValueError, match="alpha"):
-        E.smoothquant_error(x, w, b, a, 1.5)
+        SQ.smoothquant_error(x, w, b, a, 1.5)
     with pytest.raises(TypeError, match="w must be a torch tensor"):
-        E.smoothquant_error(x, w.numpy(), b, a, 0.5)
+        SQ.smoothquant_error(x, w.numpy(), b, a, 0.5)
+    with pytest.raises(ValueError, match="weight_granularity"):
+        SQ.smoothquant_error(x, w, b, a, 0.5, weight_granularity="row")
+
+
+def test_smoothquant_error_per_tensor_weights_is_the_smoothed_w8a8():
+    """weight_granularity="tensor": x / s and w * s through W8A8 with one weight
+    scale; computed here from the NumPy face, in float64."""
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(48, 12, generator=gen, dtype=torch.float64)
+    x[:, 5] *= 25.0
+    w = torch.randn(6, 12, generator=gen, dtype=torch.float64) * 0.1
+    w[2, 7] = 1.5  # a weight outlier: one scale per tensor is set by it
+    b = torch.randn(6, generator=gen, dtype=torch.float64)
+    a = x.abs().amax(dim=0)
+    xn, wn, bn, an = (t.numpy() for t in (x, w, b, a))
+    y = xn @ wn.T + bn
+    for alpha in (None, 0.0, 0.5, 0.8):
+        if alpha is None:
+            y_hat = R.w8a8_linear(xn, wn, bn, act_granularity="tensor",
+                                  weight_granularity="tensor")
+        else:
+            s = R.smooth_scales(an, wn, alpha)
+            y_hat = R.w8a8_linear(R.smooth_activation(xn, s), R.smooth_weight(wn, s),
+                                  bn, act_granularity="tensor",
+                                  weight_granularity="tensor")
+        want = float(((y_hat - y) ** 2).sum() / (y**2).sum())
+        got = SQ.smoothquant_error(x, w, b, a, alpha, weight_granularity="tensor")
+        assert got == pytest.approx(want, rel=1e-9), alpha
+    # one scale for the whole weight costs more than one per row, at every alpha
+    for alpha in (None, 0.5):
+        assert SQ.smoothquant_error(x, w, b, a, alpha, weight_granularity="tensor") > (
+            SQ.smoothquant_error(x, w, b, a, alpha)
+        )
 
 
 def test_alpha_curve_validates_its_arguments():
-    c = E.alpha_curves()[0]
+    c = SQ.alpha_curves()[0]
     with pytest.raises(ValueError, match="alpha"):
         c.error_at(-0.1)
     with pytest.raises(ValueError, match="tolerance"):

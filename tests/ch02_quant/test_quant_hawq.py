@@ -466,3 +466,31 @@ def test_ste_validation():
         T.fake_quantize_ste(np.ones(3))
     with pytest.raises(ValueError, match="bits"):
         T.fake_quantize_ste(torch.ones(3), bits=1)
+
+
+# ------------------------------------------------- the 1/n of H = 2 X^T X / n (02.5, GPTQ)
+@pytest.mark.parametrize("c", [4.0, 1 / 64])
+def test_gptq_codes_do_not_depend_on_the_scale_of_h(c):
+    """02.5 says the 1/n of the layer Hessian cancels in GPTQ, because the damping is
+    relative (damp * mean(diag H)): c H gives the same codes, only the loss scales by c.
+    Powers of 4 keep every step exact (sqrt(c) is a power of 2), so the codes must be
+    identical, in both faces."""
+    gen = np.random.default_rng(3)
+    x = gen.normal(size=(96, 24)) @ (np.eye(24) + 0.5 * gen.normal(size=(24, 24)))
+    w = gen.normal(size=(10, 24))
+    h = R.gptq_hessian(x)
+    for kw in ({}, {"group_size": 8, "act_order": True}):
+        base = R.gptq_quantize(w, h, bits=3, **kw)
+        scaled = R.gptq_quantize(w, c * h, bits=3, **kw)
+        assert np.array_equal(base.q, scaled.q)
+        assert scaled.loss == pytest.approx(c * base.loss, rel=1e-12)
+        base_t = T.gptq_quantize(torch.as_tensor(w), torch.as_tensor(h), bits=3, **kw)
+        scaled_t = T.gptq_quantize(torch.as_tensor(w), torch.as_tensor(c * h), bits=3,
+                                   **kw)
+        assert torch.equal(base_t.q, scaled_t.q)
+    # absolute damping (lambda fixed, not relative to H) would not cancel: the same
+    # lambda on c H is a different problem, and its codes differ
+    lam = 0.5 * np.mean(np.diag(h))
+    plain = R.gptq_quantize(w, h + lam * np.eye(24), bits=3, damp=0.0)
+    shrunk = R.gptq_quantize(w, c * h + lam * np.eye(24), bits=3, damp=0.0)
+    assert not np.array_equal(plain.q, shrunk.q)

@@ -21,16 +21,15 @@ verdict ends with a ``hint:`` line naming it. What the student writes:
   per output channel. There is no reference answer to match: the checker *measures*
   each of MiniLM's twelve LayerNorm-fed layers (query, key and value stacked, as they
   share one ``s``; and FC1, in each of the six blocks) at the student's ``alpha`` on
-  held-out tokens (:func:`alpha_curves`) and accepts it when that layer's relative
-  output error is within :data:`ALPHA_TOLERANCE` of its smallest error over
-  ``alpha = 0, 0.1, ..., 1``.
+  held-out tokens (:func:`effx_lab.quant.smoothquant.alpha_curves`) and accepts it
+  when that layer's relative output error is within ``NEAR_BEST`` (25 %) of its
+  smallest error over ``alpha = 0, 0.1, ..., 1``.
 
 Inputs are float64 arrays except one float32 case per exercise; answers are compared with ``rtol=1e-5``
 (NumPy or torch answers, any float dtype).
 """
 from __future__ import annotations
 
-import functools
 import hashlib
 import numbers
 from collections.abc import Callable
@@ -38,7 +37,6 @@ from typing import Any
 
 import numpy as np
 
-from effx_lab._validate import check_float
 from effx_lab.check import (
     Case,
     CheckResult,
@@ -54,16 +52,12 @@ from effx_lab.check import (
 )
 
 from .. import reference as R
+from ..smoothquant import NEAR_BEST, AlphaCurve, alpha_curves
 
 __all__ = [
-    "ALPHA_GRID",
-    "ALPHA_TOLERANCE",
-    "AlphaCurve",
-    "alpha_curves",
     "check_choose_alpha",
     "check_fold_smoothing",
     "check_smooth_scales",
-    "smoothquant_error",
 ]
 
 _RTOL = 1e-5
@@ -277,194 +271,9 @@ def check_fold_smoothing(student_fn: Any) -> CheckResult:
 
 
 # =========================================================================== choose_alpha
-#: The migration strengths at which :func:`alpha_curves` measures each layer:
-#: 0, 0.1, ..., 1.
-ALPHA_GRID = np.round(np.linspace(0.0, 1.0, 11), 2)
-
-#: ``check_choose_alpha`` accepts an ``alpha`` for a layer when the layer's error there
-#: is at most ``1 + ALPHA_TOLERANCE`` times its smallest error on :data:`ALPHA_GRID`.
-#: The curves are flat near their minimum (two to four points of the grid lie within
-#: 25 % of it) and steep towards the ends (at 0.5 the layers are 1.3 to 3 times their
-#: best, at 0 and 1 more), so this accepts any choice on the flat bottom and rejects
-#: both ends and the paper's default, where they cost (notebook 02.6 prints the curves).
-ALPHA_TOLERANCE = 0.25
-
-# The data of the measurement, the CPU recipe of notebook 02.6: max|X_j| over 16
-# calibration sentences (seed 0); the layer inputs of 8 held-out sentences (every
-# other one of 16, seed 1, cut to 32 tokens and sorted by length), their first 128 real
-# tokens.
-_CALIB_SENTENCES, _EVAL_SENTENCES, _EVAL_MAX_LENGTH, _EVAL_TOKENS = 16, 16, 32, 128
-
 #: The course's rule (the reference of ``check_choose_alpha``): 0.75 for a layer whose
 #: largest ``max|X_j|`` is at least this many times the median channel's, 0.5 otherwise.
 _OUTLIER_SPREAD = 3.0
-
-
-class AlphaCurve:
-    """One of MiniLM's LayerNorm-fed layers against SmoothQuant's ``alpha``.
-
-    Made by :func:`alpha_curves`. ``layer``: its name (query, key and value together:
-    ``"encoder.layer.3.attention.self (q, k, v)"``); ``act_absmax [in]``: ``max|X_j|``
-    over the calibration tokens; ``weight [out, in]``: its weight (query, key and value
-    stacked, since they share one ``s``), both float64 and read-only; ``errors[k]``: the
-    relative output error ``||y_hat - y||^2 / ||y||^2`` of SmoothQuant W8A8 (activations
-    one scale per tensor, weights one per output channel) at ``alphas[k]`` on held-out
-    tokens; ``no_smoothing``: the same error of plain W8A8. The errors are measured when
-    first asked for (one thread, a fraction of a second per layer), then remembered.
-    """
-
-    def __init__(
-        self, layer: str, inputs: Any, weight: Any, bias: Any, act_absmax: Any
-    ) -> None:
-        self.layer = layer
-        # float32 tensors, as the layer computes
-        self._tensors = (inputs, weight, bias, act_absmax)
-        self.act_absmax = _read_only(act_absmax)
-        self.weight = _read_only(weight)
-        self.alphas = ALPHA_GRID
-        self._measured: dict[float | None, float] = {}
-
-    def __repr__(self) -> str:
-        return f"AlphaCurve({self.layer!r}, weight {tuple(self.weight.shape)})"
-
-    def _error(self, alpha: float | None) -> float:
-        if alpha not in self._measured:
-            from effx_lab.bench import limit_threads
-
-            # small tensors: one thread is fastest, and never oversubscribed
-            with limit_threads(1):
-                self._measured[alpha] = smoothquant_error(*self._tensors, alpha)
-        return self._measured[alpha]
-
-    @property
-    def errors(self) -> np.ndarray:
-        """The error at each ``alpha`` of :data:`ALPHA_GRID` (read-only)."""
-        return _read_only([self._error(float(a)) for a in self.alphas])
-
-    @property
-    def no_smoothing(self) -> float:
-        """The error of plain W8A8, without smoothing."""
-        return self._error(None)
-
-    @property
-    def best_alpha(self) -> float:
-        """The ``alpha`` of the grid with the smallest error."""
-        return float(self.alphas[int(np.argmin(self.errors))])
-
-    @property
-    def best_error(self) -> float:
-        """The smallest error on the grid."""
-        return float(np.min(self.errors))
-
-    @property
-    def act_spread(self) -> float:
-        """The largest ``max|X_j|`` over the median channel's (outlier strength)."""
-        a = np.maximum(self.act_absmax, 1e-5)
-        return float(a.max() / np.median(a))
-
-    def near_best(self, tolerance: float = ALPHA_TOLERANCE) -> tuple[float, float]:
-        """The smallest and largest ``alpha`` of the grid within ``tolerance`` of the
-        best error."""
-        tolerance = check_float("tolerance", tolerance, min_value=0.0)
-        errors = self.errors
-        ok = self.alphas[errors <= (1.0 + tolerance) * errors.min()]
-        return float(ok.min()), float(ok.max())
-
-    def error_at(self, alpha: float) -> float:
-        """The layer's error at any ``alpha`` in ``[0, 1]``, measured, remembered."""
-        return self._error(check_float("alpha", alpha, min_value=0.0, max_value=1.0))
-
-
-def smoothquant_error(
-    x: Any, w: Any, b: Any, act_absmax: Any, alpha: float | None
-) -> float:
-    """The relative output error ``||y_hat - y||^2 / ||y||^2`` of a linear layer
-    ``y = x w^T + b`` in W8A8.
-
-    ``alpha`` None: plain W8A8 (activations one scale per tensor, weights one per output
-    channel, :func:`effx_lab.quant.torch_ops.w8a8_linear`); a float in ``[0, 1]``:
-    SmoothQuant at that ``alpha`` with ``s`` from ``act_absmax``
-    (:func:`effx_lab.quant.torch_ops.smoothquant_linear`, the same scales). Torch
-    tensors (``x [tokens, in]``, ``w [out, in]``, ``b [out]`` or None,
-    ``act_absmax [in]``), as those functions take and validate them. The measure of
-    :func:`alpha_curves` and of notebook 02.6.
-    """
-    import torch
-
-    from effx_lab.numerics import relative_error
-
-    from .. import torch_ops as T
-
-    if alpha is not None:
-        alpha = check_float("alpha", alpha, min_value=0.0, max_value=1.0)
-    if not isinstance(w, torch.Tensor):
-        raise TypeError(f"w must be a torch tensor [out, in], got {type(w).__name__}")
-    y = torch.nn.functional.linear(x, w, b)
-    if alpha is None:
-        y_hat = T.w8a8_linear(x, w, b, act_granularity="tensor")
-    else:
-        y_hat = T.smoothquant_linear(
-            x, w, b, alpha=alpha, act_absmax=act_absmax, act_granularity="tensor"
-        )
-    return relative_error(y_hat, y, squared=True)
-
-
-def _read_only(a: Any) -> np.ndarray:
-    out = np.array(as_numpy(a), dtype=np.float64)
-    out.setflags(write=False)
-    return out
-
-
-@functools.lru_cache(maxsize=1)
-def alpha_curves() -> tuple[AlphaCurve, ...]:
-    """The ground truth of ``check_choose_alpha``: MiniLM's twelve LayerNorm-fed layers.
-
-    For each block ``i`` of MiniLM, the input of query, key and value (one ``s`` for the
-    three, computed from their stacked weights: the foldable variant) and the input of
-    FC1 (``intermediate.dense``): the W8A8 error of SmoothQuant at every ``alpha`` of
-    :data:`ALPHA_GRID`, on the CPU, in float32, with ``max|X_j|`` from 16 calibration
-    sentences and the error on 128 held-out tokens (the data of notebook 02.6 on a CPU).
-    The inputs are recorded once per process (a second or two); each layer's errors are
-    measured when first needed (a fraction of a second per layer), then remembered.
-    """
-    import torch
-
-    from effx_lab import data
-    from effx_lab.bench import limit_threads
-    from effx_lab.models import load_minilm, surgery
-
-    config, params_np = load_minilm()
-    params = {k: torch.as_tensor(v) for k, v in params_np.items()}
-    calib_ids, calib_mask = data.tokenize_sentences(
-        data.calibration_sentences(_CALIB_SENTENCES, seed=0)
-    )
-    ids, mask = data.tokenize_sentences(
-        data.eval_sentences(_EVAL_SENTENCES, seed=1), max_length=_EVAL_MAX_LENGTH
-    )
-    order = np.argsort(mask.sum(axis=1), kind="stable")
-    with limit_threads(1):  # a small model on a small batch: one thread is fastest
-        calib = surgery.record_minilm_linears(
-            params, config, torch.as_tensor(calib_ids), torch.as_tensor(calib_mask),
-            keep_inputs=False,
-        )
-        held_out = surgery.record_minilm_linears(
-            params, config, torch.as_tensor(ids[order][::2]),
-            torch.as_tensor(mask[order][::2]), max_tokens=_EVAL_TOKENS,
-        )
-    curves = []
-    for i in range(config.num_hidden_layers):
-        p = f"encoder.layer.{i}."
-        qkv = [p + "attention.self." + k for k in ("query", "key", "value")]
-        fc1 = [p + "intermediate.dense"]
-        for label, group in ((p + "attention.self (q, k, v)", qkv), (fc1[0], fc1)):
-            curves.append(AlphaCurve(
-                label,
-                held_out[group[0]]["inputs"].float(),
-                torch.cat([params[g + ".weight"] for g in group]),
-                torch.cat([params[g + ".bias"] for g in group]),
-                calib[group[0]]["in_absmax"].float(),
-            ))  # fmt: skip
-    return tuple(curves)
 
 
 @named("choose_alpha")
@@ -549,12 +358,12 @@ class _AlphaJudge(Diagnosis):
         if curve is None:  # pragma: no cover - the cases are made from the curves
             raise RuntimeError("choose_alpha: no measured curve for this case (a bug)")
         ratio = curve.error_at(alpha) / curve.best_error
-        if ratio <= 1.0 + ALPHA_TOLERANCE:
+        if ratio <= 1.0 + NEAR_BEST:
             return None
         lo, hi = curve.near_best()
         return (f"at alpha = {alpha:.3g} this layer's W8A8 error is {ratio:.2f} x its "
                 f"best on the grid (the best: alpha = {curve.best_alpha:.2f}; within "
-                f"{ALPHA_TOLERANCE:.0%} of it: alpha from {lo:.2f} to {hi:.2f})")
+                f"{NEAR_BEST:.0%} of it: alpha from {lo:.2f} to {hi:.2f})")
 
 
 def _alpha_cases(curves: tuple[AlphaCurve, ...]) -> list[Case]:
@@ -568,8 +377,8 @@ def _alpha_cases(curves: tuple[AlphaCurve, ...]) -> list[Case]:
 @checker(reference=_choose_alpha_reference)
 def check_choose_alpha(student_fn: Any) -> CheckResult:
     """Check ``choose_alpha(act_absmax, w) -> alpha``: measured on MiniLM's 12
-    LayerNorm-fed layers, it must land within :data:`ALPHA_TOLERANCE` of each layer's
-    best W8A8 error (:func:`alpha_curves`)."""
+    LayerNorm-fed layers, it must land within ``NEAR_BEST`` (25 %) of each
+    layer's best W8A8 error (:func:`effx_lab.quant.smoothquant.alpha_curves`)."""
     curves = alpha_curves()
     judge = _AlphaJudge(curves)
     result = check_function(
