@@ -311,7 +311,7 @@ def ste_grad(x: torch.Tensor, grad_out: torch.Tensor, qparams: QParams) -> torch
     return torch.where(_ste_mask(x, qparams).to(grad_out.device), grad_out, torch.zeros_like(grad_out))
 
 
-class _FakeQuantizeSTE(torch.autograd.Function):
+class FakeQuantizeSTE(torch.autograd.Function):
     """Forward: ``fake_quantize`` with parameters calibrated on ``x``; backward: the clipped STE.
 
     The forward repeats ``quantize`` / ``dequantize``'s arithmetic (same IEEE operations in the same order, so
@@ -356,4 +356,4 @@ def fake_quantize_ste(
     """
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"x must be a torch tensor, got {describe(x)}")
-    return _FakeQuantizeSTE.apply(x, bits, symmetric, granularity, axis, group_size)
+    return FakeQuantizeSTE.apply(x, bits, symmetric, granularity, axis, group_size)

@@ -12,11 +12,15 @@ weights one last time and what is deployed is exactly what training saw.
 * :func:`prepare_qat` returns a copy of a model in which every ``nn.Linear`` is a :class:`FakeQuantLinear`
   (via :func:`effx_lab.models.surgery.replace_linears`). TinyLM's output head is tied to the token embedding and
   is not an ``nn.Linear``: it stays in float, like the embeddings and LayerNorms.
-* :func:`qat_finetune` trains the student with knowledge distillation from the float teacher (Hinton et al.
-  2015): ``loss = (1 - distill) * CE(labels) + distill * T^2 * KL(teacher || student)`` on random windows of a
-  token stream. Matching the teacher's full next-token distribution carries far more signal per token than
-  the one-hot label, which is why a few hundred steps suffice to recover most of the loss PTQ lost
-  (LLM-QAT, Liu et al. 2023, distils from the full-precision model for the same reason).
+* :class:`FakeQuantizeSTE` is the ``torch.autograd.Function`` behind ``fake_quantize_ste`` (forward:
+  ``fake_quantize``; backward: the clipped straight-through gradient), under its public name.
+* :func:`distillation_loss` is the training loss of the two routes of QAT: the task loss (cross-entropy on the
+  next tokens, ``alpha=0``) and knowledge distillation from the float teacher (Hinton et al. 2015),
+  ``alpha * T^2 * KL(softmax(teacher / T) || softmax(student / T)) + (1 - alpha) * CE(targets)``.
+* :func:`qat_finetune` trains the student with that loss (``distill`` is its ``alpha``) on random windows of a
+  token stream. Matching the teacher's full next-token distribution carries more signal per token than the
+  one-hot label (LLM-QAT, Liu et al. 2023, distils from the full-precision model for that reason); notebook
+  02.7 compares the two routes at the same budget.
 * :func:`freeze_qat` replaces each :class:`FakeQuantLinear` by a plain ``nn.Linear`` holding the
   quantized-dequantized weights (for evaluation and export).
 """
@@ -37,10 +41,18 @@ from effx_lab.data.pools import check_token_stream
 from effx_lab.models.surgery import linear_names, replace_linears, set_submodule
 from effx_lab.models.training import train
 
+from ._torch_hawq import FakeQuantizeSTE
 from ._torch_hawq import fake_quantize_ste
 from .torch_ops import fake_quantize
 
-__all__ = ["FakeQuantLinear", "freeze_qat", "prepare_qat", "qat_finetune"]
+__all__ = [
+    "FakeQuantLinear",
+    "FakeQuantizeSTE",
+    "distillation_loss",
+    "freeze_qat",
+    "prepare_qat",
+    "qat_finetune",
+]
 
 
 def _is_nn_linear(module: nn.Module) -> bool:
@@ -195,11 +207,137 @@ def freeze_qat(model: nn.Module) -> nn.Module:
     return frozen
 
 
-def _kl_teacher_student(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Mean over tokens of ``KL(softmax(t / T) || softmax(s / T))`` (nats per token)."""
-    log_s = F.log_softmax(student_logits.float() / temperature, dim=-1)
-    log_t = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
+def _soft_kl(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """Mean over positions of ``KL(softmax(t / T) || softmax(s / T))`` (nats), on
+    ``[..., vocab]`` logits, in float32 at least (float64 stays float64); the teacher is
+    a constant (detached)."""
+    dtype = torch.promote_types(student_logits.dtype, torch.float32)
+    log_s = F.log_softmax(student_logits.to(dtype) / temperature, dim=-1)
+    log_t = F.log_softmax(teacher_logits.detach().to(dtype) / temperature, dim=-1)
     return (log_t.exp() * (log_t - log_s)).sum(dim=-1).mean()
+
+
+def _task_ce(student_logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of ``[..., vocab]`` logits against integer ``targets``
+    shaped ``[...]``, in float32 at least."""
+    dtype = torch.promote_types(student_logits.dtype, torch.float32)
+    vocab = student_logits.shape[-1]
+    logits = student_logits.reshape(-1, vocab).to(dtype)
+    return F.cross_entropy(logits, targets.reshape(-1))
+
+
+def _combine(
+    kl: torch.Tensor | None, ce: torch.Tensor | None, temperature: float, alpha: float
+) -> torch.Tensor:
+    """``alpha * T^2 * kl + (1 - alpha) * ce``, leaving out a term whose weight is 0."""
+    if alpha == 0.0:
+        return ce
+    if alpha == 1.0:
+        return temperature**2 * kl
+    return (1.0 - alpha) * ce + alpha * temperature**2 * kl
+
+
+def _check_logits(name: str, logits: Any, like: torch.Tensor | None = None) -> None:
+    if not isinstance(logits, torch.Tensor) or not logits.dtype.is_floating_point:
+        raise TypeError(f"{name} must be a float torch tensor, got {describe(logits)}")
+    if like is None:
+        if logits.ndim < 1 or logits.numel() == 0:
+            raise ValueError(
+                f"{name} must have shape [..., vocab] with at least one position, "
+                f"got shape {tuple(logits.shape)}"
+            )
+        return
+    if logits.shape != like.shape:
+        raise ValueError(
+            f"{name} must have the shape of student_logits {tuple(like.shape)}, "
+            f"got {tuple(logits.shape)}"
+        )
+    if logits.device != like.device:
+        raise ValueError(
+            f"{name} must be on student_logits' device {like.device}, got {logits.device}"
+        )
+
+
+def _check_targets(targets: Any, logits: torch.Tensor) -> torch.Tensor:
+    if (
+        not isinstance(targets, torch.Tensor)
+        or targets.dtype.is_floating_point
+        or targets.dtype.is_complex
+        or targets.dtype == torch.bool
+    ):
+        raise TypeError(
+            f"targets must be an integer torch tensor or None, got {describe(targets)}"
+        )
+    if targets.shape != logits.shape[:-1]:
+        raise ValueError(
+            f"targets must have shape student_logits.shape[:-1] = "
+            f"{tuple(logits.shape[:-1])}, got {tuple(targets.shape)}"
+        )
+    if targets.device != logits.device:
+        raise ValueError(
+            f"targets must be on student_logits' device {logits.device}, "
+            f"got {targets.device}"
+        )
+    vocab = logits.shape[-1]
+    # reads the labels back (never the logits)
+    lo, hi = int(targets.min()), int(targets.max())
+    if lo < 0 or hi >= vocab:
+        raise ValueError(
+            f"targets must lie in [0, {vocab}) (the vocabulary), got values in "
+            f"[{lo}, {hi}]"
+        )
+    return targets.long()
+
+
+def distillation_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor | None,
+    temperature: float = 1.0,
+    alpha: float = 1.0,
+    targets: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The loss of QAT's two routes, a scalar tensor differentiable in ``student_logits``::
+
+        alpha * T^2 * mean_positions KL(softmax(teacher / T) || softmax(student / T))
+        + (1 - alpha) * mean_positions CE(student, targets)
+
+    Hinton et al. (2015): the softened teacher carries its whole next-token
+    distribution; ``T^2`` (``T`` = ``temperature``) keeps the KL's gradient size
+    independent of ``T``. ``alpha=1`` (default) is pure distillation, ``alpha=0`` the
+    plain task loss (``teacher_logits`` may then be ``None``).
+
+    ``student_logits`` and ``teacher_logits``: float tensors of one shape
+    ``[..., vocab]`` on one device (the softmax runs over the last axis, every other
+    axis is a position). ``targets``: an integer tensor of shape
+    ``student_logits.shape[:-1]`` with values in ``[0, vocab)``, required when
+    ``alpha < 1``. The teacher's logits are detached (no gradient reaches the teacher).
+    Computed in float32, or in float64 for float64 logits; the cross-entropy term is
+    ``torch.nn.functional.cross_entropy`` (at ``T = 1``).
+    """
+    _check_logits("student_logits", student_logits)
+    temperature = check_float("temperature", temperature, min_value=0.0, min_inclusive=False)
+    alpha = check_float("alpha", alpha, min_value=0.0, max_value=1.0)
+    if teacher_logits is None:
+        if alpha > 0:
+            raise ValueError(
+                f"teacher_logits is required when alpha > 0 (got alpha={alpha}); "
+                f"pass alpha=0.0 for the task loss alone"
+            )
+    else:
+        _check_logits("teacher_logits", teacher_logits, like=student_logits)
+    if targets is None:
+        if alpha < 1:
+            raise ValueError(
+                f"targets is required when alpha < 1 (got alpha={alpha}); "
+                f"pass alpha=1.0 for distillation alone"
+            )
+    else:
+        targets = _check_targets(targets, student_logits)
+    kl = None if alpha == 0.0 else _soft_kl(student_logits, teacher_logits, temperature)
+    ce = None if alpha == 1.0 else _task_ce(student_logits, targets)
+    return _combine(kl, ce, temperature, alpha)
 
 
 def qat_finetune(
@@ -222,8 +360,8 @@ def qat_finetune(
 
         loss = (1 - distill) * CE(student, next tokens) + distill * T^2 * KL(teacher || student)
 
-    (Hinton et al. 2015: the ``T^2`` keeps the gradient scale independent of the temperature ``T``; the KL is
-    averaged over tokens) with AdamW (peak ``lr``, betas (0.9, 0.95), no weight decay) and the gradient norm
+    (:func:`distillation_loss` with ``alpha=distill``: ``distill=0`` is QAT on the task loss alone,
+    ``distill=1`` pure distillation; the KL is averaged over tokens) with AdamW (peak ``lr``, betas (0.9, 0.95), no weight decay) and the gradient norm
     clipped to 1, in the course's one training loop (:func:`effx_lab.models.training.train`).
     The learning rate warms up linearly over the first ``max(1, steps // 10)`` steps, then
     decays towards 0 with a cosine (:func:`~effx_lab.models.training.lr_schedule` with
@@ -257,19 +395,17 @@ def qat_finetune(
     if not any(p.requires_grad for p in student.parameters()):
         raise ValueError("student has no trainable parameter (requires_grad=True)")
 
-    def distillation_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict:
+    def qat_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict:
+        # distillation_loss(logits, t_logits, temperature, distill, y), with both terms kept
+        # for the record (the CE is logged even when its weight is 0)
         logits = model(x)
-        vocab = logits.shape[-1]
-        ce = F.cross_entropy(logits.reshape(-1, vocab).float(), y.reshape(-1))
+        ce = _task_ce(logits, y)
         if teacher is None:
             return {"loss": ce, "ce": ce, "kl": ce.new_tensor(math.nan)}
         with torch.no_grad():
             t_logits = teacher(x)
-        kl = _kl_teacher_student(
-            logits.reshape(-1, vocab), t_logits.reshape(-1, vocab), temperature
-        )
-        loss = (1.0 - distill) * ce + distill * temperature**2 * kl
-        return {"loss": loss, "ce": ce, "kl": kl}
+        kl = _soft_kl(logits, t_logits, temperature)
+        return {"loss": _combine(kl, ce, temperature, distill), "ce": ce, "kl": kl}
 
     teacher_was_training = teacher.training if teacher is not None else False
     if teacher is not None:
@@ -278,7 +414,7 @@ def qat_finetune(
         run = train(
             student, tokens, steps=steps, batch_size=batch_size, seq_len=seq_len, lr=lr,
             warmup=max(1, steps // 10), hold=1, min_ratio=0.0, weight_decay=0.0,
-            betas=(0.9, 0.95), grad_clip=1.0, seed=seed, loss_fn=distillation_loss,
+            betas=(0.9, 0.95), grad_clip=1.0, seed=seed, loss_fn=qat_loss,
             desc="QAT",
         )  # fmt: skip
     finally:

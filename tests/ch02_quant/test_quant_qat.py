@@ -234,13 +234,13 @@ def test_qat_finetune_is_the_shared_loop_with_a_distillation_loss():
 
     def loss_fn(model, x, y):
         logits = model(x)
-        ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
         with torch.no_grad():
             t = teacher(x)
-        kl = qat._kl_teacher_student(
-            logits.reshape(-1, logits.shape[-1]), t.reshape(-1, t.shape[-1]), 2.0
-        )
-        return {"loss": 0.5 * ce + 0.5 * 4.0 * kl, "ce": ce, "kl": kl}
+        # the public loss, and its two terms alone (alpha=0: CE; alpha=1: T^2 KL)
+        loss = qat.distillation_loss(logits, t, 2.0, alpha=0.5, targets=y)
+        ce = qat.distillation_loss(logits, None, 2.0, alpha=0.0, targets=y)
+        kl = qat.distillation_loss(logits, t, 2.0, alpha=1.0) / 4.0
+        return {"loss": loss, "ce": ce, "kl": kl}
 
     run = train(
         b,
@@ -257,14 +257,105 @@ def test_qat_finetune_is_the_shared_loop_with_a_distillation_loss():
         seed=3,
         loss_fn=loss_fn,
     )
-    assert (
-        hist["loss"] == run.losses
-        and hist["ce"] == run.metrics["ce"]
-        and hist["kl"] == run.metrics["kl"]
-    )
+    assert hist["loss"] == run.losses and hist["ce"] == run.metrics["ce"]
+    np.testing.assert_allclose(hist["kl"], run.metrics["kl"], rtol=1e-6)  # kl * 4 / 4
     # one warm-up step, the peak held for one more, then the decay
     assert run.lrs[0] == 1e-3 and run.lrs[1] == 1e-3 and 0 < run.lrs[-1] < 1e-4
     for (name, p), (_, q) in zip(
         a.named_parameters(), b.named_parameters(), strict=True
     ):
         assert torch.equal(p, q), name
+
+
+# ============================================================================ distillation_loss
+def _log_softmax_np(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(axis=-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+
+
+def _distillation_loss_np(s, t, temperature, alpha, targets):
+    """The loss written out in NumPy float64: alpha T^2 KL(p_t || p_s) + (1 - alpha) CE."""
+    log_s, log_t = _log_softmax_np(s / temperature), _log_softmax_np(t / temperature)
+    kl = np.mean(np.sum(np.exp(log_t) * (log_t - log_s), axis=-1))
+    out = alpha * temperature**2 * kl
+    if alpha < 1:
+        log_p = _log_softmax_np(s)
+        ce = -np.mean(np.take_along_axis(log_p, targets[..., None], axis=-1))
+        out = out + (1 - alpha) * ce
+    return out
+
+
+@pytest.mark.parametrize("shape", [(7,), (5, 11), (2, 3, 13)])
+@pytest.mark.parametrize("temperature,alpha", [(1.0, 1.0), (2.5, 1.0), (1.0, 0.0), (0.7, 0.3)])
+def test_distillation_loss_matches_numpy_in_float64(shape, temperature, alpha):
+    rng = np.random.default_rng(hash((shape, temperature, alpha)) % 2**32)
+    s = rng.normal(0.0, 3.0, size=shape)
+    t = s + rng.normal(0.0, 1.0, size=shape)
+    y = rng.integers(0, shape[-1], size=shape[:-1])
+    got = qat.distillation_loss(
+        torch.from_numpy(s), torch.from_numpy(t), temperature, alpha, torch.from_numpy(y)
+    )
+    assert got.dtype == torch.float64 and got.ndim == 0
+    want = _distillation_loss_np(s, t, temperature, alpha, y)
+    assert float(got) == pytest.approx(want, rel=1e-12, abs=1e-14)
+
+
+def test_distillation_loss_properties_and_gradient():
+    rng = np.random.default_rng(7)
+    for _ in range(20):  # KL >= 0 on random logits, at every temperature
+        s, t = (torch.from_numpy(rng.normal(0.0, 4.0, size=(6, 9))) for _ in range(2))
+        assert float(qat.distillation_loss(s, t, float(rng.uniform(0.3, 5.0)))) >= 0.0
+    t = torch.from_numpy(rng.normal(size=(4, 10)))
+    assert float(qat.distillation_loss(t.clone(), t, 3.0)) == pytest.approx(0.0, abs=1e-14)
+    # logits of +-1000 (exp overflows without a stable log-softmax): finite
+    big = torch.from_numpy(rng.normal(0.0, 1000.0, size=(3, 8)))
+    assert math.isfinite(float(qat.distillation_loss(big, big.flip(-1), 1.0)))
+    # the gradient reaches the student only (the teacher is a constant)
+    s = torch.from_numpy(rng.normal(size=(4, 10))).requires_grad_(True)
+    tt = t.clone().requires_grad_(True)
+    qat.distillation_loss(s, tt, 2.0).backward()
+    assert s.grad is not None and tt.grad is None
+    # alpha=0 is F.cross_entropy, in float32 for float32 (and bfloat16) logits
+    y = torch.from_numpy(rng.integers(0, 10, size=4))
+    s32 = s.detach().float()
+    ce = qat.distillation_loss(s32, None, 1.0, alpha=0.0, targets=y)
+    assert ce.dtype == torch.float32 and torch.equal(ce, F.cross_entropy(s32, y))
+    assert qat.distillation_loss(s32.bfloat16(), t.bfloat16(), 1.0).dtype == torch.float32
+
+
+def test_distillation_loss_validation():
+    s, t = torch.zeros(2, 5), torch.ones(2, 5)
+    y = torch.tensor([0, 4])
+    with pytest.raises(TypeError, match="student_logits must be a float torch tensor"):
+        qat.distillation_loss(s.numpy(), t)
+    with pytest.raises(TypeError, match="student_logits"):
+        qat.distillation_loss(s.long(), t)
+    with pytest.raises(TypeError, match="teacher_logits"):
+        qat.distillation_loss(s, t.numpy())
+    with pytest.raises(ValueError, match=r"teacher_logits must have the shape .*\(2, 5\).*\(2, 4\)"):
+        qat.distillation_loss(s, torch.ones(2, 4))
+    with pytest.raises(ValueError, match="teacher_logits is required when alpha > 0"):
+        qat.distillation_loss(s, None, alpha=0.5, targets=y)
+    with pytest.raises(ValueError, match="targets is required when alpha < 1"):
+        qat.distillation_loss(s, t, alpha=0.5)
+    with pytest.raises(ValueError, match="temperature must be"):
+        qat.distillation_loss(s, t, temperature=0.0)
+    with pytest.raises(ValueError, match="alpha must be"):
+        qat.distillation_loss(s, t, alpha=1.5)
+    with pytest.raises(TypeError, match="targets must be an integer torch tensor"):
+        qat.distillation_loss(s, t, alpha=0.5, targets=y.float())
+    with pytest.raises(ValueError, match=r"targets must have shape .*\(2,\).*\(2, 1\)"):
+        qat.distillation_loss(s, t, alpha=0.5, targets=y[:, None])
+    with pytest.raises(ValueError, match=r"targets must lie in \[0, 5\).*\[0, 5\]"):
+        qat.distillation_loss(s, t, alpha=0.5, targets=torch.tensor([0, 5]))
+    with pytest.raises(ValueError, match="at least one position"):
+        qat.distillation_loss(torch.zeros(0, 5), torch.zeros(0, 5))
+
+
+def test_fake_quantize_ste_has_a_public_name():
+    x = torch.randn(4, 8, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    y = qat.FakeQuantizeSTE.apply(x, 3, True, "tensor", -1, None)
+    assert torch.equal(y.detach(), QT.fake_quantize(x.detach(), 3, True, "tensor"))
+    y.sum().backward()
+    assert torch.equal(x.grad, torch.ones_like(x))  # min/max scales: nothing saturates
+    assert "FakeQuantizeSTE" in qat.__all__ and "distillation_loss" in qat.__all__

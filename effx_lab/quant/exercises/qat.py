@@ -14,14 +14,14 @@ way round, a forgotten ``T^2``...) the verdict ends with a ``hint:`` line naming
   built from the arguments).
 * ``distillation_loss(student_logits, teacher_logits, temperature=1.0) -> float``: Hinton et al. (2015)'s
   distillation term (``T`` = ``temperature``) ``T^2 * mean over positions of KL(softmax(teacher / T) || softmax(student / T))``, the softmax over the
-  last axis (the vocabulary), any number of leading axes (positions). As the loss of
-  :func:`effx_lab.quant.qat.qat_finetune` with ``distill=1``.
+  last axis (the vocabulary), any number of leading axes (positions). As
+  :func:`effx_lab.quant.qat.distillation_loss` with ``alpha=1`` (the loss of ``qat_finetune`` with ``distill=1``).
 
 Inputs are float64 NumPy arrays except one float32 case per exercise (NumPy or torch answers are accepted).
 ``ste_grad`` answers are compared with ``rtol=1e-6`` (they are ``grad_out`` or 0); no case puts ``x / scale``
 within ``0.2`` of a rounding tie at the edge of the grid, so float32 or float64 arithmetic and either rounding
 convention give the same mask. ``distillation_loss`` answers are compared with ``rtol=1e-4`` and ``atol=1e-6``
-(the reference computes in float32).
+(the reference computes in the input's precision: float32 for the float32 case, float64 otherwise).
 """
 from __future__ import annotations
 
@@ -220,13 +220,11 @@ def check_ste_grad(student_fn: Any) -> CheckResult:
 def _distillation_loss_reference(student_logits, teacher_logits, temperature=1.0):
     import torch  # torch only when this exercise is checked
 
-    from ..qat import _kl_teacher_student
+    from ..qat import distillation_loss
 
     s = torch.as_tensor(np.asarray(student_logits))
     t = torch.as_tensor(np.asarray(teacher_logits))
-    vocab = s.shape[-1]
-    kl = _kl_teacher_student(s.reshape(-1, vocab), t.reshape(-1, vocab), float(temperature))
-    return float(temperature) ** 2 * float(kl)
+    return float(distillation_loss(s, t, float(temperature)))
 
 
 def _log_softmax(z: np.ndarray) -> np.ndarray:
