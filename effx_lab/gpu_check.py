@@ -111,6 +111,7 @@ SIZES: dict[str, dict[str, Any]] = {
         "gemv": {"n": 4096, "k": 4096, "group_size": 128},
         "int8_bench": {"m": 4096, "n": 4096, "k": 4096},
         "flash_bench": {"n": 4096, "batch": 4, "d_model": 256, "expansion": 2, "s": 128, "chunk_size": 256},
+        "flash_split": {"batches": (1, 8), "ns": (4096, 8192), "s": 128, "e": 512, "chunk_size": 256},
     },
     "dry": {
         "rows": (8, 64),
@@ -123,6 +124,7 @@ SIZES: dict[str, dict[str, Any]] = {
         "gemv": {"n": 32, "k": 64, "group_size": 32},
         "int8_bench": {"m": 32, "n": 16, "k": 64},
         "flash_bench": {"n": 32, "batch": 1, "d_model": 8, "expansion": 2, "s": 16, "chunk_size": 16},
+        "flash_split": {"batches": (1,), "ns": (32,), "s": 16, "e": 16, "chunk_size": 16},
     },
 }
 #: allowed error of a kernel, relative to max |float64 reference|, by dtype of its inputs
@@ -625,12 +627,14 @@ def _flash_cases(ctx: Context) -> list[tuple[str, str, str, Callable[[], dict[st
     dev, f = ctx.device, ctx.sizes["flash"]
     b, n, s, e, c = f["batch"], f["n"], f["s"], f["e"], f["chunk_size"]
 
-    def check(dtype: torch.dtype, causal: bool) -> dict[str, Any]:
+    def check(dtype: torch.dtype, causal: bool, split: bool = False) -> dict[str, Any]:
         qq, kq, ql, kl = (_randn(20 + i, (b, n, s), dev, dtype) for i in range(4))
         v = _randn(24, (b, n, e), dev, dtype)
         rel = _randn(25, (2 * 31 + 1,), dev, torch.float32, 0.1)
         args = (qq, kq, ql, kl, v, c)
-        y, first = _timed_first_call(dev, lambda: FK.mixed_chunk_attention_triton(*args, causal=causal, rel_bias=rel))
+        y, first = _timed_first_call(
+            dev, lambda: FK.mixed_chunk_attention_triton(*args, causal=causal, rel_bias=rel, split=split)
+        )  # fmt: skip
         with torch.inference_mode():
             twin = FT.mixed_chunk_attention(*args, causal=causal, rel_bias=rel.to(dtype))
             ref64 = FT.mixed_chunk_attention(*(t.double() for t in args[:5]), c, causal=causal, rel_bias=rel.double())
@@ -642,12 +646,19 @@ def _flash_cases(ctx: Context) -> list[tuple[str, str, str, Callable[[], dict[st
                 "ok": bool(y.dtype == dtype and err <= tol)}  # fmt: skip
 
     shape = f"B={b} n={n} s={s} e={e} c={c}"
-    return [
-        ("mixed_chunk_attention_triton", "float32", shape + " causal", lambda: check(torch.float32, True)),
-        ("mixed_chunk_attention_triton", "float16", shape + " causal", lambda: check(torch.float16, True)),
-        ("mixed_chunk_attention_triton", "bfloat16", shape + " causal", lambda: check(torch.bfloat16, True)),
-        ("mixed_chunk_attention_triton", "float16", shape + " non-causal", lambda: check(torch.float16, False)),
-    ]
+    name = "mixed_chunk_attention_triton"
+    # unsplit (one program per batch element and value block) and split across chunks (split=True: a pass
+    # for the chunk states, a cumsum, a parallel pass per chunk); both held to the same tolerance
+    cases = []
+    for split in (False, True):
+        tag = " split" if split else ""
+        cases += [
+            (name, "float32", shape + " causal" + tag, lambda split=split: check(torch.float32, True, split)),
+            (name, "float16", shape + " causal" + tag, lambda split=split: check(torch.float16, True, split)),
+            (name, "bfloat16", shape + " causal" + tag, lambda split=split: check(torch.bfloat16, True, split)),
+            (name, "float16", shape + " non-causal" + tag, lambda split=split: check(torch.float16, False, split)),
+        ]  # fmt: skip
+    return cases
 
 
 def _error_text(exc: BaseException) -> str:
@@ -704,6 +715,53 @@ def _kernels_step(ctx: Context, out: dict[str, Any]) -> None:
 # ==========================================================================================================
 # benchmarks: the chapters' run(quick=True), then the GPU measurements at layer sizes
 # ==========================================================================================================
+def _flash_split_timing(*, batches: Sequence[int], ns: Sequence[int], s: int, e: int, chunk_size: int,
+                        dtype: torch.dtype, device: torch.device, min_run_time: float, rounds: int = 1,
+                        causal: bool = True) -> dict[str, Any]:  # fmt: skip
+    """The Triton mixed chunk kernel split across chunks against unsplit, at each ``batch`` x ``n``.
+
+    ``split=False`` launches one program per (batch element, value block); ``split=True`` one per (batch
+    element, chunk, value block) in two kernels with a torch cumsum between them
+    (:func:`effx_lab.flash.kernels.mixed_chunk_attention_triton`). Each is timed with
+    :func:`effx_lab.bench.time_fn`, the two alternating for ``rounds`` rounds (best median);
+    ``max_abs_diff`` compares the two outputs (float32 rounding of the state sums differs);
+    ``auto_splits`` is what ``split=None`` picks on this device. Returns ``{"config", "rows": [{"batch", "n", "unsplit_s", "split_s", "max_abs_diff",
+    "max_abs_out", "auto_splits"}]}``, or ``{"skipped": why}`` when the kernel cannot run here.
+    """
+    from effx_lab.bench import time_fn
+    from effx_lab.flash import kernels as FK
+
+    why = FK.why_unavailable()
+    if why is not None:
+        return {"skipped": why}
+    cfg = {"batches": list(batches), "ns": list(ns), "s": s, "e": e, "chunk_size": chunk_size,
+           "dtype": _dt(dtype), "causal": causal, "device": str(device)}  # fmt: skip
+    out: dict[str, Any] = {"config": cfg, "rows": []}
+    for batch in batches:
+        for n in ns:
+            qq, kq, ql, kl = (_randn(30 + i, (batch, n, s), device, dtype) for i in range(4))
+            v = _randn(34, (batch, n, e), device, dtype)
+            rel = _randn(35, (2 * 31 + 1,), device, torch.float32, 0.1)
+            calls = {name: (lambda split=split: FK.mixed_chunk_attention_triton(
+                qq, kq, ql, kl, v, chunk_size, causal=causal, rel_bias=rel, split=split))
+                for name, split in (("unsplit", False), ("split", True))}  # fmt: skip
+            with torch.inference_mode():
+                ys = {name: fn() for name, fn in calls.items()}  # also the compile
+                times = {name: math.inf for name in calls}
+                for _ in range(max(1, rounds)):  # alternate, so that a clock change hits both alike
+                    for name, fn in calls.items():
+                        t = time_fn(fn, name=name, min_run_time=min_run_time, device=device).median_s
+                        times[name] = min(times[name], t)
+            out["rows"].append({
+                "batch": batch, "n": n, "unsplit_s": times["unsplit"], "split_s": times["split"],
+                "max_abs_diff": _max_abs(ys["split"], ys["unsplit"]),
+                "max_abs_out": float(ys["unsplit"].abs().max()),
+                "auto_splits": FK.default_split(v, chunk_size),
+            })  # fmt: skip
+            del qq, kq, ql, kl, v, ys
+    return out
+
+
 def _speedup(lib_s: float | None, kern_s: float | None) -> float | None:
     if lib_s is None or kern_s is None or not kern_s > 0 or not lib_s > 0:
         return None
@@ -806,6 +864,20 @@ def bench_ratios(measurements: dict[str, Any], *, interpreted: bool, int8_backen
     elif fl:
         ratios.append(_ratio("mixed chunk attention: Triton vs torch", src, "", "", None, None, {},
                              fl.get("skipped") or fl.get("error") or "not measured"))  # fmt: skip
+
+    sp = measurements.get("flash_split") or {}
+    cfg = sp.get("config", {})
+    src = (f"gpu_check._flash_split_timing s={cfg.get('s')} e={cfg.get('e')} c={cfg.get('chunk_size')} "
+           f"{cfg.get('dtype')} causal={cfg.get('causal')}")  # fmt: skip
+    for row in sp.get("rows", []):
+        label = f"mixed chunk Triton: split vs unsplit, batch {row['batch']} n={row['n']}"
+        err = {"max_abs_diff": row.get("max_abs_diff"), "max_abs_out": row.get("max_abs_out")}
+        note = f"split=None splits here: {'yes' if row.get('auto_splits') else 'no'}" + (f"; {tag}" if tag else "")
+        ratios.append(_ratio(label, src, "split", "unsplit", row.get("split_s"), row.get("unsplit_s"), err, None,
+                             note))  # fmt: skip
+    if sp and "rows" not in sp:
+        ratios.append(_ratio("mixed chunk Triton: split vs unsplit", src, "", "", None, None, {},
+                             sp.get("skipped") or sp.get("error") or "not measured"))  # fmt: skip
     return ratios
 
 
@@ -881,6 +953,9 @@ def _benchmarks_step(ctx: Context, out: dict[str, Any]) -> None:
                 lambda: _module(flash).triton_vs_torch(**sz["flash_bench"], causal=True, dtype=half, device=dev,
                                                        **timing),
                 min_s=3.0 if ctx.dry_run else 15.0)  # fmt: skip
+    _bench_item(ctx, meas, "flash_split",
+                lambda: _flash_split_timing(**sz["flash_split"], dtype=half, device=dev, **timing),
+                min_s=3.0 if ctx.dry_run else 20.0)  # fmt: skip
     for item in meas.values():
         if "result" in item:
             item["result"] = to_jsonable(item["result"])

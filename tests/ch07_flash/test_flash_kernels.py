@@ -256,3 +256,153 @@ def test_refuses_autograd_but_runs_under_no_grad():
         out = FN(*tensors, 16, causal=True)
     assert not out.requires_grad
     _assert_close(out, arrays, 16, True)
+
+
+# ============================================================================ split across chunks
+# split=True: pass 1 writes each chunk's Kl_g^T V_g, torch sums them over chunks (cumsum causal, sum
+# non-causal), pass 2 runs one program per (batch element, chunk, value block).
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("mode", ["mixed", "local", "global"])
+def test_split_matches_reference_float32(causal, mode):
+    # n = 50, c = 16: 4 chunks, the last one padded; batch 2 (program ids split into batch and chunk)
+    tensors, arrays = _inputs(20, (2,), 50, 16, 40)
+    bias_t, bias_np = _bias(21, 5)
+    out = FN(*tensors, 16, causal=causal, rel_bias=bias_t, mode=mode, split=True)
+    assert out.dtype == torch.float32 and out.shape == (2, 50, 40)
+    _assert_close(out, arrays, 16, causal, bias_np, mode)
+
+
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("n, c, block_q", [(16, 16, None), (96, 16, None), (80, 32, 16), (64, 64, 16)])
+def test_split_chunk_counts_and_tiles(monkeypatch, causal, n, c, block_q):
+    # 1, 6, 3 (padded) and 1 chunks; 16-row tiles inside 32- and 64-row chunks; e = 20 < one block
+    if block_q is not None:
+        _force_block_q(monkeypatch, block_q)
+    tensors, arrays = _inputs(22 + n, (1,), n, 16, 20)
+    bias_t, bias_np = _bias(23, 3)
+    split = FN(*tensors, c, causal=causal, rel_bias=bias_t, split=True)
+    unsplit = FN(*tensors, c, causal=causal, rel_bias=bias_t, split=False)
+    _assert_close(split, arrays, c, causal, bias_np)
+    _assert_close(unsplit, arrays, c, causal, bias_np)
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_split_several_value_blocks_and_lead_dims(causal):
+    # e = 40: two value blocks of 32 (the second one masked); leading dims (2, 2): 4 elements
+    tensors, arrays = _inputs(24, (2, 2), 32, 16, 40)
+    out = FN(*tensors, 16, causal=causal, split=True)
+    assert out.shape == (2, 2, 32, 40)
+    _assert_close(out, arrays, 16, causal)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_split_half_precision_inputs(dtype):
+    tensors, arrays = _inputs(25, (2,), 40, 16, 24, dtype=dtype)
+    bias_t, bias_np = _bias(26, 3)
+    for causal in (True, False):
+        out = FN(*tensors, 16, causal=causal, rel_bias=bias_t, split=True)
+        assert out.dtype == dtype
+        _assert_close(out, arrays, 16, causal, bias_np)
+
+
+def test_split_causal_state_is_exclusive():
+    # chunk 0 of the global part is exactly 0 (it reads no state); changing lin_k or v of chunk 2 (rows
+    # 32-47) leaves rows < 48 bit-identical (the inclusive sum of chunk g - 1 excludes chunk g)
+    tensors, _ = _inputs(27, (1,), 64, 16, 16)
+    out = FN(*tensors, 16, causal=True, mode="global", split=True)
+    assert torch.count_nonzero(out[:, :16]) == 0 and torch.count_nonzero(out[:, 16:]) > 0
+    before = FN(*tensors, 16, causal=True, split=True)
+    for which in (3, 4):
+        changed = [x.clone() for x in tensors]
+        changed[which][:, 37] += 1.0
+        after = FN(*changed, 16, causal=True, split=True)
+        rows = 37 if which == 4 else 48  # a value also enters the local part of its own chunk
+        assert torch.equal(before[:, :rows], after[:, :rows])
+        assert not torch.equal(before[:, rows:], after[:, rows:])
+
+
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("which", [2, 3, 4])
+def test_split_nan_reaches_the_rows_of_the_unsplit_kernel(causal, which):
+    # a NaN in lin_q, lin_k or v at t = 21 (chunk 1): the same NaN rows as the unsplit kernel (which
+    # tests/core/test_nonfinite_and_edges.py holds to the reference); lin_k: causal only chunks >= 2
+    tensors, _ = _inputs(28, (1,), 40, 16, 16)
+    tensors[which][0, 21, 3] = float("nan")
+    split = torch.isnan(FN(*tensors, 16, causal=causal, split=True))
+    unsplit = torch.isnan(FN(*tensors, 16, causal=causal, split=False))
+    assert split.any() and torch.equal(split, unsplit)
+    if which == 3:
+        rows = torch.nonzero(split[0].any(dim=-1)).flatten().tolist()
+        assert rows == (list(range(32, 40)) if causal else list(range(40)))
+
+
+def test_split_choice_rule():
+    # unsplit grid = batch * e_blocks programs; split when that is below the SM count, with >= 2 chunks
+    choose = K._choose_split
+    assert choose(1, 8, 16, 132) is True  # batch 1, e = 512 in blocks of 64, H100: 8 of 132 SMs busy
+    assert choose(8, 8, 16, 132) is True  # 64 programs
+    assert choose(17, 8, 16, 132) is False  # 136 programs fill 132 SMs
+    assert choose(16, 8, 16, 128) is False  # exactly the SM count: full
+    assert choose(1, 8, 1, 132) is False  # one chunk: nothing to split
+    assert choose(1, 8, 16, None) is False  # no GPU (interpreter): never
+    assert K._sm_count(torch.device("cpu")) is None
+
+
+class _LaunchSpy:
+    """Stands in for a kernel object: records each launch's grid, then launches the real kernel."""
+
+    def __init__(self, kernel):
+        self.kernel, self.grids = kernel, []
+
+    def __getitem__(self, grid):
+        self.grids.append(grid)
+        return self.kernel[grid]
+
+
+def test_split_none_follows_the_sm_count(monkeypatch):
+    # spies on the two split kernels (the unsplit one must stay: availability is read from it)
+    tensors, arrays = _inputs(29, (2,), 48, 16, 40)  # 2 batch x 2 value blocks of 32, 3 chunks
+    state, split = (_LaunchSpy(getattr(K, name)) for name in ("_chunk_state_kernel", "_mixed_chunk_split_kernel"))
+    monkeypatch.setattr(K, "_chunk_state_kernel", state)
+    monkeypatch.setattr(K, "_mixed_chunk_split_kernel", split)
+    out = FN(*tensors, 16, causal=True)
+    if DEVICE == "cpu":  # the interpreter has no SM count: unsplit
+        assert state.grids == [] and split.grids == []
+    _assert_close(out, arrays, 16, True)
+    monkeypatch.setattr(K, "_sm_count", lambda device: 132)  # an H100: 4 programs would idle it
+    out = FN(*tensors, 16, causal=True)
+    assert state.grids[-1] == split.grids[-1] == (2 * 3, 2)  # (batch x chunks, value blocks)
+    _assert_close(out, arrays, 16, True)
+    monkeypatch.setattr(K, "_sm_count", lambda device: 4)  # 4 SMs: the unsplit grid fills them
+    launched = len(split.grids)
+    FN(*tensors, 16, causal=True)
+    assert len(split.grids) == launched
+    monkeypatch.setattr(K, "_sm_count", lambda device: 132)  # "local" split: no state pass
+    launched = len(state.grids)
+    FN(*tensors, 16, causal=True, mode="local")
+    assert len(state.grids) == launched and split.grids[-1] == (6, 2)
+
+
+def test_default_split_says_what_split_none_does(monkeypatch):
+    v = torch.zeros(2, 48, 40, device=DEVICE)  # 2 batch elements x 2 value blocks of 32, 3 chunks
+    monkeypatch.setattr(K, "_sm_count", lambda device: 132)
+    assert K.default_split(v, 16) is True
+    assert K.default_split(v, 64) is False  # one chunk
+    assert K.default_split(torch.zeros(66, 48, 40, device=DEVICE), 16) is False  # 132 programs: full
+    monkeypatch.setattr(K, "_sm_count", lambda device: None)  # the interpreter
+    assert K.default_split(v, 16) is False
+    with pytest.raises(TypeError, match="v must be a torch tensor"):
+        K.default_split(np.zeros((2, 48, 40)), 16)
+    with pytest.raises(ValueError, match=r"v must have shape \(\.\.\., n, e\)"):
+        K.default_split(torch.zeros(40), 16)
+    with pytest.raises(TypeError, match="v must have dtype float16, bfloat16 or float32"):
+        K.default_split(v.double(), 16)
+    with pytest.raises(ValueError, match="chunk_size must be a power of two >= 16"):
+        K.default_split(v, 24)
+
+
+def test_rejects_bad_split():
+    tensors, _ = _inputs(30, (1,), 32, 16, 16)
+    for bad in ("yes", 1, 0.0):
+        with pytest.raises(TypeError, match="split must be a bool"):
+            FN(*tensors, 16, split=bad)

@@ -39,8 +39,11 @@ def dry_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("gpu_check")
     t0 = time.monotonic()
     proc = subprocess.run(
-        [sys.executable, "-m", "effx_lab.gpu_check", "--dry-run", "--out", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
+        # twice the dry run's default budget: these tests check that every step ran,
+        # and a busy 2-core machine (CI beside other jobs) runs each step slower
+        [sys.executable, "-m", "effx_lab.gpu_check", "--dry-run", "--out", str(out),
+         "--budget", str(2 * G.DEFAULT_BUDGET_S["dry"])],
+        cwd=ROOT, capture_output=True, text=True, timeout=600, check=False,
     )  # fmt: skip
     wall = time.monotonic() - t0
     files = sorted(out.glob("gpu_check-*.json"))
@@ -119,7 +122,7 @@ def test_dry_run_benchmarks(dry_run):
         assert item["function"].endswith("run(quick=True)") and item["result"]["quick"] is True
     assert sec["triton_half_dtype"] == "float16" and "bf16" in sec["triton_half_dtype_reason"]
     meas = sec["measurements"]
-    assert set(meas) == {"decode_gemv", "int8_gemm", "flash_triton_vs_torch"}
+    assert set(meas) == {"decode_gemv", "int8_gemm", "flash_triton_vs_torch", "flash_split"}
     ratios = sec["ratios"]
     assert len(ratios) >= 5
     for r in ratios:
@@ -137,6 +140,14 @@ def test_dry_run_benchmarks(dry_run):
         assert "int8 GEMM: Triton int8_gemm vs torch._int_mm + epilogue" in names
         assert meas["int8_gemm"]["result"]["backend"] == "interpreter"
         assert meas["flash_triton_vs_torch"]["result"]["max_abs_diff"] < 0.05
+        # the Triton FLASH kernel split across chunks vs unsplit, at every (batch, n) of the dry sizes
+        split = meas["flash_split"]["result"]
+        cfg = G.SIZES["dry"]["flash_split"]
+        assert [(r["batch"], r["n"]) for r in split["rows"]] == [(b, n) for b in cfg["batches"] for n in cfg["ns"]]
+        for r in split["rows"]:
+            assert r["unsplit_s"] > 0 and r["split_s"] > 0 and r["auto_splits"] is False  # no SMs here
+            assert r["max_abs_diff"] <= 1e-2 * r["max_abs_out"]  # float16 outputs of the same sums
+            assert f"split vs unsplit, batch {r['batch']} n={r['n']}" in " ".join(sorted(names))
 
 
 @pytest.mark.slow  # the dry run: ~20 s on an idle 2-core CPU, shared by these tests
@@ -358,8 +369,18 @@ def test_bench_ratios_on_an_h100_like_result():
         "flash_triton_vs_torch": {"config": {"n": 4096, "dtype": "bfloat16"}, "max_abs_diff": 0.01,
                                   "times_s": {"torch": 3e-3, "triton": 1e-3, "triton_global": 0.5e-3},
                                   "fla": "flash-linear-attention is not installed"},  # fmt: skip
+        "flash_split": {"config": {"s": 128, "e": 512, "chunk_size": 256, "dtype": "bfloat16", "causal": True},
+                        "rows": [{"batch": 1, "n": 4096, "unsplit_s": 2e-3, "split_s": 0.25e-3, "auto_splits": True,
+                                  "max_abs_diff": 0.01, "max_abs_out": 30.0},
+                                 {"batch": 32, "n": 8192, "unsplit_s": 4e-3, "split_s": 5e-3, "auto_splits": False,
+                                  "max_abs_diff": 0.01, "max_abs_out": 30.0}]},  # fmt: skip
     }
     rows = {r["name"]: r for r in G.bench_ratios(meas, interpreted=False)}
+    small = rows["mixed chunk Triton: split vs unsplit, batch 1 n=4096"]
+    assert small["speedup"] == pytest.approx(8.0) and small["kernel"] == "split" and small["library"] == "unsplit"
+    assert small["note"] == "split=None splits here: yes" and "e=512 c=256 bfloat16" in small["source"]
+    large = rows["mixed chunk Triton: split vs unsplit, batch 32 n=8192"]
+    assert large["speedup"] == pytest.approx(0.8) and large["note"] == "split=None splits here: no"
     assert rows["decode GEMV: Triton w4a16 vs fp16 F.linear"]["speedup"] == pytest.approx(2.5)
     assert rows["decode GEMV: Triton w8a16 vs torch._weight_int8pack_mm"]["speedup"] == pytest.approx(8 / 6)
     assert rows["int8 GEMM: Triton int8_gemm vs torch._int_mm + epilogue"]["speedup"] == pytest.approx(1.2)
@@ -389,6 +410,10 @@ def test_bench_ratios_on_a_t4_like_result():
     fallback = rows["int8 GEMM: int8_gemm's torch fallback vs torch._int_mm + epilogue"]
     assert fallback["status"] == "ok" and fallback["speedup"] == pytest.approx(1.5 / 4)
     assert rows["mixed chunk attention: Triton vs torch"]["reason"] == "no CUDA GPU"
+    assert not any("split vs unsplit" in name for name in rows)  # not measured: no row
+    meas["flash_split"] = {"skipped": "time budget: 5 s left, this needs about 20 s"}
+    rows = {r["name"]: r for r in G.bench_ratios(meas, interpreted=False, int8_backend_reason=why)}
+    assert rows["mixed chunk Triton: split vs unsplit"]["reason"].startswith("time budget")
 
 
 def _h100_report() -> dict:
