@@ -47,9 +47,10 @@ the reference), the group corrections (``out * in * group_size``) and ``in`` sho
 NumPy reference pays two Cholesky factorisations and an inverse, and per column a few validated calls.
 
 float32 on the device of ``w`` (float64 if ``w`` is float64; float16/bfloat16 are computed in float32 and the
-dequantized weight is returned in the input dtype). :func:`w4a16_linear` and :func:`w8a16_linear` compute in
-the dtype of ``x`` itself (bfloat16/float16 activations stay 16-bit: that is the scheme), unlike the NumPy
-reference, which computes float16 in float32.
+dequantized weight is returned in the input dtype). :func:`w4a16_linear` and :func:`w8a16_linear` return
+x's dtype: their fused decode path (:mod:`._torch_fused`) accumulates in float32, their blocked and CUDA
+paths compute in the dtype of ``x`` itself (bfloat16/float16 activations stay 16-bit: that is the scheme),
+unlike the NumPy reference, which computes float16 in float32.
 """
 
 from __future__ import annotations
@@ -58,8 +59,8 @@ import itertools
 import math
 
 import torch
-import torch.nn.functional as F
 
+from . import _torch_fused as _fused
 from ._np_gptq import (
     NOT_PD,
     GPTQResult,
@@ -347,20 +348,20 @@ def quantize_weight_int4(w: torch.Tensor, group_size: int = 128) -> tuple[torch.
 def w4a16_linear(
     x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, group_size: int, b: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """``x @ W^T + b`` with packed int4 ``W``, dequantized in x's dtype (on x's device) then one GEMM;
-    same contract as :func:`._np_gptq.w4a16_linear`. The dequantized weight is materialised: this is the
-    readable torch path, not a fused kernel (see :mod:`effx_lab.quant.kernels` for that). Shapes, dtypes and
-    devices are checked, values are not (that would read back from the GPU on every decode step): NaN in
-    ``x``, ``scales`` or ``b`` propagates to the output rows / columns, as in the reference."""
+    """``x @ W^T + b`` with packed int4 ``W``, in x's dtype (on x's device); same contract as
+    :func:`._np_gptq.w4a16_linear`. On CPU a decode-sized ``x`` (at most 8 rows) makes no float copy of
+    ``W``: a fused, compiled unpack-scale-multiply-sum (float32 accumulation), or, where compiling is off
+    (``EFFX_NO_COMPILE=1``) or fails, row blocks dequantized into a reused buffer (:mod:`._torch_fused`).
+    Prefill-sized ``x``, CUDA, and a call that needs a gradient for ``x`` dequantize the whole matrix, then
+    one GEMM.
+    Shapes, dtypes and devices are checked, values are not (that would read back from the GPU on every decode
+    step): NaN in ``x``, ``scales`` or ``b`` propagates to the output rows / columns, as in the reference."""
     group_size = _check_w4a16_args(x, packed, scales, group_size, b, torch_mode=True)
     n, half = packed.shape
-    dtype = x.dtype
-    # nibbles straight into an interleaved float buffer (no int8 intermediate), then (code - 8) * scale in place
-    weight = torch.empty((n, half, 2), dtype=dtype, device=packed.device)
-    weight[..., 0].copy_(packed & 0x0F)
-    weight[..., 1].copy_(packed >> 4)
-    weight = weight.view(n, 2 * half // group_size, group_size).sub_(8).mul_(scales.to(dtype).unsqueeze(-1))
-    return F.linear(x, weight.view(n, 2 * half), None if b is None else b.to(dtype))
+    y = _fused.w4a16(x.reshape(-1, 2 * half), packed, scales)
+    if b is not None:
+        y = y + b.to(x.dtype)
+    return y.reshape(*x.shape[:-1], n)
 
 
 def quantize_weight_int8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -372,14 +373,16 @@ def quantize_weight_int8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def w8a16_linear(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
     """``(x @ q^T) * scales + b`` in x's dtype; same contract as :func:`._np_gptq.w8a16_linear` (no value
-    checks, no read-back from the device: NaN propagates)."""
+    checks, no read-back from the device: NaN propagates). On CPU a decode-sized ``x`` (at most 8 rows)
+    makes no float copy of ``q``: a fused, compiled multiply-and-sum over the int8 bytes (float32
+    accumulation), or, where compiling is off (``EFFX_NO_COMPILE=1``) or fails, row blocks converted into a
+    reused buffer (:mod:`._torch_fused`). More rows, CUDA and autograd: convert the whole matrix, one GEMM."""
     _check_int8_weight(q, torch_mode=True)
     n, k = q.shape
     _check_scales(scales, (n,), torch_mode=True)
     _check_x_for("x", x, k, torch_mode=True, finite=False)
     _check_bias(b, n, torch_mode=True)
-    dtype = x.dtype
-    y = F.linear(x, q.to(dtype)) * scales.to(dtype)
+    y = _fused.w8a16(x.reshape(-1, k), q, scales)
     if b is not None:
-        y = y + b.to(dtype)
-    return y
+        y = y + b.to(x.dtype)
+    return y.reshape(*x.shape[:-1], n)

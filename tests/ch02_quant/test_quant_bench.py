@@ -2,11 +2,13 @@
 
 import json
 import math
+import shutil
 
 import pytest
 import torch
 from _backends import assert_within, gamma, matmul_bound, unit_roundoff
 
+from effx_lab.quant import _torch_fused as FU
 from effx_lab.quant import bench as B
 from effx_lab.quant import kernels as K
 
@@ -42,8 +44,12 @@ def _check_path(name: str, p: dict, k: int) -> None:
 
 @pytest.fixture(scope="module")
 def quick():
+    """The quick run with the course's paths on their eager fallback (EFFX_NO_COMPILE=1: no compile in the
+    fast tests; the compiled route is test_gemv_ours_compiled_route, marked slow)."""
     threads_before = torch.get_num_threads()
-    res = B.run(quick=True)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(FU.ENV_NO_COMPILE, "1")
+        res = B.run(quick=True)
     assert torch.get_num_threads() == threads_before  # thread count restored
     return res
 
@@ -82,17 +88,62 @@ def test_run_quick_structure(quick):
 
 def test_run_quick_goals(quick):
     goals = quick["goals"]["decode_gemv_cpu"]["threads_1_warm"]
-    assert set(goals) == {"int8_over_fp32", "int4_over_fp32"}
-    paths = quick["decode_gemv_cpu"]["threads_1_warm"]["paths"]
+    assert set(goals) == {
+        "int8_ours_over_fp32", "int4_ours_over_fp32", "int8_ours_over_bf16", "int4_ours_over_bf16",
+        "int8_over_fp32", "int4_over_fp32",
+    }  # fmt: skip
+    res = quick["decode_gemv_cpu"]["threads_1_warm"]
+    paths = res["paths"]
+    assert res["fused_backend"] == "eager: EFFX_NO_COMPILE=1 is set"
     for key, target in (("int8_over_fp32", ">= 3"), ("int4_over_fp32", ">= 5")):
         g = goals[key]
         assert g["goal"] == target and isinstance(g["met"], bool) and _finite_positive(g["value"])
-        # the goal reads the best path of that width
+        # the goal reads the best path of that width, of any kind
         assert g["value"] == max(g["per_path"].values()) == paths[g["path"]]["speedup_vs_fp32"]
         assert g["met"] == (g["value"] >= float(target.split()[1]))
+    for bits in ("int8", "int4"):
+        g = goals[f"{bits}_ours_over_fp32"]
+        # the course's own paths only (not the library op, not the eager fallback path)
+        assert set(g["per_path"]) == {f"{bits}_ours_fp32", f"{bits}_ours_bf16"}
+        assert g["goal"] == ">= 2.5" and g["value"] == max(g["per_path"].values())
+        best = paths[g["path"]]
+        assert g["value"] == best["speedup_vs_fp32"] and g["route"] == best["route"] == "blocked (eager: EFFX_NO_COMPILE=1 is set)"
+        lib = paths[f"{bits}_torch_lib"]
+        assert g["library"] == lib["speedup_vs_fp32"] and g["library_gb_s"] == lib["gb_s"]
+        assert g["vs_library"] == pytest.approx(lib["ms"] / best["ms"])
+        g16 = goals[f"{bits}_ours_over_bf16"]
+        assert g16["goal"] == ">= 1" and g16["path"] == g["path"]
+        assert g16["value"] == pytest.approx(paths["bf16"]["ms"] / best["ms"])
+        assert g16["met"] == (g16["value"] >= 1)
+    for name, p in paths.items():  # speed against the library op of the same width
+        if name[:4] in ("int8", "int4"):
+            assert p["speedup_vs_lib"] == pytest.approx(paths[f"{name[:4]}_torch_lib"]["ms"] / p["ms"])
+        else:
+            assert p["speedup_vs_lib"] is None
     gq = quick["goals"]["gptq_torch_over_numpy"]
     assert gq["goal"] == ">= 10" and gq["value"] == pytest.approx(quick["gptq_numpy_vs_torch"]["speedup"])
-    assert "quick mode" in quick["goals"]["note"]
+    assert "quick mode" in quick["goals"]["note"] and "2.5x" in quick["goals"]["note"]
+
+
+@pytest.mark.slow
+def test_gemv_ours_compiled_route(monkeypatch):
+    """Decode-sized weights (at least FUSED_MIN_WEIGHTS) take the compiled fused route where a C++ compiler
+    exists, and compute what they claim; the eager fallback paths, timed beside, too."""
+    monkeypatch.delenv(FU.ENV_NO_COMPILE, raising=False)
+    n = k = 1024
+    assert n * k >= FU.FUSED_MIN_WEIGHTS
+    names = ["fp32", "int8_ours_fp32", "int4_ours_bf16", "int8_ours_eager", "int4_ours_eager"]
+    res = B.decode_gemv(n, k, group_size=128, device="cpu", threads=1, paths=names, **FAST)
+    assert res["skipped"] == {} and set(res["paths"]) == set(names)
+    for name, p in res["paths"].items():
+        _check_path(name, p, k)
+    backend = res["fused_backend"]
+    want = "fused (compiled)" if backend == "compiled" else f"blocked ({backend})"
+    assert res["paths"]["int8_ours_fp32"]["route"] == res["paths"]["int4_ours_bf16"]["route"] == want
+    assert res["paths"]["int8_ours_eager"]["route"] == "blocked (eager)"
+    if shutil.which("g++") or shutil.which("c++"):
+        assert backend == "compiled"
+    assert "fused weight-only backend: " + backend in B.format_gemv(res)
 
 
 def test_run_quick_gptq(quick):
