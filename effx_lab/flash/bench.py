@@ -38,10 +38,12 @@ from effx_lab.device import resolve_torch_device
 __all__ = [
     "LAYER_KINDS",
     "MIXING_KINDS",
+    "MODEL_KINDS",
     "RUN_CONFIG",
     "layer_fns",
     "make_inputs",
     "mixing_fns",
+    "model_fns",
     "numpy_vs_torch",
     "run",
     "time_vs_length",
@@ -53,6 +55,8 @@ __all__ = [
 MIXING_KINDS = ("softmax", "sdpa", "gau_quad", "flash")
 #: models of equal parameter budget timed by :func:`layer_fns`
 LAYER_KINDS = ("transformer", "transformer_sdpa", "flash_quad", "flash")
+#: whole language models (embedding, layers, head) timed by :func:`model_fns`
+MODEL_KINDS = ("transformer", "flash_quad", "flash")
 #: for each level, the quadratic softmax baseline, the SDPA version of it, FLASH-Quad and FLASH
 _ROLES = {
     "mixing": {"softmax": "softmax", "sdpa": "sdpa", "quad": "gau_quad", "flash": "flash"},
@@ -289,6 +293,58 @@ def layer_fns(
     return fns
 
 
+def model_fns(
+    n: int,
+    *,
+    d_model: int = 256,
+    n_heads: int = 4,
+    expansion: int = 2,
+    s: int = 128,
+    chunk_size: int = 256,
+    causal: bool = True,
+    device: Any = None,
+    seed: int = 0,
+    batch: int = 1,
+    dtype: torch.dtype = torch.float32,
+    kinds: Sequence[str] | None = None,
+) -> dict[str, Callable[[], torch.Tensor]]:
+    """Whole language models, as zero-argument callables: the forward pass of chapter 7's
+    :class:`effx_lab.flash.models.LanguageModel` on ``(batch, n)`` random byte tokens.
+
+    Each kind of :data:`MODEL_KINDS` is ``build_lm(LMConfig(kind, d_model=d_model,
+    n_layers=1, ...), seed)`` with ``max_len = n``: token and position embeddings, one
+    Transformer layer (``n_heads`` heads, FFN ``4 d``) or two GAU / FLASH layers
+    (``expansion``, ``s``, chunks of ``chunk_size``), the final LayerNorm and the tied
+    head over 256 byte values. The same arguments as :func:`layer_fns`, so
+    :func:`time_vs_length` times them with ``level="model"``. Calls run under
+    ``torch.inference_mode()`` and return the logits.
+    """
+    from effx_lab.flash.models import LMConfig, build_lm
+
+    n, d_model, n_heads, expansion, s, chunk_size, causal, seed, batch = _shape_args(
+        n, d_model, n_heads, expansion, s, chunk_size, causal, seed, batch
+    )
+    dev = resolve_torch_device(device)
+    dtype = _dtype(dtype)
+    kinds = _kinds(kinds, MODEL_KINDS)
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    tokens = torch.randint(0, 256, (batch, n), generator=gen).to(dev)
+    fns: dict[str, Callable[[], torch.Tensor]] = {}
+    for kind in kinds:
+        options: dict[str, Any] = {"n_heads": n_heads} if kind == "transformer" else {
+            "expansion": expansion, "s": s,
+        }  # fmt: skip
+        if kind == "flash":
+            options["chunk_size"] = chunk_size
+        config = LMConfig(
+            kind=kind, vocab_size=256, d_model=d_model, n_layers=1, max_len=n,
+            causal=causal, **options,
+        )  # fmt: skip
+        model = build_lm(config, seed=seed).to(device=dev, dtype=dtype).eval()
+        fns[kind] = _inference(model, tokens)
+    return fns
+
+
 def _layer_param_counts(d_model: int, n_heads: int, expansion: int, s: int) -> dict[str, int]:
     from effx_lab.attention.params import count_params
 
@@ -324,7 +380,8 @@ def time_vs_length(
 ) -> dict[str, Any]:
     """Median time of each kind at each length, all kinds timed side by side at one length.
 
-    ``level="mixing"`` times :func:`mixing_fns`, ``level="layer"`` times :func:`layer_fns`; ``kinds`` picks
+    ``level="mixing"`` times :func:`mixing_fns`, ``level="layer"`` times :func:`layer_fns`,
+    ``level="model"`` times :func:`model_fns` (whole language models); ``kinds`` picks
     a subset (default all). At each length one :func:`effx_lab.bench.compare` run interleaves every kind
     still in the race (``rounds`` rounds of at least ``min_run_time`` seconds each, where ``rounds`` is an
     int or one int per length, e.g. fewer rounds at the long lengths where one call takes seconds;
@@ -341,8 +398,8 @@ def time_vs_length(
     from effx_lab.bench import compare, device_name, to_jsonable
 
     lengths = _lengths(lengths)
-    check_choice("level", level, ("mixing", "layer"))
-    allowed = MIXING_KINDS if level == "mixing" else LAYER_KINDS
+    check_choice("level", level, ("mixing", "layer", "model"))
+    allowed = {"mixing": MIXING_KINDS, "layer": LAYER_KINDS, "model": MODEL_KINDS}[level]
     kinds = _kinds(kinds, allowed)
     min_run_time = check_float("min_run_time", min_run_time, min_value=0.0, min_inclusive=False)
     if isinstance(rounds, (list, tuple)):
@@ -363,7 +420,7 @@ def time_vs_length(
             f"time_vs_length got unexpected keyword arguments {unknown}; shape arguments are {sorted(known)}"
         )
     dev = resolve_torch_device(device)
-    build = mixing_fns if level == "mixing" else layer_fns
+    build = {"mixing": mixing_fns, "layer": layer_fns, "model": model_fns}[level]
     build(lengths[0], device=dev, kinds=kinds, **shape_kwargs)  # validate the shape arguments before timing
 
     times: dict[str, list[float | None]] = {k: [] for k in kinds}

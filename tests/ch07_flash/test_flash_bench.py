@@ -127,6 +127,41 @@ def test_layer_fns_shapes_and_sdpa_variant_agrees():
     assert (out["transformer"] - x).abs().max() > 1e-3  # (GAU/FLASH at init change x by ~1e-6 only)
 
 
+def test_model_fns_are_the_chapter_language_models():
+    """model_fns(kind) is build_lm(LMConfig(kind, ...)) on seeded random tokens: same
+    logits as building the model by hand; kinds and arguments are validated."""
+    from effx_lab.flash.models import LMConfig, build_lm
+
+    n = 32
+    fns = B.model_fns(n, batch=2, device="cpu", seed=3, **TINY)
+    assert list(fns) == list(B.MODEL_KINDS)
+    tokens = torch.randint(0, 256, (2, n), generator=torch.Generator().manual_seed(3))
+    for kind, fn in fns.items():
+        out = fn()
+        assert out.shape == (2, n, 256) and torch.isfinite(out).all()
+        opts = {"n_heads": 2} if kind == "transformer" else {"expansion": 2, "s": 16}
+        if kind == "flash":
+            opts["chunk_size"] = 16
+        cfg = LMConfig(kind=kind, d_model=32, n_layers=1, max_len=n, **opts)
+        with torch.no_grad():
+            want = build_lm(cfg, seed=3)(tokens)
+        torch.testing.assert_close(out, want, rtol=0, atol=0)
+    assert list(B.model_fns(n, kinds=["flash"], **TINY)) == ["flash"]
+    with pytest.raises(ValueError, match="kinds must be one of"):
+        B.model_fns(16, kinds=["transformer_sdpa"], **TINY)
+    with pytest.raises(ValueError, match="n must be"):
+        B.model_fns(0, **TINY)
+
+
+def test_time_vs_length_times_whole_models():
+    res = B.time_vs_length([16, 32], level="model", threads=1, **FAST, **TINY)
+    assert set(res["times_s"]) == set(B.MODEL_KINDS)
+    assert all(t > 0 for times in res["times_s"].values() for t in times)
+    assert res["settings"]["level"] == "model"
+    with pytest.raises(ValueError, match="level must be one of"):
+        B.time_vs_length([16], level="models", **TINY)
+
+
 def test_models_have_about_the_same_parameter_count():
     counts = B._layer_param_counts(256, 4, 2, 128)
     assert counts["transformer"] == counts["transformer_sdpa"]
@@ -204,7 +239,7 @@ def test_time_vs_length_bad_inputs():
     with pytest.raises(ValueError, match=r"lengths\[1\]"):
         B.time_vs_length([16, 0])
     with pytest.raises(ValueError, match="level must be one of"):
-        B.time_vs_length([16], level="model")
+        B.time_vs_length([16], level="operator")  # "model" is a level (whole models)
     with pytest.raises(ValueError, match="kinds must be one of"):
         B.time_vs_length([16], level="layer", kinds=["sdpa"])
     with pytest.raises(ValueError, match="min_run_time"):

@@ -1,4 +1,6 @@
-"""Checkers for the chapter 7 exercises (notebooks 07.1, 07.2, 07.3): FLASH.
+"""Checkers for the chapter 7 exercises (notebooks 07.1 to 07.4): FLASH.
+
+07.1 to 07.3's checkers live in this module; 07.4's in :mod:`.length` (re-exported here).
 
 Each ``check_<name>(student_fn)`` runs the student's function against the course's reference on fixed
 edge cases and seeded random draws, prints a plain-words verdict and returns the
@@ -52,14 +54,15 @@ from effx_lab.check import (
 )
 from effx_lab.models.reference import softmax
 
-from . import reference as R
-from .analysis import scaling_exponent
-from .costs import (
+from .. import reference as R
+from ..analysis import scaling_exponent
+from ..costs import (
     _smallest_length_below,
     layer_flops,
     layer_params,
     mixing_crossover,
 )
+from .length import check_crossover_length, check_equal_glu_width
 
 __all__ = [
     "check_relu2_attention",
@@ -70,6 +73,8 @@ __all__ = [
     "check_flash_crossover",
     "check_scaling_exponent",
     "check_causal_linear_attention",
+    "check_equal_glu_width",
+    "check_crossover_length",
 ]
 
 _RTOL = 1e-4  # array exercises (one case is float32)
