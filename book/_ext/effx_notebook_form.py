@@ -11,8 +11,8 @@ between pages.
   ``make test``'s nbval run stores what it executed from the stored file. A notebook
   already in MyST is passed through unchanged.
 * ``doctree-read``: a solution code cell's first line ``#@title ...`` (Colab's form
-  title) and its nbgrader marker lines (``### BEGIN SOLUTION``, ``### END SOLUTION``)
-  are dropped from the code block the page shows. The executed code still has them
+  title) and nbgrader's marker lines (``### BEGIN SOLUTION``, ``### END SOLUTION``, in
+  any code cell) are dropped from the code block the page shows. The executed code still has them
   (comments); a reader sees the solution as a programmer would write it.
 
 A notebook the converter cannot read raises an error naming the notebook and the cell.
@@ -76,29 +76,30 @@ def _is_solution(metadata) -> bool:
 SOLUTION_MARKERS = ("### BEGIN SOLUTION", "### END SOLUTION")
 
 
-def _page_code(code: str) -> str:
-    """A solution cell's code as the page shows it: no form title, no marker lines."""
-    if code.startswith(notebook_form.FORM_TITLE):
+def _page_code(code: str, solution: bool) -> str:
+    """A code cell's source as the page shows it: no nbgrader marker lines (in any
+    cell: a notebook written in MyST has no solution metadata yet, and both forms must
+    render alike) and, in a solution cell, no form title."""
+    if solution and code.startswith(notebook_form.FORM_TITLE):
         code = code.partition("\n")[2]
     lines = code.split("\n")
     return "\n".join(ln for ln in lines if ln.strip() not in SOLUTION_MARKERS)
 
 
 def hide_form_titles(doctree) -> int:
-    """Drop each solution code cell's ``#@title`` line and its nbgrader ``### BEGIN/END
-    SOLUTION`` lines from the page; count the code blocks changed."""
+    """Drop each solution code cell's ``#@title`` line, and nbgrader's ``### BEGIN/END
+    SOLUTION`` lines from every code cell, on the page; count the code blocks changed."""
     hidden = 0
     for cell in doctree.findall(nodes.container):
-        if cell.get("nb_element") != "cell_code" or not _is_solution(
-            cell.get("cell_metadata")
-        ):
+        if cell.get("nb_element") != "cell_code":
             continue
+        solution = _is_solution(cell.get("cell_metadata"))
         for source in cell.findall(nodes.container):
             if source.get("nb_element") != "cell_code_source":
                 continue
             for block in source.findall(nodes.literal_block):
                 code = block.astext()
-                shown = _page_code(code)
+                shown = _page_code(code, solution)
                 if shown == code:
                     continue
                 block[:] = [nodes.Text(shown)]

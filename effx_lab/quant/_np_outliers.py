@@ -27,6 +27,9 @@ rest, and a uniform grid stretched to cover them wastes almost all its levels on
 * **ZeroQuant** (Yao et al. 2022, "ZeroQuant: Efficient and Affordable Post-Training Quantization for
   Large-Scale Transformers", NeurIPS): group-wise symmetric weights (one scale per ``group_size`` input
   features of each output row) and token-wise dynamic symmetric activations (:func:`zeroquant_linear`).
+  Its inference kernels fuse the token-wise quantization into the kernel that produces the activation:
+  :func:`layernorm_quantize_rows` is that fused step written out (LayerNorm, then one int8 scale per token),
+  the reference of ``effx_lab.quant.kernels.layernorm_quantize_rows``.
 * **SmoothQuant** (Xiao et al. 2023, "SmoothQuant: Accurate and Efficient Post-Training Quantization for
   Large Language Models", ICML), Sec. 4: move the difficulty from activations to weights with an exact
   identity ``x w^T = (x / s) (w * s)^T``, one factor ``s_j = max|X_j|^alpha / max|W_j|^(1 - alpha)`` per input
@@ -76,6 +79,7 @@ __all__ = [
     "gobo_dequantize",
     "gobo_quantize",
     "int8_matmul",
+    "layernorm_quantize_rows",
     "llm_int8_linear",
     "outlier_columns",
     "peg_fake_quantize",
@@ -584,6 +588,46 @@ def zeroquant_linear(
         wq = fake_quantize(wc, w_bits, True, "group", axis=-1, group_size=group_size)
     xq = fake_quantize(x2, a_bits, True, "channel", axis=0)  # token-wise
     return _finish(xq @ wq.T, bad, bc, out_shape, x.dtype)
+
+
+def _check_layernorm(x: Any, weight: Any, bias: Any, eps: Any, bits: Any, allow_torch: bool = False):
+    """``x [..., D]`` finite (the quantizer makes integers of it), ``weight`` and ``bias`` finite ``[D]``,
+    ``eps > 0``, ``bits`` in 2..8; returns ``(eps, bits)``."""
+    _check_float("x", x, allow_torch=allow_torch)
+    _check_float("weight", weight, ndim=1, allow_torch=allow_torch)
+    _check_float("bias", bias, ndim=1, allow_torch=allow_torch)
+    d = x.shape[-1]
+    if tuple(weight.shape) != (d,) or tuple(bias.shape) != (d,):
+        raise ValueError(
+            f"weight and bias must have shape ({d},) to match x's last dimension, got weight "
+            f"{tuple(weight.shape)} and bias {tuple(bias.shape)} for x of shape {tuple(x.shape)}"
+        )
+    eps = check_float("eps", eps, min_value=0.0, min_inclusive=False)
+    return eps, _check_bits("bits", bits)
+
+
+def layernorm_quantize_rows(
+    x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float = 1e-5, bits: int = 8
+) -> tuple[np.ndarray, np.ndarray]:
+    """LayerNorm, then token-wise symmetric quantization of its output: ZeroQuant's fused step, unfused.
+
+    ``y = (x - mean) / sqrt(var + eps) * weight + bias`` over the last axis (biased variance, as
+    ``torch.nn.LayerNorm``), then one absmax scale per row (token) of ``y``: ``scale = max|y| / qmax``
+    (``qmax = 2^(bits-1) - 1``; 1 for an all-zero row), ``q = clip(round(y / scale), -qmax, qmax)``, round half
+    to even. ``x``: finite float ``[..., D]`` (every leading dimension is a token); ``weight``, ``bias``: finite
+    float ``[D]``; ``eps > 0``; ``bits`` in 2..8. Computed in float64 for float64 ``x`` and in float32 otherwise.
+    Returns ``(q int8 [..., D], scale [...])``: the codes and scales of ``absmax_quantize(y)`` for that ``y``.
+    A fused kernel (``effx_lab.quant.kernels.layernorm_quantize_rows``) reads ``x`` once and writes ``q`` and
+    ``scale``; the two-step version writes ``y`` and reads it back.
+    """
+    eps, bits = _check_layernorm(x, weight, bias, eps, bits)
+    cdt = _compute_dtype(x.dtype)
+    xc = x.astype(cdt, copy=False)
+    mean = xc.mean(axis=-1, keepdims=True)
+    var = ((xc - mean) ** 2).mean(axis=-1, keepdims=True)
+    y = (xc - mean) / np.sqrt(var + cdt(eps)) * weight.astype(cdt) + bias.astype(cdt)
+    q, scale = absmax_quantize(y, axis=-1, bits=bits)
+    return q, scale[..., 0]
 
 
 # =========================================================================== SmoothQuant (section 02.6)

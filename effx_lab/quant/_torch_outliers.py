@@ -7,12 +7,15 @@ the input (CPU or CUDA). :class:`GoboWeight` is the same dataclass, here holding
 :func:`gobo_bits_per_weight` is the same function. What differs, and why:
 
 * :func:`int8_matmul` calls ``torch._int_mm`` (the int8 x int8 -> int32 GEMM of cuBLASLt) on CUDA when its
-  shape constraints hold (``M > 16``, ``K`` and ``N`` multiples of 8); otherwise, and on CPU, it computes the
-  same integers exactly with a float64 GEMM rounded back to int32 (every partial sum is an integer below
-  ``2**31 < 2**53``, so no rounding happens). Why not ``torch._int_mm`` on CPU too: on the course's AVX2 CPU
-  (no VNNI; measured once on a busy 2-core machine) it was about 10x *slower* than the float64 GEMM (3.0 s vs
-  0.33 s for ``[2048, 1536] x [1536, 384]``; an int32 matmul took 0.8 s); int8 GEMMs pay off on hardware
-  with int8 dot-product units.
+  shape constraints hold (``M > 16``, ``K`` and ``N`` multiples of 8). On CPU it computes the same integers
+  exactly with float32 GEMMs over chunks of 1024 input features, converted to int32 and summed: a chunk's
+  partial sums are integers of magnitude at most ``1024 * 128 * 128 = 2**24``, which float32 holds exactly.
+  Elsewhere (CUDA shapes ``_int_mm`` refuses) a float64 GEMM rounded back to int32 (exact: every partial sum
+  is an integer below ``2**31 < 2**53``). Why not ``torch._int_mm`` on CPU: on an AVX2 CPU without VNNI
+  (measured once on a busy 2-core machine) it was about 10x *slower* than a float64 GEMM (3.0 s vs 0.33 s for
+  ``[2048, 1536] x [1536, 384]``). On a CPU with AVX-512 VNNI it wins instead (02.3 measured it 4.7x faster
+  than float32 ``F.linear`` at ``[128, 384] x [1536, 384]``, on a busy 2-core Xeon): int8 GEMMs pay off on
+  hardware with int8 dot-product units, and this function keeps the path that is safe everywhere.
 * GOBO's k-means never builds the ``[n, K]`` distance matrix either; the centroid update is one
   ``index_add_`` and one ``bincount`` per iteration instead of a loop over clusters; the quantiles are
   computed by sorting (``torch.quantile`` refuses inputs above 16M elements). As in NumPy, the statistics
@@ -40,6 +43,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from effx_lab._validate import (
     check_bool,
@@ -60,6 +64,7 @@ from ._np_outliers import (
     _check_gobo,
     _check_group_size,
     _check_int8_pair,
+    _check_layernorm,
     _check_linear,
     _check_n_groups,
     _check_scales,
@@ -77,6 +82,7 @@ __all__ = [
     "gobo_dequantize",
     "gobo_quantize",
     "int8_matmul",
+    "layernorm_quantize_rows",
     "llm_int8_linear",
     "outlier_columns",
     "peg_fake_quantize",
@@ -409,6 +415,24 @@ def zeroquant_linear(
         wq = _fake_symmetric(wc, w_bits, "group", axis=-1, group_size=group_size)
     xq = _fake_symmetric(x2, a_bits, "channel", axis=0)  # token-wise
     return _finish(xq @ wq.t(), bad, bc, out_shape, x.dtype)
+
+
+def layernorm_quantize_rows(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float = 1e-5, bits: int = 8
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``F.layer_norm`` then one symmetric absmax scale per row (token): ``(q int8 [..., D], scale [...])``;
+    same contract as :func:`effx_lab.quant._np_outliers.layernorm_quantize_rows` (a quantizer: ``x`` must be
+    finite, which reads one flag back). ``effx_lab.quant.kernels.layernorm_quantize_rows`` fuses the two."""
+    for name, value in (("x", x), ("weight", weight), ("bias", bias)):
+        require_tensor(name, value)
+    eps, bits = _check_layernorm(x, weight, bias, eps, bits, allow_torch=True)
+    for name, value in (("weight", weight), ("bias", bias)):
+        if value.device != x.device:
+            raise ValueError(f"{name} must be on the device of x ({x.device}), got {value.device}")
+    cdt = _compute_dtype(x.dtype)
+    y = F.layer_norm(x.to(cdt), (x.shape[-1],), weight.to(cdt), bias.to(cdt), eps)
+    q, scale = absmax_quantize(y, axis=-1, bits=bits)
+    return q, scale[..., 0]
 
 
 # =========================================================================== SmoothQuant (section 02.6)

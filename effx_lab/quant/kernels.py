@@ -1,4 +1,4 @@
-"""Quantization kernels in Triton (chapter 2, sections 02.1, 02.3 and 02.5).
+"""Quantization kernels in Triton (chapter 2, sections 02.1, 02.3, 02.4 and 02.5).
 
 Each kernel does in one pass over memory what :mod:`effx_lab.quant.reference` spells out in NumPy:
 
@@ -6,6 +6,9 @@ Each kernel does in one pass over memory what :mod:`effx_lab.quant.reference` sp
   |x_ij| / qmax``, ``q_ij = clip(round(x_ij / scale_i), -qmax, qmax)`` (LLM.int8's vector-wise row scales,
   ZeroQuant's token-wise activations). The same integers as ``reference.quantize`` with
   ``compute_qparams(x, bits, True, "channel", axis=0)`` on a 2-D ``x``.
+* :func:`layernorm_quantize_rows`: ZeroQuant's fused LayerNorm + token-wise quantization: a LayerNorm (weight,
+  bias, eps) computed in registers and quantized per row before anything is stored, so the activation is read
+  once and only int8 codes and one scale per token are written (the LayerNorm output never goes to memory).
 * :func:`quantize_groups` / :func:`dequantize_groups`: the same with one scale per row *and* per block of
   ``group_size`` consecutive columns (``granularity="group", axis=-1``). A group is quantized exactly like a
   short row, so both share one kernel: ``x [M, K]`` is viewed as ``[M * K / group_size, group_size]``.
@@ -33,13 +36,16 @@ before the dot, ``w = q * s`` rounded to the activation dtype. Either way the re
 "dequantize to the activation dtype, then matmul" by float16/bfloat16 rounding only.
 
 **Hardware.** Triton's int8 ``tl.dot`` does not compile for sm_75 (T4: the ``TritonGPUAccelerateMatmul`` pass
-fails), so on a CUDA GPU with compute capability < 8.0 :func:`int8_gemm` silently takes :func:`_int8_gemm_torch`
-(an exact float64 matmul of the integers, then the same epilogue); :func:`int8_gemm_backend` says which path
-a call takes. :func:`compile_report` compiles every kernel for sm_80/sm_90 without a GPU (it needs only the
-``ptxas`` shipped with Triton) and reports registers, spills and shared memory per kernel.
+fails), so on a CUDA GPU with compute capability < 8.0 :func:`int8_gemm` takes :func:`_int8_gemm_torch`
+(``torch._int_mm``, cuBLASLt's int8 GEMM, where its shape rules allow, else an exact float64 matmul of the
+integers; then the same epilogue); :func:`int8_gemm_backend` says which path a call takes and
+:func:`int8_gemm_backend_reason` why. :func:`compile_report` compiles every kernel for sm_80/sm_90 without a
+GPU (it needs only the ``ptxas`` shipped with Triton) and reports registers, spills and shared memory per
+kernel.
 
-**Non-finite values** (docs/ARCHITECTURE.md). :func:`quantize_rows` / :func:`quantize_groups` make integers
-and reject NaN/inf in ``x`` (``ValueError`` naming it; a NaN has no integer code). The other entry points
+**Non-finite values** (docs/ARCHITECTURE.md). :func:`quantize_rows` / :func:`quantize_groups` /
+:func:`layernorm_quantize_rows` make integers and reject NaN/inf in ``x`` (``ValueError`` naming it; a NaN has
+no integer code; the last also in the LayerNorm's ``weight`` and ``bias``). The other entry points
 (:func:`dequantize_rows`, :func:`dequantize_groups`, :func:`int8_gemm`, :func:`w4a16_matmul`,
 :func:`w8a16_matmul`) check shapes, dtypes and devices only, never values: a value check would read back from
 the GPU on every call of a decode loop. Their float operands propagate NaN instead: a NaN activation row, row
@@ -82,6 +88,8 @@ __all__ = [
     "dequantize_rows",
     "int8_gemm",
     "int8_gemm_backend",
+    "int8_gemm_backend_reason",
+    "layernorm_quantize_rows",
     "quantize_groups",
     "quantize_rows",
     "w4a16_matmul",
@@ -159,6 +167,89 @@ def _quantize_rows_kernel(
             xt = tl.load(x_ptr + base + c[None, :], mask=mask, other=0.0).to(tl.float32)
             y = tl.math.div_rn(xt, tl.broadcast_to(scale[:, None], (BLOCK_R, BLOCK_L)))
             q = tl.minimum(tl.maximum(_round_half_even(y), -QMAX), QMAX)
+            tl.store(q_ptr + base + c[None, :], q.to(tl.int8), mask=mask)
+
+
+@_jit
+def _layernorm_quantize_kernel(
+    x_ptr,  # (R, L) row-major, float16 / bfloat16 / float32
+    w_ptr,  # (L,) float32 LayerNorm weight
+    b_ptr,  # (L,) float32 LayerNorm bias
+    q_ptr,  # (R, L) int8
+    scale_ptr,  # (R,) float32
+    R, L,  # rows (tokens), row length (hidden size)
+    eps,  # float32
+    scale_cap,  # as in _quantize_rows_kernel
+    QMAX: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_L: tl.constexpr,
+    ONE_TILE: tl.constexpr,  # L <= BLOCK_L: x is read once and stays in registers
+):  # fmt: skip
+    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    row_mask = rows < R
+    base = rows.to(tl.int64)[:, None] * L
+    cols = tl.arange(0, BLOCK_L)
+    qmax = tl.full((BLOCK_R,), QMAX, tl.float32)
+    length = tl.full((BLOCK_R,), 0.0, tl.float32) + L  # L as float32, for exact divisions
+
+    if ONE_TILE:
+        # one read of x; mean, variance, LayerNorm, absmax and codes all from registers
+        mask = row_mask[:, None] & (cols < L)[None, :]
+        x = tl.load(x_ptr + base + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        mean = tl.math.div_rn(tl.sum(x, axis=1), length)
+        xc = tl.where(mask, x - mean[:, None], 0.0)
+        var = tl.math.div_rn(tl.sum(xc * xc, axis=1), length)
+        rstd = tl.math.div_rn(tl.full((BLOCK_R,), 1.0, tl.float32), tl.sqrt_rn(var + eps))
+        w = tl.load(w_ptr + cols, mask=cols < L, other=0.0)
+        b = tl.load(b_ptr + cols, mask=cols < L, other=0.0)
+        y = tl.where(mask, xc * rstd[:, None] * w[None, :] + b[None, :], 0.0)
+        absmax = tl.max(tl.abs(y), axis=1)
+    else:
+        # rows longer than a tile: mean, variance, absmax and codes in four passes over tiles of x
+        acc = tl.zeros((BLOCK_R,), dtype=tl.float32)
+        for c0 in range(0, L, BLOCK_L):
+            c = c0 + cols
+            mask = row_mask[:, None] & (c < L)[None, :]
+            acc += tl.sum(tl.load(x_ptr + base + c[None, :], mask=mask, other=0.0).to(tl.float32), axis=1)
+        mean = tl.math.div_rn(acc, length)
+        acc = tl.zeros((BLOCK_R,), dtype=tl.float32)
+        for c0 in range(0, L, BLOCK_L):
+            c = c0 + cols
+            mask = row_mask[:, None] & (c < L)[None, :]
+            xt = tl.load(x_ptr + base + c[None, :], mask=mask, other=0.0).to(tl.float32)
+            xc = tl.where(mask, xt - mean[:, None], 0.0)
+            acc += tl.sum(xc * xc, axis=1)
+        var = tl.math.div_rn(acc, length)
+        rstd = tl.math.div_rn(tl.full((BLOCK_R,), 1.0, tl.float32), tl.sqrt_rn(var + eps))
+        absmax = tl.zeros((BLOCK_R,), dtype=tl.float32)
+        for c0 in range(0, L, BLOCK_L):
+            c = c0 + cols
+            mask = row_mask[:, None] & (c < L)[None, :]
+            xt = tl.load(x_ptr + base + c[None, :], mask=mask, other=0.0).to(tl.float32)
+            w = tl.load(w_ptr + c, mask=c < L, other=0.0)
+            b = tl.load(b_ptr + c, mask=c < L, other=0.0)
+            y = tl.where(mask, (xt - mean[:, None]) * rstd[:, None] * w[None, :] + b[None, :], 0.0)
+            absmax = tl.maximum(absmax, tl.max(tl.abs(y), axis=1))
+
+    scale = tl.math.div_rn(absmax, qmax)
+    scale = tl.where(scale > 0.0, scale, 1.0)  # an all-zero row: scale 1, codes 0
+    scale = tl.minimum(scale, scale_cap)
+    tl.store(scale_ptr + rows, scale, mask=row_mask)
+
+    if ONE_TILE:
+        yq = tl.math.div_rn(y, tl.broadcast_to(scale[:, None], (BLOCK_R, BLOCK_L)))
+        q = tl.minimum(tl.maximum(_round_half_even(yq), -QMAX), QMAX)
+        tl.store(q_ptr + base + cols[None, :], q.to(tl.int8), mask=mask)
+    else:
+        for c0 in range(0, L, BLOCK_L):
+            c = c0 + cols
+            mask = row_mask[:, None] & (c < L)[None, :]
+            xt = tl.load(x_ptr + base + c[None, :], mask=mask, other=0.0).to(tl.float32)
+            w = tl.load(w_ptr + c, mask=c < L, other=0.0)
+            b = tl.load(b_ptr + c, mask=c < L, other=0.0)
+            y = (xt - mean[:, None]) * rstd[:, None] * w[None, :] + b[None, :]
+            yq = tl.math.div_rn(y, tl.broadcast_to(scale[:, None], (BLOCK_R, BLOCK_L)))
+            q = tl.minimum(tl.maximum(_round_half_even(yq), -QMAX), QMAX)
             tl.store(q_ptr + base + c[None, :], q.to(tl.int8), mask=mask)
 
 
@@ -560,6 +651,48 @@ def quantize_rows(x: torch.Tensor, bits: int = 8) -> tuple[torch.Tensor, torch.T
     return q.reshape(x.shape), scale.reshape(x.shape[:-1])
 
 
+def layernorm_quantize_rows(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float = 1e-5, bits: int = 8
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """LayerNorm fused with token-wise quantization (ZeroQuant): ``(q int8 [..., D], scale float32 [...])``.
+
+    One program holds a block of rows: it reads ``x`` once (rows of up to 4096 elements stay in registers;
+    longer rows take four passes over tiles), computes ``y = (x - mean) / sqrt(var + eps) * weight + bias`` in
+    float32 (biased variance, ``torch.nn.LayerNorm``'s), then ``scale = max|y| / qmax`` per row and ``q =
+    clip(round(y / scale), -qmax, qmax)`` (round half to even; an all-zero row gets scale 1), and writes only
+    ``q`` and ``scale``: ``y`` never goes to memory. The reference is
+    ``effx_lab.quant.reference.layernorm_quantize_rows`` (or ``torch_ops``'s twin); against it, computed from
+    the same input in float64, a code can differ by 1 where ``y / scale`` lies within float32 rounding of a
+    half-integer, and the scales agree to float32 rounding. ``x``: float16/bfloat16/float32 ``[..., D]``,
+    finite; ``weight``, ``bias``: float ``[D]`` on x's device; ``eps > 0``; ``bits`` in 2..8.
+    """
+    _require_available()
+    x = _check_float_input("x", x, "use effx_lab.quant.reference.layernorm_quantize_rows for NumPy arrays")
+    m, d = _rows_of("x", x)
+    weight = _check_scale("weight", weight, (d,), x, "x's last dimension")
+    bias = _check_scale("bias", bias, (d,), x, "x's last dimension")
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not (0.0 < float(eps) < float("inf")):
+        raise ValueError(f"eps must be a positive finite number, got {eps!r}")
+    bits = _check_bits(bits)
+    _check_kernel_device("x", x)
+    _check_no_grad(x=x, weight=weight, bias=bias)
+    _check_finite("x", x)
+    _check_finite("weight", weight)
+    _check_finite("bias", bias)
+    qmax = 2 ** (bits - 1) - 1
+    x2 = x.reshape(m, d).contiguous()
+    q = torch.empty((m, d), dtype=torch.int8, device=x.device)
+    scale = torch.empty((m,), dtype=torch.float32, device=x.device)
+    if m:
+        block_r, block_l, one_tile = _quant_config(d)
+        _layernorm_quantize_kernel[(triton.cdiv(m, block_r),)](
+            x2, weight, bias, q, scale, m, d, float(eps), _scale_cap(qmax, torch.float32),
+            QMAX=qmax, BLOCK_R=block_r, BLOCK_L=block_l, ONE_TILE=one_tile,
+            num_warps=4, enable_fp_fusion=False,
+        )  # fmt: skip
+    return q.reshape(x.shape), scale.reshape(x.shape[:-1])
+
+
 def dequantize_rows(q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """``x_hat = q * scale[..., None]`` computed in float32 and returned as ``dtype``: the inverse of
     :func:`quantize_rows`. ``q``: int8 ``[..., K]``; ``scale``: float ``[...]`` (``q.shape[:-1]``); ``dtype``:
@@ -635,14 +768,43 @@ def _int8_backend(device_type: str, capability: tuple[int, int] | None, interpre
     return "triton" if device_type == "cuda" else "torch"
 
 
+def _int8_backend_reason(device_type: str, capability: tuple[int, int] | None, interpreted: bool) -> str:
+    """Why :func:`_int8_backend` chose its path, in one sentence (tested for every case)."""
+    backend = _int8_backend(device_type, capability, interpreted)
+    if backend == "triton":
+        return f"Triton's int8 tl.dot compiled for sm_{capability[0]}{capability[1]} (int8 tensor cores)"
+    if backend == "interpreter":
+        return "no compiled Triton here: the kernel runs in Triton's CPU interpreter (exact, slow)"
+    if device_type == "cuda":
+        cap = "unknown" if capability is None else f"sm_{capability[0]}{capability[1]}"
+        return (
+            f"Triton's int8 tl.dot needs sm_80+ and this GPU is {cap}: int8_gemm uses torch._int_mm "
+            "(cuBLASLt int8) where its shape rules allow (M > 16, K and N multiples of 8), else an exact "
+            "float64 matmul of the integers, with the same epilogue"
+        )
+    return (
+        f"the Triton kernels are compiled for the GPU, and these are {device_type} tensors: int8_gemm uses "
+        "torch_ops.int8_matmul (exact) with the same epilogue"
+    )
+
+
 def int8_gemm_backend(device: Any = None) -> str:
     """Which path :func:`int8_gemm` takes for tensors on ``device`` (default: :func:`effx_lab.device.torch_device`):
     ``"triton"`` (compiled, CUDA sm_80+), ``"interpreter"`` (Triton's CPU interpreter) or ``"torch"``
     (:func:`_int8_gemm_torch`: on a CUDA GPU below sm_80, e.g. a T4, where Triton's int8 ``tl.dot`` does not
-    compile, and for CPU tensors on a machine whose kernels are compiled for its GPU)."""
+    compile, and for CPU tensors on a machine whose kernels are compiled for its GPU).
+    :func:`int8_gemm_backend_reason` says why, in words."""
     dev = _device.resolve_torch_device(device)
     cap = _device.capability() if dev.type == "cuda" else None
     return _int8_backend(dev.type, cap, _kernel_is_interpreted())
+
+
+def int8_gemm_backend_reason(device: Any = None) -> str:
+    """One sentence saying why :func:`int8_gemm` takes the path :func:`int8_gemm_backend` names on ``device``;
+    e.g. on a T4: "Triton's int8 tl.dot needs sm_80+ and this GPU is sm_75: int8_gemm uses torch._int_mm ..."."""
+    dev = _device.resolve_torch_device(device)
+    cap = _device.capability() if dev.type == "cuda" else None
+    return _int8_backend_reason(dev.type, cap, _kernel_is_interpreted())
 
 
 def _int8_gemm_torch(
@@ -653,10 +815,12 @@ def _int8_gemm_torch(
     bias: torch.Tensor | None,
     out_dtype: torch.dtype,
 ) -> torch.Tensor:
-    """The fallback of :func:`int8_gemm` (inputs already validated): ``a_q @ b_q^T`` as an exact float64 matmul
-    of the integers (exact while ``K * 128 * 128 < 2^53``), rounded back to int32, then the same float32
-    epilogue as the kernel."""
-    acc = torch.round(a_q.to(torch.float64) @ b_q.to(torch.float64).T).to(torch.int32)
+    """The fallback of :func:`int8_gemm` (inputs already validated): the exact int32 ``a_q @ b_q^T`` of
+    ``torch_ops.int8_matmul`` (``torch._int_mm`` on CUDA where its shape rules allow, else exact float GEMMs of
+    the integers), then the same float32 epilogue as the kernel."""
+    from effx_lab.quant.torch_ops import int8_matmul  # torch only, only here
+
+    acc = int8_matmul(a_q, b_q)
     if a_scale is None and bias is None:
         return acc.to(out_dtype)
     y = acc.to(torch.float32)
@@ -868,6 +1032,16 @@ def _report_cases() -> list[dict]:
                       "scale_cap": "fp32"},
         "constexprs": {"QMAX": 127, "BLOCK_R": br, "BLOCK_L": bl, "ONE_TILE": one}, "num_warps": 4, "fp_fusion": False,
     })  # fmt: skip
+    for dt, length in ((torch.float16, 4096), (torch.bfloat16, 4096), (torch.float16, 16384)):
+        br, bl, one = _quant_config(length)
+        cases.append({
+            "name": f"layernorm_quantize_rows {_DT[dt]} D={length}" + ("" if one else " (four passes)"),
+            "kernel": "_layernorm_quantize_kernel",
+            "signature": {"x_ptr": f"*{_DT[dt]}", "w_ptr": "*fp32", "b_ptr": "*fp32", "q_ptr": "*i8",
+                          "scale_ptr": "*fp32", "R": "i32", "L": "i32", "eps": "fp32", "scale_cap": "fp32"},
+            "constexprs": {"QMAX": 127, "BLOCK_R": br, "BLOCK_L": bl, "ONE_TILE": one},
+            "num_warps": 4, "fp_fusion": False,
+        })  # fmt: skip
     br, bl = _dequant_config(4096)
     cases.append({
         "name": "dequantize_rows -> fp16", "kernel": "_dequantize_rows_kernel",

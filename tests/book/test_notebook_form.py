@@ -537,16 +537,19 @@ def test_form_titles_are_hidden_in_the_page_only():
         "def g():\n    ### BEGIN SOLUTION\n    pass\n    ### END SOLUTION\n",
         {"effx": {"solution": "ex-2"}},
     )
-    other = cell("#@title not a solution\nx = 1\n### BEGIN SOLUTION", {})
-    doc = nodes.section("", solution, markers_only, other)
-    assert EXT.hide_form_titles(doc) == 2
+    myst = cell("def h():\n    ### BEGIN SOLUTION\n    pass\n    ### END SOLUTION", {})
+    other = cell("#@title not a solution\nx = 1", {})
+    doc = nodes.section("", solution, markers_only, myst, other)
+    assert EXT.hide_form_titles(doc) == 3
     blocks = [b.astext() for b in doc.findall(nodes.literal_block)]
     assert blocks == [
         "def f():\n    # hint\n    return 1",
         "#@title printed",
         "def g():\n    pass\n",
         "#@title printed",
-        "#@title not a solution\nx = 1\n### BEGIN SOLUTION",
+        "def h():\n    pass",
+        "#@title printed",
+        "#@title not a solution\nx = 1",
         "#@title printed",
     ]
 

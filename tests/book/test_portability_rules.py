@@ -21,7 +21,8 @@ ROOT = Path(__file__).resolve().parents[2]
 from _notebooks import NOTEBOOKS  # noqa: E402
 
 # Calls into a kernel module that do not launch a kernel.
-_KERNEL_SAFE = {"kernel_source", "available", "why_unavailable", "int8_gemm_backend", "compile_report", "MODES",
+_KERNEL_SAFE = {"kernel_source", "available", "why_unavailable", "int8_gemm_backend",
+                "int8_gemm_backend_reason", "compile_report", "MODES",
                 "DTYPES", "FLOAT_DTYPES"}
 _KERNEL_CALL = re.compile(r"\bK\.(\w+)\(")
 _TIMING = re.compile(r"\b(compare|time_fn|perf_counter|process_time|timeit|benchmark|blocked_autorange)\b")

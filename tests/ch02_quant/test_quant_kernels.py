@@ -277,6 +277,20 @@ def test_int8_backend_decision():
         assert K.int8_gemm_backend("cpu") == "interpreter"
 
 
+def test_int8_backend_reason_names_the_gate():
+    # a T4 (sm_75) is not dropped silently: the reason names the capability, what Triton needs and the path taken
+    t4 = K._int8_backend_reason("cuda", (7, 5), False)
+    assert "sm_80+" in t4 and "sm_75" in t4 and "torch._int_mm" in t4
+    assert K._int8_backend_reason("cuda", (7, 0), True) == t4.replace("sm_75", "sm_70")
+    assert "sm_80" in K._int8_backend_reason("cuda", (8, 0), False) and "needs" not in K._int8_backend_reason(
+        "cuda", (8, 0), False
+    )
+    assert "sm_90" in K._int8_backend_reason("cuda", (9, 0), False)
+    assert "interpreter" in K._int8_backend_reason("cpu", None, True)
+    assert "cpu tensors" in K._int8_backend_reason("cpu", None, False)
+    assert isinstance(K.int8_gemm_backend_reason(DEVICE), str)
+
+
 def test_int8_gemm_takes_the_torch_path_when_gated(monkeypatch):
     a = torch.randint(-127, 128, (5, 40), generator=_gen(8), dtype=torch.int8).to(DEVICE)
     b = torch.randint(-127, 128, (6, 40), generator=_gen(9), dtype=torch.int8).to(DEVICE)
@@ -445,6 +459,123 @@ def test_compiles_for_gpu_targets():
     sm80 = by_target["sm_80"]
     assert sm80["ok"] is True and sm80["mma"] == "mma.sync" and sm80["spill_bytes"] == 0
     assert 0 < sm80["registers"] <= 255 and sm80["shared_bytes"] > 0
+
+
+@pytest.mark.slow
+def test_layernorm_quantize_compiles_without_spills():
+    nvidia = pytest.importorskip("triton.backends.nvidia.compiler")
+    try:
+        if not nvidia.get_ptxas(80).path:  # pragma: no cover
+            pytest.skip("no ptxas for sm_80 in this Triton install")
+        rows = K.compile_report((80,), match="layernorm_quantize_rows fp16", timeout=300)
+    except Exception as exc:  # noqa: BLE001 - pragma: no cover - no NVIDIA backend tools here
+        pytest.skip(f"cannot compile for NVIDIA targets here: {exc}")
+    assert {r["name"] for r in rows} == {"layernorm_quantize_rows fp16 D=4096",
+                                         "layernorm_quantize_rows fp16 D=16384 (four passes)"}
+    assert all(r["ok"] and r["spill_bytes"] == 0 and r["mma"] is None for r in rows), rows
+
+
+# ============================================================================ LayerNorm + token-wise quantize
+def _ln_case(seed: int, m: int, d: int, dtype=torch.float32):
+    g = _gen(seed)
+    # tokens of very different sizes and offsets, one outlier feature: what a Transformer's LayerNorm receives
+    x = torch.randn(m, d, generator=g, dtype=torch.float64) * (0.1 + 10 * torch.rand(m, 1, generator=g,
+                                                                                      dtype=torch.float64))
+    x = x + torch.randn(m, 1, generator=g, dtype=torch.float64)
+    x[:, min(3, d - 1)] += 25.0
+    w = 1.0 + 0.3 * torch.randn(d, generator=g, dtype=torch.float64)
+    b = 0.2 * torch.randn(d, generator=g, dtype=torch.float64)
+    return x.to(dtype), w.float(), b.float()
+
+
+def _assert_ln_quant_close(q, s, x, w, b, eps=1e-5, bits=8):
+    """The kernel (float32) against the reference computed from the same input in float64.
+
+    The LayerNorm output y carries float32 rounding (a few ulps of max|y| per value), so where y / scale lies
+    that close to a half-integer the two round to neighbouring codes: codes may differ by 1, never more, and
+    only in a few places; scales agree to float32 rounding; each dequantized value is within one step of y.
+    """
+    qr, sr = R.layernorm_quantize_rows(_np(x).astype(np.float64), _np(w).astype(np.float64),
+                                       _np(b).astype(np.float64), eps, bits)
+    qk, sk = _np(q).astype(np.int64), _np(s).astype(np.float64)
+    assert q.dtype == torch.int8 and s.dtype == torch.float32
+    assert qk.shape == qr.shape and sk.shape == sr.shape
+    diff = np.abs(qk - qr)
+    assert diff.max() <= 1 and diff.mean() < 0.01, (diff.max(), diff.mean())
+    np.testing.assert_allclose(sk, sr, rtol=64 * U32)
+    x64 = _np(x).astype(np.float64)
+    mean = x64.mean(-1, keepdims=True)
+    yref = (x64 - mean) / np.sqrt(((x64 - mean) ** 2).mean(-1, keepdims=True) + eps) * _np(w) + _np(b)
+    assert np.all(np.abs(qk * sk[..., None] - yref) <= sr[..., None])
+
+
+@pytest.mark.parametrize("m, d", [(37, 384), (5, 100), (1, 7), (130, 64)])
+@pytest.mark.parametrize("bits", [8, 4])
+def test_layernorm_quantize_rows_matches_reference(m, d, bits):
+    x, w, b = _ln_case(20 + m + d, m, d)
+    q, s = K.layernorm_quantize_rows(x.to(DEVICE), w.to(DEVICE), b.to(DEVICE), 1e-5, bits)
+    _assert_ln_quant_close(q, s, x, w, b, 1e-5, bits)
+
+
+def test_layernorm_quantize_rows_long_rows_take_four_passes():
+    x, w, b = _ln_case(30, 3, 5000)  # 5000 > 4096: the tiled path
+    assert K._quant_config(5000)[2] is False
+    q, s = K.layernorm_quantize_rows(x.to(DEVICE), w.to(DEVICE), b.to(DEVICE), eps=1e-3)
+    _assert_ln_quant_close(q, s, x, w, b, eps=1e-3)
+
+
+def test_layernorm_quantize_rows_equals_the_unfused_two_steps_mostly():
+    # the unfused pipeline on the same device: F.layer_norm in float32, then the row-quantize kernel
+    x, w, b = _ln_case(31, 48, 256)
+    xd, wd, bd = x.to(DEVICE), w.to(DEVICE), b.to(DEVICE)
+    q, s = K.layernorm_quantize_rows(xd, wd, bd)
+    q2, s2 = K.quantize_rows(torch.nn.functional.layer_norm(xd, (256,), wd, bd, 1e-5))
+    diff = (q.long() - q2.long()).abs()
+    assert int(diff.max()) <= 1 and float(diff.float().mean()) < 0.01
+    np.testing.assert_allclose(_np(s), _np(s2), rtol=64 * U32)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_layernorm_quantize_rows_half_inputs(dtype):
+    x, w, b = _ln_case(32, 6, 96, dtype)
+    q, s = K.layernorm_quantize_rows(x.to(DEVICE), w.to(DEVICE), b.to(DEVICE))
+    _assert_ln_quant_close(q, s, x.float(), w, b)  # the reference sees the same (rounded) inputs
+
+
+def test_layernorm_quantize_rows_leading_dims_and_constant_rows():
+    x, w, b = _ln_case(33, 12, 32)
+    q, s = K.layernorm_quantize_rows(x.reshape(3, 4, 32).to(DEVICE), w.to(DEVICE), b.to(DEVICE))
+    q2, s2 = K.layernorm_quantize_rows(x.to(DEVICE), w.to(DEVICE), b.to(DEVICE))
+    assert q.shape == (3, 4, 32) and s.shape == (3, 4)
+    assert torch.equal(q.reshape(12, 32), q2) and torch.equal(s.reshape(12), s2)
+    # a constant row normalizes to 0; with a zero bias its codes are 0 and its scale 1
+    qc, sc = K.layernorm_quantize_rows(torch.full((2, 32), 3.0, device=DEVICE), w.to(DEVICE),
+                                       torch.zeros(32, device=DEVICE))
+    assert not qc.any() and torch.all(sc == 1.0)
+
+
+def test_layernorm_quantize_rows_rejects_bad_inputs():
+    x, w, b = (t.to(DEVICE) for t in _ln_case(34, 4, 16))
+    with pytest.raises(TypeError, match="x must be a torch tensor"):
+        K.layernorm_quantize_rows(_np(x), w, b)
+    with pytest.raises(TypeError, match="x must have dtype"):
+        K.layernorm_quantize_rows(x.double(), w, b)
+    with pytest.raises(ValueError, match=r"weight must have shape \(16,\)"):
+        K.layernorm_quantize_rows(x, w[:8], b)
+    with pytest.raises(ValueError, match="bias must have shape"):
+        K.layernorm_quantize_rows(x, w, b[:8])
+    with pytest.raises(ValueError, match="eps must be a positive"):
+        K.layernorm_quantize_rows(x, w, b, eps=0.0)
+    with pytest.raises(ValueError, match="bits"):
+        K.layernorm_quantize_rows(x, w, b, bits=1)
+    bad = x.clone()
+    bad[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="x must contain only finite"):
+        K.layernorm_quantize_rows(bad, w, b)
+    wb = w.clone()
+    wb[1] = float("inf")
+    with pytest.raises(ValueError, match="weight must contain only finite"):
+        K.layernorm_quantize_rows(x, wb, b)
 
 
 # ============================================================================ bad input

@@ -599,3 +599,88 @@ def test_cuda_matches_cpu():
 def test_adapter_is_torch():
     """The property tests above really run the torch backend (not the reference twice)."""
     assert any(isinstance(p.values[0], TorchAdapter) for p in BACKENDS)
+
+
+# ============================================================================ LayerNorm + token-wise quantize
+def _ln_inputs(seed: int, shape: tuple[int, ...], dtype=np.float64):
+    rng = np.random.default_rng(seed)
+    d = shape[-1]
+    # tokens of very different sizes and offsets, and one outlier feature (LayerNorm's input in a Transformer)
+    x = rng.normal(size=shape) * rng.uniform(0.1, 10.0, size=(*shape[:-1], 1)) + rng.normal(size=(*shape[:-1], 1))
+    x[..., 3] += 25.0
+    w, b = rng.normal(1.0, 0.3, d), rng.normal(0.0, 0.2, d)
+    return x.astype(dtype), w.astype(dtype), b.astype(dtype)
+
+
+@pytest.mark.parametrize("shape", [(9, 48), (2, 5, 40), (64,), (3, 4096)])
+@pytest.mark.parametrize("bits", [8, 4])
+def test_layernorm_quantize_rows_twins_agree_in_float64(shape, bits):
+    x, w, b = _ln_inputs(11, shape)
+    q, s = R.layernorm_quantize_rows(x, w, b, 1e-5, bits)
+    qt, st = T.layernorm_quantize_rows(*(torch.from_numpy(a) for a in (x, w, b)), 1e-5, bits)
+    assert q.dtype == np.int8 and q.shape == shape and s.shape == shape[:-1]
+    assert qt.dtype == torch.int8 and tuple(st.shape) == shape[:-1] and st.dtype == torch.float64
+    np.testing.assert_array_equal(q, qt.numpy())
+    np.testing.assert_allclose(s, st.numpy(), rtol=1e-13)
+
+
+@pytest.mark.parametrize("m", BACKENDS)
+def test_layernorm_quantize_rows_is_layernorm_then_absmax(m):
+    x, w, b = _ln_inputs(12, (6, 32))
+    q, s = m.layernorm_quantize_rows(x, w, b, eps=1e-3)
+    y = layer_norm(x, w, b, eps=1e-3)
+    q2, s2 = Q.absmax_quantize(y, axis=-1)
+    np.testing.assert_allclose(s, s2[:, 0], rtol=1e-12)
+    # the same codes (float64: a tie within 1e-12 of a half-integer does not occur on this seed)
+    np.testing.assert_array_equal(q, q2)
+    qmax = 127
+    assert np.abs(q).max(axis=-1).tolist() == [qmax] * 6  # every row reaches the end of its grid
+    # dequantized within half a step of the LayerNorm output
+    assert np.all(np.abs(q * s[:, None] - y) <= 0.5 * s[:, None] * (1 + 1e-9))
+
+
+@pytest.mark.parametrize("m", BACKENDS)
+def test_layernorm_quantize_rows_float32_and_constant_rows(m):
+    x, w, b = _ln_inputs(13, (5, 24), np.float32)
+    q, s = m.layernorm_quantize_rows(x, w, b)
+    assert s.dtype == np.float32 and q.dtype == np.int8
+    # a constant row normalizes to 0: y = bias, so with a zero bias the row is all zero and gets scale 1
+    xc = np.full((2, 24), 3.0)
+    q0, s0 = m.layernorm_quantize_rows(xc, np.ones(24), np.zeros(24))
+    assert not q0.any() and np.all(s0 == 1.0)
+    # and with a bias the codes are the bias's own
+    bias = np.linspace(-1.0, 2.0, 24)
+    qb, sb = m.layernorm_quantize_rows(xc, np.ones(24), bias)
+    np.testing.assert_allclose(qb * sb[:, None], np.broadcast_to(bias, (2, 24)), atol=0.5 * 2.0 / 127 + 1e-12)
+
+
+@pytest.mark.parametrize("m", BACKENDS)
+def test_layernorm_quantize_rows_rejects_bad_inputs(m):
+    x, w, b = _ln_inputs(14, (4, 16))
+    with pytest.raises(ValueError, match=r"weight and bias must have shape \(16,\)"):
+        m.layernorm_quantize_rows(x, w[:8], b)
+    with pytest.raises(ValueError, match="weight and bias must have shape"):
+        m.layernorm_quantize_rows(x, w, b[:8])
+    with pytest.raises(ValueError, match="eps"):
+        m.layernorm_quantize_rows(x, w, b, eps=0.0)
+    with pytest.raises(ValueError, match="bits"):
+        m.layernorm_quantize_rows(x, w, b, bits=9)
+    bad = x.copy()
+    bad[1, 2] = np.nan
+    with pytest.raises(ValueError, match="x must contain only finite"):
+        m.layernorm_quantize_rows(bad, w, b)
+    wb = w.copy()
+    wb[0] = np.inf
+    with pytest.raises(ValueError, match="weight must contain only finite"):
+        m.layernorm_quantize_rows(x, wb, b)
+    with pytest.raises(TypeError, match="x"):
+        m.layernorm_quantize_rows(x.astype(np.int32), w, b)
+
+
+def test_layernorm_quantize_rows_torch_needs_tensors_on_one_device():
+    x, w, b = _ln_inputs(15, (4, 16))
+    with pytest.raises(TypeError, match="weight"):
+        T.layernorm_quantize_rows(torch.from_numpy(x), w, torch.from_numpy(b))
+    if torch.cuda.is_available():  # pragma: no cover - GPU machines
+        with pytest.raises(ValueError, match="bias must be on the device of x"):
+            T.layernorm_quantize_rows(torch.from_numpy(x).cuda(), torch.from_numpy(w).cuda(), torch.from_numpy(b))
