@@ -654,6 +654,7 @@ def test_output_has_no_source_maps_reports_or_unused_vendored_files():
             assert f"_static/{name}" in pages, f"_static/{name} is in the output but no page uses it"
 
 
+@pytest.mark.browser  # reads the built book: runs with the browser tests, after make book
 def test_rendered_solutions_hide_colab_titles_and_nbgrader_markers():
     """A solution reads as code a programmer would write: the page shows neither Colab's
     ``#@title`` line nor nbgrader's ``### BEGIN/END SOLUTION`` lines (the notebook keeps
