@@ -68,6 +68,7 @@ from effx_lab.models.lm import (
 from effx_lab.models.training import evaluate, train
 
 from . import torch_ops as flash_ops
+from .models import _gau_params  # the "gau" mixer's initialisation (rel_bias_init)
 from .params import init_gau_params
 from .shapes import glu_param_shapes
 
@@ -229,8 +230,9 @@ def gau_heads_mixer(
             f"n_heads must divide s = {s} and e = {expansion * d_model}, "
             f"got n_heads = {n_heads}"
         )
-    params = init_gau_params(d_model, expansion, s, max_rel, seed=seed)
-    params["rel_bias"] = np.full_like(params["rel_bias"], float(rel_bias_init))
+    params = _gau_params(
+        init_gau_params, d_model, expansion, s, max_rel, rel_bias_init, seed
+    )  # the "gau" mixer's weights, weight for weight
     apply = functools.partial(_gau_heads_apply, n_heads=n_heads, causal=causal)
     return Sublayer(params, apply, no_decay=("gamma", "beta"))
 

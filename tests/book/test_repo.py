@@ -203,3 +203,32 @@ def test_pin_validates_its_arguments_and_writes_nothing_on_a_broken_file(tmp_pat
     with pytest.raises(ValueError, match="no `branch:` line"):
         pin_course_ref(root, "v1")
     assert (root / "effx_lab" / "__init__.py").read_text() == init_before  # checked everything before writing
+
+
+def test_every_data_file_of_the_package_ships_in_the_wheel():
+    """Colab installs the wheel, not a checkout: every tracked non-Python file under
+    effx_lab/ must match a [tool.setuptools.package-data] pattern of its package."""
+    import fnmatch
+    import subprocess
+    import tomllib
+
+    data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    patterns = data.get("package-data", {})
+    files = subprocess.run(
+        ["git", "ls-files", "effx_lab"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert files, "git ls-files found nothing under effx_lab/"
+    data_files = [f for f in files if not f.endswith(".py") and not f.endswith(".typed")]
+    assert any(f.endswith(".npz") for f in data_files)  # the TinyLM weights at least
+    missing = []
+    for f in data_files:
+        parts = f.split("/")
+        shipped = False
+        for depth in range(len(parts) - 1, 0, -1):
+            package, rest = ".".join(parts[:depth]), "/".join(parts[depth:])
+            if any(fnmatch.fnmatch(rest, pat) for pat in patterns.get(package, ())):
+                shipped = True
+                break
+        if not shipped:
+            missing.append(f)
+    assert not missing, f"not in pyproject's package-data, so not in the wheel: {missing}"
