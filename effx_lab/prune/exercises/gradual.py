@@ -1,0 +1,4 @@
+"""Checkers of notebook gradual (being written)."""
+from __future__ import annotations
+
+__all__: list[str] = []

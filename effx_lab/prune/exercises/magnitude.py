@@ -1,0 +1,4 @@
+"""Checkers of notebook magnitude (being written)."""
+from __future__ import annotations
+
+__all__: list[str] = []
