@@ -468,6 +468,8 @@ def train(
     *,
     steps: int | None = None,
     time_budget_s: float | None = None,
+    schedule_start: int = 0,
+    schedule_steps: int | None = None,
     batch_size: int = 16,
     seq_len: int = 128,
     lr: float = 3e-3,
@@ -508,7 +510,13 @@ def train(
     ``min_ratio``), read at the position training reaches at the end of each step: ``k``
     for step ``k`` of ``steps``, and with a time budget the training time spent so far
     plus the duration of the previous step, in seconds (``warmup`` and ``hold`` are then
-    seconds too). Then the ``after_step`` hooks run (``hook(model, step)``, under
+    seconds too). ``schedule_start`` and ``schedule_steps`` (step budgets only) let a
+    run follow the schedule of a longer one: step ``k`` of this run reads position
+    ``schedule_start + k`` of a schedule of ``schedule_steps`` steps (default ``steps``:
+    the run's own schedule), which needs ``schedule_start + steps <= schedule_steps``.
+    Learning-rate rewinding (Renda et al. 2020) retrains for ``steps`` with the rates of
+    the last ``steps`` of the original run: ``schedule_start=T - steps,
+    schedule_steps=T``. Then the ``after_step`` hooks run (``hook(model, step)``, under
     ``torch.no_grad()``). A non-finite loss raises ``FloatingPointError``.
 
     Weight decay goes to every trainable parameter with two or more dimensions, except
@@ -557,8 +565,30 @@ def train(
             if eval_every is None
             else check_int("eval_every", eval_every, min_value=1)
         )
-        total: float = steps
+        schedule_start = check_int("schedule_start", schedule_start, min_value=0)
+        if schedule_steps is None:
+            schedule_steps = schedule_start + steps
+            if schedule_start:
+                raise ValueError(
+                    "schedule_start needs schedule_steps (the length of the schedule "
+                    f"it is a position in), got schedule_start={schedule_start} and "
+                    "schedule_steps=None"
+                )
+        schedule_steps = check_int("schedule_steps", schedule_steps, min_value=1)
+        if schedule_start + steps > schedule_steps:
+            raise ValueError(
+                "schedule_start + steps must be <= schedule_steps (the run must end "
+                f"inside the schedule), got schedule_start={schedule_start} + "
+                f"steps={steps} > schedule_steps={schedule_steps}"
+            )
+        total: float = schedule_steps
     else:
+        if schedule_start != 0 or schedule_steps is not None:
+            raise ValueError(
+                "schedule_start and schedule_steps go with steps, not with "
+                f"time_budget_s, got schedule_start={schedule_start!r} and "
+                f"schedule_steps={schedule_steps!r}"
+            )
         time_budget_s = check_float(
             "time_budget_s", time_budget_s, min_value=0.0, min_inclusive=False
         )
@@ -627,7 +657,8 @@ def train(
     opt = torch.optim.AdamW(_param_groups(model, weight_decay), lr=lr, betas=betas)
     history = TrainHistory(tokens_per_step=batch_size * seq_len)
     history.settings = dict(
-        steps=steps, time_budget_s=time_budget_s, batch_size=batch_size,
+        steps=steps, time_budget_s=time_budget_s, schedule_start=schedule_start,
+        schedule_steps=schedule_steps, batch_size=batch_size,
         seq_len=seq_len, lr=lr, warmup=warmup, hold=hold, min_ratio=min_ratio,
         weight_decay=weight_decay, betas=betas, grad_clip=grad_clip,
         eval_batches=eval_batches, eval_batch_size=eval_batch_size, eval_seed=eval_seed,
@@ -648,7 +679,7 @@ def train(
     running, n_running = 0.0, 0
     next_eval_s = eval_every_s
     bar = progress_bar(
-        total=total,
+        total=steps if steps is not None else total,
         desc=desc,
         enabled=progress,
         unit="step" if steps is not None else "s",
@@ -659,7 +690,7 @@ def train(
             if steps is not None:
                 if step >= steps:
                     break
-                position: float = step + 1
+                position: float = schedule_start + step + 1
             else:
                 if elapsed >= time_budget_s:
                     break

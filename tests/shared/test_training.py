@@ -297,6 +297,66 @@ def test_time_budget_and_evaluation_schedule() -> None:
     assert by_steps.to_dict()["steps"] == 10
 
 
+def test_schedule_offset_follows_the_tail_of_a_longer_run() -> None:
+    """Learning-rate rewinding: a run of 4 steps with schedule_start=6 and
+    schedule_steps=10 uses exactly the learning rates of steps 7..10 of a 10-step run;
+    the default (schedule_start=0, schedule_steps=steps) is the run's own schedule."""
+    data = _tokens()
+    kw = dict(batch_size=4, seq_len=8, lr=1e-2, warmup=2, hold=1, min_ratio=0.1)
+    long = training.train(_model(), data, steps=10, **kw)
+    tail = training.train(
+        _model(), data, steps=4, schedule_start=6, schedule_steps=10, **kw
+    )
+    assert tail.lrs == long.lrs[6:]
+    assert tail.settings["schedule_start"] == 6
+    assert tail.settings["schedule_steps"] == 10
+    # a head of the schedule: the first 4 rates of the long run, then the run stops
+    head = training.train(_model(), data, steps=4, schedule_steps=10, **kw)
+    assert head.lrs == long.lrs[:4]
+    # the default is unchanged: the run's own schedule, as lr_schedule gives it
+    own = training.train(_model(), data, steps=4, **kw)
+    want = [
+        training.lr_schedule(k, 4, lr=1e-2, warmup=2, hold=1, min_ratio=0.1)
+        for k in range(1, 5)
+    ]
+    assert own.lrs == want and own.lrs != tail.lrs
+    same = training.train(
+        _model(), data, steps=4, schedule_start=0, schedule_steps=4, **kw
+    )
+    assert same.lrs == own.lrs and same.losses == own.losses
+
+
+def test_schedule_offset_rejects_bad_arguments() -> None:
+    data, model = _tokens(), _model()
+    kw = dict(batch_size=2, seq_len=8)
+    with pytest.raises(ValueError, match="schedule_start must be an int >= 0, got -1"):
+        training.train(model, data, steps=2, schedule_start=-1, schedule_steps=4, **kw)
+    with pytest.raises(
+        ValueError,
+        match=r"schedule_start \+ steps must be <= schedule_steps.*"
+        r"schedule_start=3 \+ steps=2 > schedule_steps=4",
+    ):
+        training.train(model, data, steps=2, schedule_start=3, schedule_steps=4, **kw)
+    with pytest.raises(ValueError, match="schedule_start needs schedule_steps"):
+        training.train(model, data, steps=2, schedule_start=1, **kw)
+    with pytest.raises(ValueError, match="schedule_steps must be an int"):
+        training.train(model, data, steps=2, schedule_steps=0, **kw)
+    with pytest.raises(TypeError, match="schedule_start must be an int"):
+        training.train(model, data, steps=2, schedule_start=1.5, schedule_steps=4, **kw)
+    with pytest.raises(
+        ValueError, match="schedule_start and schedule_steps go with steps"
+    ):
+        training.train(model, data, time_budget_s=1.0, schedule_steps=4, **kw)
+    with pytest.raises(
+        ValueError, match="schedule_start and schedule_steps go with steps"
+    ):
+        training.train(model, data, time_budget_s=1.0, schedule_start=2, **kw)
+    # warm-up is checked against the schedule's length, not the run's
+    training.train(_model(), data, steps=1, schedule_steps=6, warmup=5, **kw)
+    with pytest.raises(ValueError, match="warmup must be <= 6"):
+        training.train(model, data, steps=1, schedule_steps=6, warmup=7, **kw)
+
+
 def test_train_rejects_bad_arguments() -> None:
     data, model = _tokens(), _model()
     with pytest.raises(ValueError, match="exactly one of time_budget_s and steps"):
