@@ -16,13 +16,18 @@ model.layers[l].items()}`` feeds the NumPy references directly, and any paramete
 masked, pruned or swapped by name. The shared side registers:
 
 * mixer ``"softmax"``: pre-LN multi-head softmax attention
-  (:func:`effx_lab.attention.torch_ops.multi_head_attention`; option ``n_heads``; keys
+  (:func:`effx_lab.attention.torch_ops.multi_head_attention`; options ``n_heads`` and
+  ``head_dim``, for fewer heads than ``d_model`` needs, as after head pruning; keys
   ``ln1_g, ln1_b, wq, bq, wk, bk, wv, bv, wo, bo``);
 * FFN ``"gelu"``: pre-LN ``gelu(h W1 + b1) W2 + b2`` (option ``d_ff``, default ``4 d``;
   keys ``ln2_g, ln2_b, w1, b1, w2, b2``). Together they are exactly the pre-LN
   Transformer layer of :func:`effx_lab.attention.torch_ops.transformer_layer`, with the
   weights of :func:`effx_lab.attention.params.init_transformer_layer_params` for the
   layer's seed.
+
+:meth:`LM.rebuild_sublayer` gives one layer's sublayer new options and new (smaller)
+parameters in place: structured pruning (chapter 3) shrinks layers this way, so layers
+may differ (:meth:`LM.sublayer_options`).
 
 Chapters add their own sublayers with :func:`register_mixer` / :func:`register_ffn` when
 they are imported (shared packages never import a chapter). Chapter 7 (``import
@@ -70,6 +75,7 @@ from torch import nn
 from effx_lab._validate import (
     check_alloc,
     check_bool,
+    check_choice,
     check_instance,
     check_int,
     describe,
@@ -222,13 +228,28 @@ _FFN_KEYS = ("ln2_g", "ln2_b", "w1", "b1", "w2", "b2")
 
 
 def _softmax_apply(
-    x: torch.Tensor, p: Mapping[str, torch.Tensor], *, n_heads: int, causal: bool
+    x: torch.Tensor,
+    p: Mapping[str, torch.Tensor],
+    *,
+    n_heads: int,
+    causal: bool,
+    head_dim: int | None = None,
 ) -> torch.Tensor:
     t = tensor_params(p, ("ln1_g", "ln1_b"), x)
     h = F.layer_norm(x, (x.shape[-1],), t["ln1_g"], t["ln1_b"], eps=_LN_EPS)
-    return x + attn_ops.multi_head_attention(
-        h, {k: p[k] for k in _MHA_KEYS}, n_heads, causal
-    )
+    if head_dim is None or n_heads * head_dim == x.shape[-1]:
+        return x + attn_ops.multi_head_attention(
+            h, {k: p[k] for k in _MHA_KEYS}, n_heads, causal
+        )
+    # heads of their own width (after head pruning): project, split, attend, merge
+    t = tensor_params(p, _MHA_KEYS, x)
+    q, k, v = (
+        linear(h, t[f"w{c}"], t[f"b{c}"]).unflatten(-1, (n_heads, head_dim))
+        .transpose(-2, -3)
+        for c in "qkv"
+    )  # each (..., n_heads, n, head_dim)
+    o = attn_ops.softmax_attention(q, k, v, causal, 1.0 / math.sqrt(head_dim))
+    return x + linear(o.transpose(-2, -3).flatten(-2), t["wo"], t["bo"])
 
 
 def _gelu_apply(x: torch.Tensor, p: Mapping[str, torch.Tensor]) -> torch.Tensor:
@@ -240,18 +261,52 @@ def _gelu_apply(x: torch.Tensor, p: Mapping[str, torch.Tensor]) -> torch.Tensor:
 
 
 def softmax_attention_mixer(
-    d_model: int, *, seed: int, causal: bool, n_heads: int = 4
+    d_model: int,
+    *,
+    seed: int,
+    causal: bool,
+    n_heads: int = 4,
+    head_dim: int | None = None,
 ) -> Sublayer:
     """The ``"softmax"`` mixer: ``x + MHA(LN(x))`` with ``n_heads`` heads (the
     materialised softmax of :mod:`effx_lab.attention.torch_ops`), weights of
     :func:`~effx_lab.attention.params.init_mha_params`.
+
+    ``head_dim`` (default ``d_model // n_heads``) lets the heads be narrower or fewer
+    than ``d_model`` needs, as after head pruning (``n_heads`` of the original width):
+    ``wq, wk, wv`` are then ``(d_model, n_heads * head_dim)``, ``wo`` is ``(n_heads *
+    head_dim, d_model)``, scores are scaled by ``1 / sqrt(head_dim)``, and the weights
+    are drawn ``N(0, 0.02)`` with zero biases, as ``init_mha_params`` draws them.
     """
     check_bool("causal", causal)
-    params = init_mha_params(d_model, n_heads, seed=seed)
+    d_model = check_int("d_model", d_model, min_value=1)
+    n_heads = check_int("n_heads", n_heads, min_value=1)
+    if head_dim is not None:
+        head_dim = check_int("head_dim", head_dim, min_value=1)
+    if head_dim is None or n_heads * head_dim == d_model:
+        params = init_mha_params(d_model, n_heads, seed=seed)
+        head_dim = None  # the square layer of multi_head_attention
+    else:
+        inner = n_heads * head_dim
+        check_alloc(
+            f"softmax_attention_mixer(d_model={d_model}, n_heads={n_heads}, "
+            f"head_dim={head_dim})",
+            4 * (4 * (d_model + 1) * inner + 8 * d_model * inner),
+        )
+        rng = np.random.default_rng(seed)
+        params = {}
+        for c in "qkv":
+            params[f"w{c}"] = rng.normal(0.0, 0.02, (d_model, inner)).astype(np.float32)
+            params[f"b{c}"] = np.zeros(inner, dtype=np.float32)
+        params["wo"] = rng.normal(0.0, 0.02, (inner, d_model)).astype(np.float32)
+        params["bo"] = np.zeros(d_model, dtype=np.float32)
     params["ln1_g"] = np.ones(d_model, dtype=np.float32)
     params["ln1_b"] = np.zeros(d_model, dtype=np.float32)
     return Sublayer(
-        params, functools.partial(_softmax_apply, n_heads=n_heads, causal=causal)
+        params,
+        functools.partial(
+            _softmax_apply, n_heads=n_heads, causal=causal, head_dim=head_dim
+        ),
     )
 
 
@@ -404,6 +459,10 @@ class LM(nn.Module):
         check_alloc(what, emb_bytes + 8 * max(v, n) * d)
         self.spec = spec
         self.seed = seed
+        self._options = [
+            {"mixer": dict(spec.mixer_options), "ffn": dict(spec.ffn_options)}
+            for _ in range(spec.n_layers)
+        ]
         layers, self._plans, no_decay = [], [], []
         for i in range(spec.n_layers):
             parts = self._sublayers(_layer_seed(seed, i + 1))
@@ -435,6 +494,103 @@ class LM(nn.Module):
         self.layers = nn.ModuleList(layers)
         self.ln_f_g = nn.Parameter(torch.ones(d))
         self.ln_f_b = nn.Parameter(torch.zeros(d))
+
+    def _roles(self) -> tuple[str, ...]:
+        return ("mixer",) if self.spec.ffn is None else ("mixer", "ffn")
+
+    def sublayer_options(self, index: int, role: str) -> dict[str, Any]:
+        """The options layer ``index``'s ``role`` sublayer (``"mixer"`` or ``"ffn"``)
+        was built with: the spec's, or those :meth:`rebuild_sublayer` gave it."""
+        index = check_int("index", index, min_value=0, max_value=len(self.layers) - 1)
+        role = check_choice("role", role, self._roles())
+        return dict(self._options[index][role])
+
+    def rebuild_sublayer(
+        self,
+        index: int,
+        role: str,
+        params: Mapping[str, torch.Tensor],
+        **options: Any,
+    ) -> None:
+        """Give layer ``index``'s ``role`` sublayer (``"mixer"`` or ``"ffn"``) new
+        ``options`` and new parameters, in place: structured pruning shrinks a layer
+        this way (``n_heads=2, head_dim=16`` for a ``"softmax"`` mixer that kept 2 of
+        its heads, ``d_ff=256`` for a ``"gelu"`` FFN).
+
+        The sublayer's factory is called with the layer's current options updated by
+        ``options`` (for its ``apply`` and the names and shapes of its parameters; its
+        random weights are discarded); ``params`` must hold exactly those names, as
+        float tensors of exactly those shapes. They replace the sublayer's parameters
+        in ``self.layers[index]`` as new ``nn.Parameter`` objects (copies, with the
+        dtype, device and ``requires_grad`` of the parameters they replace; names kept
+        keep their place in the layer). Everything is checked before the model is
+        changed. An optimizer built before holds the old parameters: build a new one.
+        """
+        index = check_int("index", index, min_value=0, max_value=len(self.layers) - 1)
+        role = check_choice("role", role, self._roles())
+        if not isinstance(params, Mapping):
+            raise TypeError(
+                f"params must be a dict of name -> torch tensor, got {describe(params)}"
+            )
+        spec = self.spec
+        name = spec.mixer if role == "mixer" else spec.ffn
+        factory = (_MIXERS if role == "mixer" else _FFNS)[name]
+        merged = _check_options(
+            role, name, factory, {**self._options[index][role], **options}, spec.causal
+        )
+        part = factory(
+            spec.d_model,
+            seed=_layer_seed(self.seed, index + 1),
+            causal=spec.causal,
+            **merged,
+        )
+        if not isinstance(part, Sublayer):
+            raise TypeError(
+                f"the {role} factory {name!r} must return an lm.Sublayer, "
+                f"got {describe(part)}"
+            )
+        if set(params) != set(part.params):
+            raise ValueError(
+                f"params must hold the parameters of the {role} {name!r} with "
+                f"{merged}: {sorted(part.params)}, got {sorted(map(str, params))}"
+            )
+        layer = self.layers[index]
+        slot = self._roles().index(role)
+        old_keys = self._plans[index][slot][1]
+        like = layer[old_keys[0]]
+        new: dict[str, nn.Parameter] = {}
+        for key, want in part.params.items():
+            value = params[key]
+            if not isinstance(value, torch.Tensor) or not value.is_floating_point():
+                raise TypeError(
+                    f"params[{key!r}] must be a float torch tensor, got "
+                    f"{describe(value)}"
+                )
+            if tuple(value.shape) != tuple(want.shape):
+                raise ValueError(
+                    f"params[{key!r}] must have shape {tuple(want.shape)} for the "
+                    f"{role} {name!r} with {merged}, got {tuple(value.shape)}"
+                )
+            ref = layer[key] if key in old_keys else like
+            new[key] = nn.Parameter(
+                value.detach().to(device=ref.device, dtype=ref.dtype).clone(),
+                requires_grad=ref.requires_grad,
+            )
+        for key in old_keys:
+            if key not in new:
+                del layer[key]
+        for key, value in new.items():
+            layer[key] = value
+        plans = list(self._plans[index])
+        plans[slot] = (part.apply, tuple(part.params))
+        self._plans[index] = tuple(plans)
+        self._options[index][role] = merged
+        prefix = f"layers.{index}."
+        self._no_decay = tuple(
+            n
+            for n in self._no_decay
+            if not (n.startswith(prefix) and n[len(prefix) :] in old_keys)
+        ) + tuple(prefix + k for k in part.no_decay)
 
     def _sublayers(self, seed: int) -> list[Sublayer]:
         """The mixer and (if any) the FFN of one layer, built by their factories."""
@@ -515,8 +671,15 @@ class LM(nn.Module):
 
     def extra_repr(self) -> str:
         spec = self.spec
+        built = {"mixer": spec.mixer_options, "ffn": spec.ffn_options}
+        rebuilt = {
+            i: {role: opts for role, opts in o.items() if opts != built[role]}
+            for i, o in enumerate(self._options)
+            if o != built
+        }
         return (
             f"mixer={spec.mixer!r}, ffn={spec.ffn!r}, d_model={spec.d_model}, "
             f"layers={spec.n_layers}, "
             f"params={self.num_params():,}"
+            + (f", rebuilt={rebuilt}" if rebuilt else "")
         )

@@ -262,3 +262,102 @@ def test_bad_tokens_raise_clear_errors() -> None:
         ValueError, match=r"must lie in \[0, 39\], got values in \[0, 40\]"
     ):
         model(torch.tensor([[0, 40]]))
+
+
+def test_softmax_mixer_with_narrow_heads_is_the_layer_with_heads_removed() -> None:
+    """Float64: the 'softmax' mixer with head_dim (heads fewer than d_model needs), fed
+    the columns of some heads of a full layer, computes the full layer with the other
+    heads' outputs set to zero (their rows of wo zeroed)."""
+    d, heads, dh, kept = 16, 4, 4, [0, 3]
+    full = lm.softmax_attention_mixer(d, seed=3, causal=True, n_heads=heads)
+    narrow = lm.softmax_attention_mixer(
+        d, seed=3, causal=True, n_heads=len(kept), head_dim=dh
+    )
+    assert narrow.params["wq"].shape == (d, 8) and narrow.params["wo"].shape == (8, d)
+    assert narrow.params["bq"].shape == (8,) and narrow.params["ln1_g"].shape == (d,)
+    gen = torch.Generator().manual_seed(0)
+    p = {
+        k: torch.from_numpy(v).double() + 0.1 * torch.randn(v.shape, generator=gen,
+                                                             dtype=torch.float64)
+        for k, v in full.params.items()
+    }  # fmt: skip
+    cols = torch.cat([torch.arange(h * dh, (h + 1) * dh) for h in kept])
+    q = dict(p)
+    for c in "qkv":
+        q[f"w{c}"], q[f"b{c}"] = p[f"w{c}"][:, cols], p[f"b{c}"][cols]
+    q["wo"] = p["wo"][cols]
+    zeroed = dict(p)
+    zeroed["wo"] = p["wo"].clone()
+    for h in set(range(heads)) - set(kept):
+        zeroed["wo"][h * dh : (h + 1) * dh] = 0
+    x = torch.randn(2, 7, d, generator=gen, dtype=torch.float64)
+    torch.testing.assert_close(
+        narrow.apply(x, q), full.apply(x, zeroed), rtol=1e-12, atol=1e-12
+    )
+    # head_dim * n_heads == d_model is the ordinary layer
+    same = lm.softmax_attention_mixer(d, seed=3, causal=True, n_heads=4, head_dim=4)
+    assert all(np.array_equal(same.params[k], full.params[k]) for k in full.params)
+    with pytest.raises(ValueError, match="head_dim must be an int >= 1, got 0"):
+        lm.softmax_attention_mixer(d, seed=0, causal=True, head_dim=0)
+    with pytest.raises(ValueError, match="n_heads must divide d_model = 16"):
+        lm.softmax_attention_mixer(d, seed=0, causal=True, n_heads=3)
+    with pytest.raises(ValueError, match=r"would allocate .* bytes\), more than"):
+        lm.softmax_attention_mixer(d, seed=0, causal=True, n_heads=10**9, head_dim=4)
+
+
+def test_rebuild_sublayer_shrinks_a_layer_in_place() -> None:
+    spec = lm.LMSpec(ffn_options={"d_ff": 24}, **SPEC)
+    model = _perturbed(lm.LM(spec, seed=2)).double()
+    ref = copy.deepcopy(model)
+    layer = model.layers[1]
+    keys = list(layer)
+    keep = torch.tensor([0, 5, 6, 20])
+    params = {k: layer[k].detach() for k in ("ln2_g", "ln2_b", "b2")}
+    params |= {
+        "w1": layer["w1"].detach()[:, keep], "b1": layer["b1"].detach()[keep],
+        "w2": layer["w2"].detach()[keep],
+    }  # fmt: skip
+    old_w1 = layer["w1"]
+    model.rebuild_sublayer(1, "ffn", params, d_ff=4)
+    assert list(model.layers[1]) == keys  # names keep their place
+    assert model.layers[1]["w1"] is not old_w1
+    assert model.layers[1]["w1"].shape == (16, 4)
+    assert model.layers[1]["w1"].dtype == torch.float64
+    assert model.sublayer_options(1, "ffn") == {"d_ff": 4}
+    assert model.sublayer_options(0, "ffn") == {"d_ff": 24}
+    assert model.sublayer_options(1, "mixer") == {"n_heads": 2}
+    assert ref.num_params() - model.num_params() == 20 * (16 + 1 + 16)
+    with torch.no_grad():
+        drop = torch.ones(24, dtype=torch.bool)
+        drop[keep] = False
+        ref.layers[1]["w2"][drop] = 0
+    tokens = _tokens(spec, 2, 9)
+    with torch.no_grad():
+        torch.testing.assert_close(model(tokens), ref(tokens), rtol=1e-12, atol=1e-12)
+    # it trains: the new parameters are the model's parameters
+    run = training.train(
+        model.float(), np.arange(200) % 40, steps=2, batch_size=2, seq_len=8
+    )
+    assert run.steps == 2
+    # errors, checked before anything changes
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match="index must be an int in \\[0, 1\\], got 2"):
+        model.rebuild_sublayer(2, "ffn", params, d_ff=4)
+    with pytest.raises(ValueError, match="role must be one of 'mixer', 'ffn'"):
+        model.rebuild_sublayer(0, "attention", params)
+    with pytest.raises(TypeError, match="ffn_options .* do not fit the ffn 'gelu'"):
+        model.rebuild_sublayer(0, "ffn", params, width=4)
+    with pytest.raises(ValueError, match=r"params must hold the parameters of the ffn"):
+        model.rebuild_sublayer(0, "ffn", {"w1": params["w1"]}, d_ff=4)
+    with pytest.raises(ValueError, match=r"params\['w1'\] must have shape \(16, 5\)"):
+        model.rebuild_sublayer(0, "ffn", params, d_ff=5)
+    bad = dict(params, b1=np.zeros(4, dtype=np.float32))
+    with pytest.raises(TypeError, match=r"params\['b1'\] must be a float torch tensor"):
+        model.rebuild_sublayer(0, "ffn", bad, d_ff=4)
+    with pytest.raises(TypeError, match="params must be a dict"):
+        model.rebuild_sublayer(0, "ffn", [1, 2])
+    after = model.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in state.items())
+    no_ffn = lm.LM(lm.LMSpec(ffn=None, **SPEC))
+    with pytest.raises(ValueError, match="role must be one of 'mixer'; got 'ffn'"):
+        no_ffn.rebuild_sublayer(0, "ffn", {})
