@@ -304,15 +304,16 @@ class TinyLM(nn.Module):
     @torch.no_grad()
     def to_params(self) -> dict[str, np.ndarray]:
         """The weights as the reference's float32 parameter dict (``[in, out]`` matrices, Q/K/V split)."""
-        cfg = self.config
 
         def n(x: torch.Tensor) -> np.ndarray:
             return np.ascontiguousarray(x.detach().to("cpu", torch.float32).numpy()).copy()
 
-        q, kv = cfg.n_heads * cfg.head_dim, cfg.kv_heads * cfg.head_dim
         out = {"tok_emb": n(self.tok_emb.weight), "pos_emb": n(self.pos_emb.weight)}
         for i, block in enumerate(self.layers):
             p = f"layers.{i}."
+            # the block's own head counts: a head-pruned layer has fewer than the config
+            q = block.attn.n_heads * block.attn.head_dim
+            kv = block.attn.kv_heads * block.attn.head_dim
             wq, wk, wv = block.attn.qkv.weight.split([q, kv, kv], dim=0)
             bq, bk, bv = block.attn.qkv.bias.split([q, kv, kv], dim=0)
             out.update(

@@ -281,6 +281,15 @@ class WeightMask:
         """``load_state_dict`` post-hook: a loaded dense weight is masked at once."""
         self.reapply()
 
+    def __getstate__(self) -> dict:
+        """A copy (``copy.deepcopy``, pickle) gets a new parameter without tensor hooks:
+        forget the old one, so that the next :meth:`reapply` or forward pre-hook
+        registers the gradient hook on the copy's parameter."""
+        state = dict(self.__dict__)
+        state["_grad_param"] = None
+        state["_grad_handle"] = None
+        return state
+
     # --------------------------------------------------------------------------- public
     def reapply(self) -> None:
         """Zero the pruned entries of the parameter (in place, without autograd).

@@ -123,6 +123,24 @@ def test_masked_weights_stay_exactly_zero_through_adamw(dense_steps):
         assert (w.detach()[masks[k]] != before[k][masks[k]]).all()  # kept weights moved
 
 
+def test_a_deep_copy_keeps_its_masks_through_adamw():
+    # copy.deepcopy drops tensor hooks: the copy's masks must register theirs again,
+    # or AdamW moves the copy's pruned entries (found while building chapter 3)
+    import copy
+
+    model, batch = _model(), _batch()
+    masks = _half_masks(model)
+    M.apply_masks(model, masks)
+    twin = copy.deepcopy(model)
+    opt = _optimizer(twin)
+    for _ in range(5):
+        _step(twin, opt, batch)
+        params = dict(twin.named_parameters())
+        for k, m in masks.items():
+            assert (params[k].grad[~m] == 0).all(), f"the copy's {k} gradient leaks"
+    assert _pruned_nonzeros(twin, masks) == 0
+
+
 def test_with_the_optimizer_state_cleared_no_reapply_is_needed():
     """Gradient hook + zeroed moments: Adam's update of a pruned entry is 0 / (0 + eps)
     = 0, decay of 0 is 0.
