@@ -4,7 +4,9 @@
   unstructured magnitude masks with layer-wise or global thresholds, structured pruning
   of attention heads and FFN neurons (the layer really shrinks), CSR storage built from
   scratch and a sparse x dense product; :mod:`.shapes` holds what both faces check;
-  :mod:`.storage`: byte counts of dense and CSR storage and the crossover they predict.
+  :mod:`.storage`: byte counts of dense and CSR storage and the crossover they predict;
+  :mod:`.sparse_torch` (torch only): the library's ``torch.sparse`` CSR/COO and its product,
+  measured beside ours.
 * :mod:`.models` and :mod:`.configs`: the whole-model verb ``prune_(model, config)`` (in
   the style of :func:`effx_lab.quant.quantize_`), masks that stay exact zeros through
   AdamW and checkpoints (:mod:`effx_lab.sparse.masks`), head and neuron importance.
@@ -29,6 +31,7 @@ _SUBMODULES = (
     "torch_ops",
     "shapes",
     "storage",
+    "sparse_torch",
     "models",
     "configs",
     "schedule",
