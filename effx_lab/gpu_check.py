@@ -8,13 +8,16 @@ Everything in the course that needs a CUDA GPU, checked in one run of under 8 mi
 2. **kernels**: every Triton kernel compiled for real and run against its PyTorch twin: the quantization
    kernels of :mod:`effx_lab.quant.kernels` (``quantize_rows``, ``dequantize_rows``, ``quantize_groups``,
    ``dequantize_groups``, ``int8_gemm`` with the backend it took, ``w4a16_matmul``, ``w8a16_matmul``) and
-   :func:`effx_lab.flash.kernels.mixed_chunk_attention_triton`; max abs error against the torch version and
-   against a float64 reference, with the tolerance each is held to.
+   :func:`effx_lab.flash.kernels.mixed_chunk_attention_triton` and the block-sparse matmul
+   :func:`effx_lab.sparse.kernels.block_sparse_matmul_triton` (chapter 3); max abs error against the torch
+   version and against a float64 reference, with the tolerance each is held to.
 3. **benchmarks**: each chapter's ``run(quick=True)`` (all its CUDA branches, small sizes) and, at the sizes
    of a 4096-wide layer, the chapters' GPU measurements: the decode GEMV paths
    (:func:`effx_lab.quant.bench.decode_gemv`), Triton ``int8_gemm`` against ``torch._int_mm``
-   (:func:`effx_lab.quant.bench.int8_gemm_vs_int_mm`) and the mixed chunk kernel against torch
-   (:func:`effx_lab.flash.bench.triton_vs_torch`); reported as kernel-vs-library speed-ups.
+   (:func:`effx_lab.quant.bench.int8_gemm_vs_int_mm`), the mixed chunk kernel against torch
+   (:func:`effx_lab.flash.bench.triton_vs_torch`) and the Triton block-sparse kernel and ``torch.sparse`` CSR
+   against the dense cuBLAS matmul (:func:`effx_lab.prune.bench.gpu_sparse_vs_dense`, float16, decode and
+   prefill, densities 0.5 / 0.25 / 0.1); reported as kernel-vs-library speed-ups.
 4. **notebooks** (``--notebooks``, default on with a GPU): the notebooks with GPU branches under
    ``pytest --nbval-lax``, one subprocess each, while the time budget lasts.
 
@@ -112,6 +115,8 @@ SIZES: dict[str, dict[str, Any]] = {
         "int8_bench": {"m": 4096, "n": 4096, "k": 4096},
         "flash_bench": {"n": 4096, "batch": 4, "d_model": 256, "expansion": 2, "s": 128, "chunk_size": 256},
         "flash_split": {"batches": (1, 8), "ns": (4096, 8192), "s": 128, "e": 512, "chunk_size": 256},
+        "bsr": {"n": 4096, "k": 4096, "m": (1, 512), "block": 32, "density": 0.25},
+        "prune_sparse": {"n": 4096, "k": 4096, "tokens": (1, 512), "densities": (0.5, 0.25, 0.1), "block": 32},
     },
     "dry": {
         "rows": (8, 64),
@@ -125,6 +130,8 @@ SIZES: dict[str, dict[str, Any]] = {
         "int8_bench": {"m": 32, "n": 16, "k": 64},
         "flash_bench": {"n": 32, "batch": 1, "d_model": 8, "expansion": 2, "s": 16, "chunk_size": 16},
         "flash_split": {"batches": (1,), "ns": (32,), "s": 16, "e": 16, "chunk_size": 16},
+        "bsr": {"n": 64, "k": 64, "m": (1, 20), "block": 32, "density": 0.5},
+        "prune_sparse": {"n": 64, "k": 64, "tokens": (1, 16), "densities": (0.5,), "block": 32},
     },
 }
 #: allowed error of a kernel, relative to max |float64 reference|, by dtype of its inputs
@@ -661,6 +668,40 @@ def _flash_cases(ctx: Context) -> list[tuple[str, str, str, Callable[[], dict[st
     return cases
 
 
+def _sparse_cases(ctx: Context) -> list[tuple[str, str, str, Callable[[], dict[str, Any]]]]:
+    """The Triton block-sparse matmul (chapters 3, 4) against ``sparse.torch_ops.block_sparse_matmul`` and the
+    float64 product, for decode (M = 1) and prefill, with a bias."""
+    from effx_lab.sparse import kernels as SK
+    from effx_lab.sparse import torch_ops as ST
+
+    dev, b = ctx.device, ctx.sizes["bsr"]
+    n, k, block, density = b["n"], b["k"], b["block"], b["density"]
+
+    def check(m: int, dtype: torch.dtype) -> dict[str, Any]:
+        w64 = torch.randn((n, k), generator=_gen(40), dtype=torch.float64) / math.sqrt(k)
+        w = (w64 * ST.block_mask(w64, block, density)).to(device=dev, dtype=dtype)
+        bsr = ST.to_block_sparse(w, block)
+        x = _randn(41, (m, k), dev, dtype)
+        bias = _randn(42, (n,), dev, dtype, 0.1)
+        y, first = _timed_first_call(dev, lambda: SK.block_sparse_matmul_triton(x, bsr, bias))
+        with torch.inference_mode():
+            twin = ST.block_sparse_matmul(x, bsr, bias)
+        ref64 = x.double() @ w.double().T + bias.double()
+        tol = TOL_MATMUL[_dt(dtype)]
+        err = _rel_to_ref(y, ref64)
+        return {"first_call_s": first, "twin": "sparse.torch_ops.block_sparse_matmul",
+                "max_abs_err": _max_abs(y, twin), "rel_err_vs_fp64": err,
+                "twin_rel_err_vs_fp64": _rel_to_ref(twin, ref64), "tolerance": tol,
+                "stored_blocks": bsr.nnzb, "ok": bool(y.dtype == dtype and err <= tol)}  # fmt: skip
+
+    cases = []
+    for m in b["m"]:
+        shape = f"M={m} N={n} K={k} block {block} density {density}"
+        for dt in ("float32", "float16", "bfloat16"):
+            cases.append(("block_sparse_matmul_triton", dt, shape, lambda m=m, dt=dt: check(m, _DTYPES[dt])))
+    return cases
+
+
 def _error_text(exc: BaseException) -> str:
     text = str(exc).strip()
     first = text.splitlines()[0] if text else ""
@@ -672,7 +713,8 @@ def _kernels_step(ctx: Context, out: dict[str, Any]) -> None:
     out["checks"] = checks
     out["triton_mode"] = _device.triton_mode()
     groups: list[tuple[str, Callable[[Context], list], str | None]] = []
-    for module, build in (("effx_lab.quant.kernels", _quant_cases), ("effx_lab.flash.kernels", _flash_cases)):
+    for module, build in (("effx_lab.quant.kernels", _quant_cases), ("effx_lab.flash.kernels", _flash_cases),
+                          ("effx_lab.sparse.kernels", _sparse_cases)):
         try:
             mod = importlib.import_module(module)
             why = mod.why_unavailable()
@@ -878,6 +920,22 @@ def bench_ratios(measurements: dict[str, Any], *, interpreted: bool, int8_backen
     if sp and "rows" not in sp:
         ratios.append(_ratio("mixed chunk Triton: split vs unsplit", src, "", "", None, None, {},
                              sp.get("skipped") or sp.get("error") or "not measured"))  # fmt: skip
+
+    ps = measurements.get("prune_sparse") or {}
+    cfg = ps.get("config", {})
+    src = (f"prune.bench.gpu_sparse_vs_dense {cfg.get('n')}x{cfg.get('k')} block {cfg.get('block')} "
+           f"{cfg.get('dtype')}")  # fmt: skip
+    for row in ps.get("rows", []):
+        t, errs = row.get("times_s", {}), row.get("rel_err_vs_fp64", {})
+        where = f"density {row['density']:g}, M={row['tokens']}"
+        for kern, label in (("triton_bsr", "block-sparse Triton"), ("torch_csr", "torch.sparse CSR")):
+            why = None if kern in t else (ps.get("notes", {}).get(kern) or "not timed")
+            err = {"kernel_rel_err_vs_fp64": errs.get(kern), "dense_rel_err_vs_fp64": errs.get("dense")}
+            ratios.append(_ratio(f"{label} vs dense cuBLAS, {where}", src, kern, "dense", t.get(kern),
+                                 t.get("dense"), err, why, tag))  # fmt: skip
+    if ps and "rows" not in ps:
+        ratios.append(_ratio("block-sparse Triton vs dense cuBLAS", src, "", "", None, None, {},
+                             ps.get("skipped") or ps.get("error") or "not measured"))  # fmt: skip
     return ratios
 
 
@@ -931,7 +989,7 @@ def _benchmarks_step(ctx: Context, out: dict[str, Any]) -> None:
     out["triton_half_dtype_reason"] = feature_reason("bf16")
     chapters: dict[str, Any] = {}
     out["chapters"] = chapters
-    for chapter in ("ch01", "ch02", "ch07"):
+    for chapter in ("ch01", "ch02", "ch03", "ch07"):
         # ch07 times its Triton kernel in bfloat16 by default: float16 where bfloat16 is not native (T4)
         kwargs = {"triton_dtype": half} if chapter == "ch07" else {}
         _bench_item(ctx, chapters, chapter,
@@ -955,6 +1013,11 @@ def _benchmarks_step(ctx: Context, out: dict[str, Any]) -> None:
                 min_s=3.0 if ctx.dry_run else 15.0)  # fmt: skip
     _bench_item(ctx, meas, "flash_split",
                 lambda: _flash_split_timing(**sz["flash_split"], dtype=half, device=dev, **timing),
+                min_s=3.0 if ctx.dry_run else 20.0)  # fmt: skip
+    # float16: torch.sparse CSR on cuSPARSE and the Triton kernel both take it on every card (sm_75 too)
+    _bench_item(ctx, meas, "prune_sparse",
+                lambda: _module("effx_lab.prune.bench").gpu_sparse_vs_dense(
+                    **sz["prune_sparse"], dtype=torch.float16, device=dev, **timing),
                 min_s=3.0 if ctx.dry_run else 20.0)  # fmt: skip
     for item in meas.values():
         if "result" in item:

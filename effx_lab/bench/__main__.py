@@ -22,8 +22,10 @@ REGISTRY: dict[str, str] = {
     "ch01": "effx_lab.costs.bench",
     "costs": "effx_lab.costs.bench",
     "ch02": "effx_lab.quant.bench",
+    "ch03": "effx_lab.prune.bench",
     "ch07": "effx_lab.flash.bench",
     "flash": "effx_lab.flash.bench",
+    "prune": "effx_lab.prune.bench",
     "quant": "effx_lab.quant.bench",
 }
 

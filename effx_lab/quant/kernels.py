@@ -59,11 +59,6 @@ not tuned on a GPU. On a machine without a CUDA GPU ``import effx_lab`` switches
 """
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-import tempfile
 from typing import Any
 
 import numpy as np
@@ -1086,52 +1081,6 @@ def _report_cases() -> list[dict]:
     return cases
 
 
-_COMPILE_SCRIPT = r"""
-import json, os, re, subprocess, sys, tempfile
-import triton, triton.language as tl
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
-from effx_lab.quant import kernels as K
-assert not K._kernel_is_interpreted(), "TRITON_INTERPRET must be 0 to compile"
-caps, names = json.loads(sys.argv[1]), json.loads(sys.argv[2])
-cases = [c for c in K._report_cases() if c["name"] in names]
-from triton.backends.nvidia.compiler import get_ptxas, sm_arch_from_capability
-out = []
-for case in cases:
-    fn = getattr(K, case["kernel"])
-    consts = {k: (eval(v) if isinstance(v, str) and v.startswith("tl.") else v) for k, v in case["constexprs"].items()}
-    sig = dict(case["signature"]); sig.update({k: "constexpr" for k in consts})
-    names = [p.name for p in fn.params]
-    # torch allocations are 16-byte aligned: tell the compiler, as a launch would
-    attrs = {(names.index(k),): [["tt.divisibility", 16]] for k, v in case["signature"].items() if v.startswith("*")}
-    for cap in caps:
-        row = {"name": case["name"], "target": f"sm_{cap}"}
-        try:
-            src = ASTSource(fn=fn, signature=sig, constexprs=consts, attrs=attrs)
-            opts = {"num_warps": case["num_warps"], "num_stages": case.get("num_stages", 3),
-                    "enable_fp_fusion": case.get("fp_fusion", True)}
-            ck = triton.compile(src, target=GPUTarget("cuda", cap, 32), options=opts)
-            # ptxas -v on the kernel's PTX (the flags Triton uses) reports registers and spills
-            arch, ptxas = sm_arch_from_capability(cap), get_ptxas(cap).path
-            with tempfile.TemporaryDirectory() as tmp:
-                path = os.path.join(tmp, "k.ptx")
-                with open(path, "w") as f:
-                    f.write(ck.asm["ptx"])
-                cmd = [ptxas, "-lineinfo", "-v", "--regAllocOptLevel=2", f"--gpu-name={arch}", path,
-                       "-o", os.path.join(tmp, "k.cubin")]
-                log = subprocess.run(cmd, capture_output=True, text=True, check=True).stderr
-            num = lambda pattern: int(re.search(pattern, log).group(1))
-            ptx = ck.asm["ptx"]
-            row.update(ok=True, registers=num(r"Used (\d+) registers"),
-                       spill_bytes=num(r"(\d+) bytes spill stores") + num(r"(\d+) bytes spill loads"),
-                       stack_bytes=num(r"(\d+) bytes stack frame"), shared_bytes=int(ck.metadata.shared),
-                       num_warps=case["num_warps"],
-                       mma="wgmma" if "wgmma" in ptx else ("mma.sync" if "mma.sync" in ptx else None))
-        except Exception as exc:  # noqa: BLE001 - report, do not crash
-            row.update(ok=False, error=f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1][:200]}")
-        out.append(row)
-print("@@REPORT@@" + json.dumps(out))
-"""
 
 
 def compile_report(
@@ -1149,31 +1098,5 @@ def compile_report(
     ``"wgmma"`` (sm_90 warpgroup MMA) or ``None``: float32 dots run on FMA units); otherwise ``error``.
     All cases for two targets take about a minute on a laptop-class CPU.
     """
-    if not isinstance(capabilities, (tuple, list)) or not capabilities:
-        raise TypeError(
-            f"capabilities must be a non-empty tuple of ints such as (80, 90), got {describe(capabilities)}"
-        )
-    caps = [check_int("capabilities[i]", c, min_value=70, max_value=120) for c in capabilities]
-    if match is not None and not isinstance(match, str):
-        raise TypeError(f"match must be None or a str, got {describe(match)}")
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
-        raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
-    if _triton.IMPORT_ERROR is not None:
-        raise RuntimeError(_triton.IMPORT_ERROR)
-    names = [c["name"] for c in _report_cases() if match is None or match in c["name"]]
-    if not names:
-        raise ValueError(f"match={match!r} selects no case; the cases are {[c['name'] for c in _report_cases()]}")
-    env = dict(os.environ, TRITON_INTERPRET="0")
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # holds effx_lab/
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
-    with tempfile.TemporaryDirectory() as cache:
-        env["TRITON_CACHE_DIR"] = cache  # a fresh cache: nothing from an earlier (other-mode) run is reused
-        proc = subprocess.run(
-            [sys.executable, "-c", _COMPILE_SCRIPT, json.dumps(caps), json.dumps(names)],
-            capture_output=True, text=True, env=env, timeout=timeout, check=False,
-        )  # fmt: skip
-    marker = "@@REPORT@@"
-    for line in proc.stdout.splitlines():
-        if line.startswith(marker):
-            return json.loads(line[len(marker):])
-    raise RuntimeError(f"compile_report's subprocess failed (exit {proc.returncode}): {proc.stderr.strip()[-2000:]}")
+    names = [c["name"] for c in _report_cases()] if _triton.IMPORT_ERROR is None else []
+    return _triton.compile_report(__name__, names, capabilities, match, timeout)

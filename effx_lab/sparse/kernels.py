@@ -32,13 +32,16 @@ as :mod:`.torch_ops`; an output whose block row stores no block is 0 (or the bia
 in every face.
 
 On a machine without a CUDA GPU ``import effx_lab`` switches on Triton's CPU interpreter
-(correct, slow). This module is not imported by ``effx_lab.sparse``: ``from
-effx_lab.sparse import kernels as K``.
+(correct, slow). :func:`compile_report` compiles the kernel for NVIDIA targets (sm_80,
+sm_90) without a GPU and reports its registers, spills and tensor-core instructions.
+This module is not imported by ``effx_lab.sparse``: ``from effx_lab.sparse import
+kernels as K``.
 """
 
 from __future__ import annotations
 
 import math
+
 import effx_lab  # noqa: F401  (first: sets TRITON_INTERPRET=1 when there is no GPU)
 from effx_lab import _triton
 from effx_lab._triton import jit as _jit
@@ -55,6 +58,7 @@ __all__ = [
     "available",
     "why_unavailable",
     "block_sparse_matmul_triton",
+    "compile_report",
     "DTYPES",
 ]
 
@@ -229,3 +233,64 @@ def block_sparse_matmul_triton(
         HAS_BIAS=bias is not None, DOT_DTYPE=_dot_dtype(dtype),
     )  # fmt: skip
     return y.reshape(*lead, out_features)
+
+
+# --------------------------------------------------------------------------------------
+# what the compiler makes of the kernel (no GPU needed)
+# --------------------------------------------------------------------------------------
+_TL_NAMES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
+_TL_DOTS = {
+    torch.float16: "tl.float16",
+    torch.bfloat16: "tl.bfloat16",
+    torch.float32: "tl.float32",
+}
+
+
+def _report_cases() -> list[dict]:
+    """The specialisations :func:`compile_report` compiles: blocks of 32 x 32 (the
+    chapter's block pruning), decode (``BLOCK_M`` 16, one token) and prefill
+    (``BLOCK_M`` 64), each dtype; the launch's defaults (4 warps, 3 stages)."""
+    cases = []
+    for dtype in (torch.float16, torch.bfloat16, torch.float32):
+        name = _TL_NAMES[dtype]
+        for label, m in (("decode M=1", 1), ("prefill M=512", 512)):
+            cases.append({
+                "name": f"bsr_matmul {name} block 32x32 {label} +bias",
+                "kernel": "_bsr_matmul_kernel",
+                "signature": {
+                    "x_ptr": f"*{name}", "val_ptr": f"*{name}", "col_ptr": "*i64",
+                    "rowptr_ptr": "*i64", "bias_ptr": f"*{name}", "y_ptr": f"*{name}",
+                    "M": "i32", "K": "i32", "N": "i32",
+                },
+                "constexprs": {
+                    "BH": 32, "BW": 32, "BLOCK_M": _block_m(m), "HAS_BIAS": True,
+                    "DOT_DTYPE": _TL_DOTS[dtype],
+                },
+                "num_warps": 4,
+                "num_stages": 3,
+            })  # fmt: skip
+    return cases
+
+
+
+
+def compile_report(
+    capabilities: tuple[int, ...] = (80, 90),
+    match: str | None = None,
+    timeout: float = 600.0,
+) -> list[dict]:
+    """Compile the block-sparse kernel for NVIDIA GPUs, without a GPU.
+
+    ``capabilities``: compute capabilities as ints (75 = T4, 80 = A100, 90 = H100);
+    ``match``: keep only the cases whose name contains this text (e.g. ``"fp16"``);
+    ``timeout`` in seconds. The cases (:func:`_report_cases`) are blocks of 32 x 32 in
+    float16, bfloat16 and float32, for decode (one token) and prefill (512 tokens). Runs
+    in a subprocess with ``TRITON_INTERPRET=0`` and asks the ``ptxas`` shipped with
+    Triton (``-v``) for the resources. One dict per (case, target): ``name``,
+    ``target``, ``ok``, and when it compiled ``registers`` (per thread),
+    ``spill_bytes`` (0 is what you want), ``stack_bytes``, ``shared_bytes``,
+    ``num_warps`` and ``mma`` (``"mma.sync"``, ``"wgmma"`` or ``None``: float32 dots
+    with ``input_precision="ieee"`` run on FMA units); otherwise ``error``.
+    """
+    names = [c["name"] for c in _report_cases()] if _triton.IMPORT_ERROR is None else []
+    return _triton.compile_report(__name__, names, capabilities, match, timeout)

@@ -461,7 +461,7 @@ def test_cli_module_entry_point(monkeypatch, capsys):
         with pytest.raises(SystemExit) as exc:
             runpy.run_module("effx_lab.bench", run_name="__main__")
     assert exc.value.code == 2
-    assert "valid chapters: ch01, ch02, ch07, costs, flash, quant" in capsys.readouterr().err
+    assert "valid chapters: ch01, ch02, ch03, ch07, costs, flash, prune, quant" in capsys.readouterr().err
 
 
 

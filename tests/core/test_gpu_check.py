@@ -24,7 +24,7 @@ from effx_lab import gpu_check as G
 
 ROOT = Path(__file__).resolve().parents[2]
 KERNELS = {"quantize_rows", "dequantize_rows", "quantize_groups", "int8_gemm", "w4a16_matmul", "w8a16_matmul",
-           "mixed_chunk_attention_triton"}  # fmt: skip
+           "mixed_chunk_attention_triton", "block_sparse_matmul_triton"}  # fmt: skip
 
 
 def _triton_runs_here() -> bool:
@@ -116,13 +116,13 @@ def test_dry_run_kernels_against_torch(dry_run):
 @pytest.mark.slow  # the dry run: ~20 s on an idle 2-core CPU, shared by these tests
 def test_dry_run_benchmarks(dry_run):
     sec = dry_run[0]["results"]["benchmarks"]
-    for chapter in ("ch01", "ch02", "ch07"):
+    for chapter in ("ch01", "ch02", "ch03", "ch07"):
         item = sec["chapters"][chapter]
         assert item["status"] == "ok" and item["seconds"] > 0, item
         assert item["function"].endswith("run(quick=True)") and item["result"]["quick"] is True
     assert sec["triton_half_dtype"] == "float16" and "bf16" in sec["triton_half_dtype_reason"]
     meas = sec["measurements"]
-    assert set(meas) == {"decode_gemv", "int8_gemm", "flash_triton_vs_torch", "flash_split"}
+    assert set(meas) == {"decode_gemv", "int8_gemm", "flash_triton_vs_torch", "flash_split", "prune_sparse"}
     ratios = sec["ratios"]
     assert len(ratios) >= 5
     for r in ratios:
@@ -148,6 +148,18 @@ def test_dry_run_benchmarks(dry_run):
             assert r["unsplit_s"] > 0 and r["split_s"] > 0 and r["auto_splits"] is False  # no SMs here
             assert r["max_abs_diff"] <= 1e-2 * r["max_abs_out"]  # float16 outputs of the same sums
             assert f"split vs unsplit, batch {r['batch']} n={r['n']}" in " ".join(sorted(names))
+        # chapter 3: the block-sparse Triton kernel and torch.sparse CSR against the dense matmul
+        sparse = meas["prune_sparse"]["result"]
+        cfg = G.SIZES["dry"]["prune_sparse"]
+        assert sparse["config"]["dtype"] == "float32"  # on a CPU the code path runs in float32
+        assert [(r["tokens"], r["density"]) for r in sparse["rows"]] == [
+            (t, d) for d in cfg["densities"] for t in cfg["tokens"]]  # fmt: skip
+        for r in sparse["rows"]:
+            assert set(r["times_s"]) == {"dense", "triton_bsr", "torch_csr"}, r
+            assert all(e < 1e-5 for e in r["rel_err_vs_fp64"].values()), r
+            where = f"density {r['density']:g}, M={r['tokens']}"
+            assert f"block-sparse Triton vs dense cuBLAS, {where}" in names
+            assert f"torch.sparse CSR vs dense cuBLAS, {where}" in names
 
 
 @pytest.mark.slow  # the dry run: ~20 s on an idle 2-core CPU, shared by these tests
@@ -389,6 +401,31 @@ def test_bench_ratios_on_an_h100_like_result():
     fla = rows["linear (global) part: Triton vs fla chunk_linear_attn"]
     assert fla["status"] == "skipped" and "not installed" in fla["reason"]
     assert all(r["note"] is None or "interpreter" not in r["note"] for r in rows.values())
+
+
+def test_bench_ratios_of_the_block_sparse_measurement():
+    meas = {
+        "prune_sparse": {
+            "config": {"n": 4096, "k": 4096, "block": 32, "dtype": "float16"},
+            "rows": [{"tokens": 1, "density": 0.25, "times_s": {"dense": 40e-6, "triton_bsr": 20e-6},
+                      "rel_err_vs_fp64": {"dense": 1e-4, "triton_bsr": 2e-4}},
+                     {"tokens": 512, "density": 0.5, "times_s": {"dense": 1e-4, "triton_bsr": 2e-4,
+                                                                 "torch_csr": 8e-4},
+                      "rel_err_vs_fp64": {"dense": 1e-4, "triton_bsr": 2e-4, "torch_csr": 3e-4}}],
+            "notes": {"torch_csr": "RuntimeError: addmm: no half CSR here"},
+        },
+    }  # fmt: skip
+    rows = {r["name"]: r for r in G.bench_ratios(meas, interpreted=False)}
+    fast = rows["block-sparse Triton vs dense cuBLAS, density 0.25, M=1"]
+    assert fast["status"] == "ok" and fast["speedup"] == pytest.approx(2.0) and fast["library"] == "dense"
+    assert "4096x4096 block 32 float16" in fast["source"] and fast["errors"]["kernel_rel_err_vs_fp64"] == 2e-4
+    missing = rows["torch.sparse CSR vs dense cuBLAS, density 0.25, M=1"]
+    assert missing["status"] == "skipped" and "no half CSR" in missing["reason"]
+    assert rows["torch.sparse CSR vs dense cuBLAS, density 0.5, M=512"]["speedup"] == pytest.approx(0.125)
+    assert rows["block-sparse Triton vs dense cuBLAS, density 0.5, M=512"]["speedup"] == pytest.approx(0.5)
+    rows = G.bench_ratios({"prune_sparse": {"skipped": "no CUDA GPU"}}, interpreted=False)
+    assert [(r["name"], r["status"], r["reason"]) for r in rows] == [
+        ("block-sparse Triton vs dense cuBLAS", "skipped", "no CUDA GPU")]
 
 
 def test_bench_ratios_on_a_t4_like_result():

@@ -173,3 +173,43 @@ def test_checks_its_inputs():
 def test_kernel_source_is_readable():
     src = K.kernel_source(K._bsr_matmul_kernel)
     assert src.startswith("@_jit") and "for k in range(start, end)" in src
+
+
+def test_compiles_for_gpu_targets():
+    # no GPU needed: Triton lowers the kernel to PTX for sm_80 (A100) and sm_90 (H100)
+    # and its bundled ptxas assembles it; float16 blocks of 32 x 32 run on tensor cores
+    nvidia = pytest.importorskip("triton.backends.nvidia.compiler")
+    try:
+        ptxas = nvidia.get_ptxas(80).path
+    except Exception as exc:  # noqa: BLE001 - any failure means "no bundled ptxas"
+        pytest.skip(f"no ptxas for sm_80 in this Triton install: {exc}")
+    if not ptxas:  # pragma: no cover
+        pytest.skip("no ptxas for sm_80 in this Triton install")
+    try:
+        rows = K.compile_report((80, 90), match="fp16", timeout=300)
+    except RuntimeError as exc:  # pragma: no cover - no NVIDIA backend tools here
+        pytest.skip(f"cannot compile for NVIDIA targets here: {exc}")
+    phases = ("decode", "prefill")
+    assert {(r["name"].split(" ")[4], r["target"]) for r in rows} == {
+        (phase, target) for phase in phases for target in ("sm_80", "sm_90")
+    }, rows
+    for r in rows:
+        assert r["ok"] is True, r
+        assert r["spill_bytes"] == 0 and 0 < r["registers"] <= 255, r
+        assert r["shared_bytes"] > 0, r
+        # tensor cores: mma.sync on sm_80, mma.sync or the warpgroup MMA on sm_90
+        allowed = ("mma.sync",) if r["target"] == "sm_80" else ("mma.sync", "wgmma")
+        assert r["mma"] in allowed, r
+
+
+def test_compile_report_checks_its_arguments():
+    with pytest.raises(TypeError, match="capabilities must be a non-empty tuple"):
+        K.compile_report(())
+    with pytest.raises(ValueError, match="capabilities"):
+        K.compile_report((60,))
+    with pytest.raises(TypeError, match="match must be None or a str"):
+        K.compile_report((80,), match=3)
+    with pytest.raises(ValueError, match="timeout must be a positive number"):
+        K.compile_report((80,), timeout=0)
+    with pytest.raises(ValueError, match="selects no case"):
+        K.compile_report((80,), match="no such kernel")
