@@ -27,6 +27,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from effx_lab._validate import check_int, describe
+from effx_lab.sparse import check_row_structure
 
 from . import storage
 
@@ -134,25 +135,7 @@ class CSR:
                 f"values must hold at most rows * cols = {rows * n_cols} entries, got "
                 f"{nnz}"
             )
-        p, c = _host(ptr).astype(np.int64), _host(cols).astype(np.int64)
-        if p[0] != 0 or p[-1] != nnz or np.any(np.diff(p) < 0):
-            raise ValueError(
-                "row_ptr must start at 0, never decrease and end at the number of "
-                f"stored values ({nnz}), got "
-                f"{p.tolist() if p.size <= 12 else describe(p)}"
-            )
-        if nnz and (c.min() < 0 or c.max() >= n_cols):
-            raise ValueError(
-                f"col_idx must be in [0, {n_cols}) (columns), got values in "
-                f"[{int(c.min())}, {int(c.max())}]"
-            )
-        row_of = np.repeat(np.arange(rows), np.diff(p))
-        same_row = row_of[1:] == row_of[:-1]
-        if np.any(np.diff(c)[same_row] <= 0):
-            raise ValueError(
-                "col_idx must be strictly increasing within each row (sorted, no "
-                "repeats)"
-            )
+        check_row_structure(ptr, cols, rows, n_cols, nnz)
 
     # -------------------------------------------------------------------- derived sizes
     @property

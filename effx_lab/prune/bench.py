@@ -181,6 +181,16 @@ def _coo_crossover(shape: tuple[int, int], value_bytes: int, index_bytes: int) -
 # --------------------------------------------------------------------------------------
 # measuring one set of candidates, with a probe
 # --------------------------------------------------------------------------------------
+def _inference(fn: Callable[[], Any]) -> Callable[[], Any]:
+    """``fn`` run under ``torch.inference_mode()`` (no autograd bookkeeping is timed)."""
+
+    def call() -> Any:
+        with torch.inference_mode():
+            return fn()
+
+    return call
+
+
 def _probe(fn: Callable[[], Any]) -> float:
     """One call's wall time (also the warm-up)."""
     t0 = time.perf_counter()
@@ -237,15 +247,8 @@ def _measure(
             else:
                 keep[name] = fn
 
-        def inference(fn: Callable[[], Any]) -> Callable[[], Any]:
-            def call() -> Any:
-                with torch.inference_mode():
-                    return fn()
-
-            return call
-
         comp = compare(
-            {k: inference(f) for k, f in keep.items()},
+            {k: _inference(f) for k, f in keep.items()},
             baseline="dense",
             min_run_time=min_run_time,
             rounds=rounds,
@@ -844,15 +847,8 @@ def gpu_sparse_vs_dense(
                 errs["triton_bsr"] = _rel(K.block_sparse_matmul_triton(x, bsr), ref)
                 errs["dense"] = _rel(F.linear(x, w), ref)
 
-            def inference(fn: Callable[[], Any]) -> Callable[[], Any]:
-                def call() -> Any:
-                    with torch.inference_mode():
-                        return fn()
-
-                return call
-
             comp = compare(
-                {name: inference(fn) for name, fn in fns.items()},
+                {name: _inference(fn) for name, fn in fns.items()},
                 baseline="dense",
                 min_run_time=min_run_time,
                 rounds=rounds,

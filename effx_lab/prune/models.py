@@ -46,7 +46,6 @@ from __future__ import annotations
 import functools
 import inspect
 import weakref
-from collections.abc import Mapping
 from typing import Any
 
 import numpy as np

@@ -28,6 +28,6 @@ torch_ops``).
 from __future__ import annotations
 
 from . import reference
-from ._format import BlockSparse
+from ._format import BlockSparse, check_row_structure
 
-__all__ = ["BlockSparse", "reference"]
+__all__ = ["BlockSparse", "check_row_structure", "reference"]

@@ -27,7 +27,7 @@ import numpy as np
 
 from effx_lab._validate import check_int, describe
 
-__all__ = ["BlockSparse"]
+__all__ = ["BlockSparse", "check_row_structure"]
 
 
 def _is_tensor(value: Any) -> bool:
@@ -63,6 +63,47 @@ def _is_int64(value: Any) -> bool:
     import torch
 
     return value.dtype == torch.int64
+
+
+def check_row_structure(
+    row_ptr: Any,
+    col_idx: Any,
+    n_rows: int,
+    n_cols: int,
+    n_stored: int,
+    *,
+    index_name: str = "col_idx",
+    stored: str = "stored values",
+    row: str = "row",
+    column: str = "columns",
+) -> None:
+    """Check the index arrays of a compressed-row format (CSR, or BSR by blocks).
+
+    ``row_ptr`` ``(n_rows + 1,)`` must start at 0, never decrease and end at
+    ``n_stored``; ``col_idx`` ``(n_stored,)`` must lie in ``[0, n_cols)`` and increase
+    strictly within each row. NumPy arrays or torch tensors (read on the host). Shapes
+    are the caller's to check first. Raises ``ValueError`` naming ``row_ptr`` or
+    ``index_name``; ``stored``, ``row`` and ``column`` are the words the messages use.
+    """
+    p, c = _host(row_ptr).astype(np.int64), _host(col_idx).astype(np.int64)
+    if p[0] != 0 or p[-1] != n_stored or np.any(np.diff(p) < 0):
+        raise ValueError(
+            "row_ptr must start at 0, never decrease and end at the number of "
+            f"{stored} ({n_stored}), got "
+            f"{p.tolist() if p.size <= 12 else describe(p)}"
+        )
+    if n_stored and (c.min() < 0 or c.max() >= n_cols):
+        raise ValueError(
+            f"{index_name} must be in [0, {n_cols}) ({column}), got values in "
+            f"[{int(c.min())}, {int(c.max())}]"
+        )
+    row_of = np.repeat(np.arange(n_rows), np.diff(p))
+    same_row = row_of[1:] == row_of[:-1]
+    if np.any(np.diff(c)[same_row] <= 0):
+        raise ValueError(
+            f"{index_name} must be strictly increasing within each {row} (sorted, no "
+            "repeats)"
+        )
 
 
 @dataclass(frozen=True, eq=False, repr=False)
@@ -147,25 +188,11 @@ class BlockSparse:
                 f"row_ptr must have rows // bh + 1 = {n_rows + 1} entries, got shape "
                 f"{tuple(ptr.shape)}"
             )
-        p, c = _host(ptr), _host(cols)
-        if p[0] != 0 or p[-1] != nnzb or np.any(np.diff(p) < 0):
-            raise ValueError(
-                "row_ptr must start at 0, never decrease and end at the number of "
-                f"stored blocks ({nnzb}), got "
-                f"{p.tolist() if p.size <= 12 else describe(p)}"
-            )
-        if nnzb and (c.min() < 0 or c.max() >= n_cols):
-            raise ValueError(
-                f"col_indices must be in [0, {n_cols}) (block columns), got values in "
-                f"[{int(c.min())}, {int(c.max())}]"
-            )
-        row_of = np.repeat(np.arange(n_rows), np.diff(p))
-        same_row = row_of[1:] == row_of[:-1]
-        if np.any(np.diff(c)[same_row] <= 0):
-            raise ValueError(
-                "col_indices must be strictly increasing within each block row "
-                "(sorted, no repeats)"
-            )
+        check_row_structure(
+            ptr, cols, n_rows, n_cols, nnzb,
+            index_name="col_indices", stored="stored blocks", row="block row",
+            column="block columns",
+        )  # fmt: skip
 
     # -------------------------------------------------------------------- derived sizes
     @property
