@@ -3,21 +3,26 @@
 Everything in the course that needs a CUDA GPU, checked in one run of under 8 minutes on one H100 or A100:
 
 1. **tests**: ``pytest -m gpu tests`` and the Triton kernel test files (``tests/ch02_quant/test_quant_kernels.py``,
-   ``tests/ch07_flash/test_flash_kernels.py``, which run on the GPU when there is one), each in a subprocess; the
+   ``tests/ch07_flash/test_flash_kernels.py``, ``tests/shared/test_sparse_kernels.py``,
+   ``tests/ch04_nm/test_nm_kernels.py``, which run on the GPU when there is one), each in a subprocess; the
    passed / failed / skipped counts come from pytest's JUnit XML (``-q`` summary as a fallback).
 2. **kernels**: every Triton kernel compiled for real and run against its PyTorch twin: the quantization
    kernels of :mod:`effx_lab.quant.kernels` (``quantize_rows``, ``dequantize_rows``, ``quantize_groups``,
    ``dequantize_groups``, ``int8_gemm`` with the backend it took, ``w4a16_matmul``, ``w8a16_matmul``) and
-   :func:`effx_lab.flash.kernels.mixed_chunk_attention_triton` and the block-sparse matmul
-   :func:`effx_lab.sparse.kernels.block_sparse_matmul_triton` (chapter 3); max abs error against the torch
-   version and against a float64 reference, with the tolerance each is held to.
+   :func:`effx_lab.flash.kernels.mixed_chunk_attention_triton`, the block-sparse matmul
+   :func:`effx_lab.sparse.kernels.block_sparse_matmul_triton` (chapter 3) and the 2:4 compressed-weight matmul
+   :func:`effx_lab.nm.kernels.nm_matmul_triton` (chapter 4); max abs error against the torch version and
+   against a float64 reference, with the tolerance each is held to.
 3. **benchmarks**: each chapter's ``run(quick=True)`` (all its CUDA branches, small sizes) and, at the sizes
    of a 4096-wide layer, the chapters' GPU measurements: the decode GEMV paths
    (:func:`effx_lab.quant.bench.decode_gemv`), Triton ``int8_gemm`` against ``torch._int_mm``
    (:func:`effx_lab.quant.bench.int8_gemm_vs_int_mm`), the mixed chunk kernel against torch
    (:func:`effx_lab.flash.bench.triton_vs_torch`) and the Triton block-sparse kernel and ``torch.sparse`` CSR
    against the dense cuBLAS matmul (:func:`effx_lab.prune.bench.gpu_sparse_vs_dense`, float16, decode and
-   prefill, densities 0.5 / 0.25 / 0.1); reported as kernel-vs-library speed-ups.
+   prefill, densities 0.5 / 0.25 / 0.1), and 2:4 sparsity at widths 4096 / 8192 / 16384, 1 to 16 tokens
+   (decode) and 2048 (prefill), float16: dense cuBLAS vs PyTorch's semi-structured tensors (sparse tensor
+   cores) vs the course's Triton kernel (:func:`_nm_timing`, with the published numbers and the 1.78x
+   bandwidth limit in :data:`NM_PUBLISHED`); reported as kernel-vs-library speed-ups.
 4. **notebooks** (``--notebooks``, default on with a GPU): the notebooks with GPU branches under
    ``pytest --nbval-lax``, one subprocess each, while the time budget lasts.
 
@@ -92,6 +97,7 @@ KERNEL_TEST_FILES = (
     "tests/ch02_quant/test_quant_kernels.py",
     "tests/ch07_flash/test_flash_kernels.py",
     "tests/shared/test_sparse_kernels.py",
+    "tests/ch04_nm/test_nm_kernels.py",
 )
 #: a notebook is started only with at least this much budget left (seconds)
 NOTEBOOK_MIN_S = 45.0
@@ -117,6 +123,8 @@ SIZES: dict[str, dict[str, Any]] = {
         "flash_split": {"batches": (1, 8), "ns": (4096, 8192), "s": 128, "e": 512, "chunk_size": 256},
         "bsr": {"n": 4096, "k": 4096, "m": (1, 512), "block": 32, "density": 0.25},
         "prune_sparse": {"n": 4096, "k": 4096, "tokens": (1, 512), "densities": (0.5, 0.25, 0.1), "block": 32},
+        "nm": {"n": 4096, "k": 4096, "m": (1, 2048)},
+        "nm_bench": {"widths": (4096, 8192, 16384), "tokens": (1, 4, 16, 2048)},
     },
     "dry": {
         "rows": (8, 64),
@@ -132,6 +140,8 @@ SIZES: dict[str, dict[str, Any]] = {
         "flash_split": {"batches": (1,), "ns": (32,), "s": 16, "e": 16, "chunk_size": 16},
         "bsr": {"n": 64, "k": 64, "m": (1, 20), "block": 32, "density": 0.5},
         "prune_sparse": {"n": 64, "k": 64, "tokens": (1, 16), "densities": (0.5,), "block": 32},
+        "nm": {"n": 64, "k": 64, "m": (1, 20)},
+        "nm_bench": {"widths": (64,), "tokens": (1, 20)},
     },
 }
 #: allowed error of a kernel, relative to max |float64 reference|, by dtype of its inputs
@@ -702,6 +712,41 @@ def _sparse_cases(ctx: Context) -> list[tuple[str, str, str, Callable[[], dict[s
     return cases
 
 
+def _nm_cases(ctx: Context) -> list[tuple[str, str, str, Callable[[], dict[str, Any]]]]:
+    """The Triton 2:4 compressed-weight matmul (chapter 4) against ``nm.torch_ops.nm_matmul`` and the float64
+    dense product, for decode (M = 1) and prefill, with a bias."""
+    from effx_lab.nm import kernels as NK
+    from effx_lab.nm import torch_ops as NT
+
+    dev, b = ctx.device, ctx.sizes["nm"]
+    n, k = b["n"], b["k"]
+
+    def check(m: int, dtype: torch.dtype) -> dict[str, Any]:
+        w64 = torch.randn((n, k), generator=_gen(50), dtype=torch.float64) / math.sqrt(k)
+        w = (w64 * NT.nm_mask(w64, 2, 4)).to(device=dev, dtype=dtype)
+        c = NT.compress(w, 2, 4)
+        x = _randn(51, (m, k), dev, dtype)
+        bias = _randn(52, (n,), dev, dtype, 0.1)
+        y, first = _timed_first_call(dev, lambda: NK.nm_matmul_triton(x, c, bias))
+        with torch.inference_mode():
+            twin = NT.nm_matmul(x, c, bias)
+        ref64 = x.double() @ w.double().T + bias.double()
+        tol = TOL_MATMUL[_dt(dtype)]
+        err = _rel_to_ref(y, ref64)
+        return {"first_call_s": first, "twin": "nm.torch_ops.nm_matmul",
+                "max_abs_err": _max_abs(y, twin), "rel_err_vs_fp64": err,
+                "twin_rel_err_vs_fp64": _rel_to_ref(twin, ref64), "tolerance": tol,
+                "compressed_over_dense_bytes": c.nbytes / c.dense_nbytes,
+                "ok": bool(y.dtype == dtype and err <= tol)}  # fmt: skip
+
+    cases = []
+    for m in b["m"]:
+        shape = f"M={m} N={n} K={k} 2:4"
+        for dt in ("float32", "float16", "bfloat16"):
+            cases.append(("nm_matmul_triton", dt, shape, lambda m=m, dt=dt: check(m, _DTYPES[dt])))
+    return cases
+
+
 def _error_text(exc: BaseException) -> str:
     text = str(exc).strip()
     first = text.splitlines()[0] if text else ""
@@ -714,7 +759,7 @@ def _kernels_step(ctx: Context, out: dict[str, Any]) -> None:
     out["triton_mode"] = _device.triton_mode()
     groups: list[tuple[str, Callable[[Context], list], str | None]] = []
     for module, build in (("effx_lab.quant.kernels", _quant_cases), ("effx_lab.flash.kernels", _flash_cases),
-                          ("effx_lab.sparse.kernels", _sparse_cases)):
+                          ("effx_lab.sparse.kernels", _sparse_cases), ("effx_lab.nm.kernels", _nm_cases)):
         try:
             mod = importlib.import_module(module)
             why = mod.why_unavailable()
@@ -801,6 +846,90 @@ def _flash_split_timing(*, batches: Sequence[int], ns: Sequence[int], s: int, e:
                 "auto_splits": FK.default_split(v, chunk_size),
             })  # fmt: skip
             del qq, kq, ql, kl, v, ys
+    return out
+
+
+#: what others measured for 2:4 on sparse tensor cores, recorded next to the course's own numbers
+NM_PUBLISHED = (
+    "published: torchao's sparsity README reports 1.24x and 1.27x for the two ViT-L MLP Linear layers (fp16, "
+    "A100, 13008 tokens); pytorch/pytorch#111339 reports no speed-up for a 4096 x 4096 layer at one token; "
+    "about 1.3-1.6x per large Linear on an A100 is the range usually quoted (not measured by the course). "
+    "Bandwidth limit of a memory-bound (decode) 2:4 fp16 matmul: the weight moves as values 0.5 + metadata "
+    "0.0625 = 0.5625 of its dense bytes, so at most 1 / 0.5625 = 1.78x; compute limit (prefill): 2x on the "
+    "sparse tensor cores (mma.sp), 1x for the course's Triton kernel (dense tl.dot on decompressed tiles)"
+)
+
+
+def _nm_timing(*, widths: Sequence[int], tokens: Sequence[int], dtype: torch.dtype, device: torch.device,
+               min_run_time: float, rounds: int = 1) -> dict[str, Any]:  # fmt: skip
+    """``x @ W.T`` for a 2:4 ``W (width, width)`` three ways, at each width and token count: the dense cuBLAS
+    matmul of the pruned weight (``F.linear``, ``dense``), PyTorch's semi-structured sparse tensor on the sparse
+    tensor cores (:func:`effx_lab.nm.semi_structured.semi_structured_linear`, ``semi_structured``; cuSPARSELt or
+    CUTLASS) and the course's Triton kernel reading the compressed form
+    (:func:`effx_lab.nm.kernels.nm_matmul_triton`, ``triton_nm``).
+
+    Each is timed with :func:`effx_lab.bench.time_fn` (L2 flushed before each call on a GPU), the three
+    alternating for ``rounds`` rounds (best median). Returns ``{"config", "rows", "notes", "published"}``: one
+    row per (width, tokens) with ``times_s``, ``speedup_vs_dense`` (dense time / its time) and
+    ``rel_err_vs_fp64`` (``max |y - ref| / max |ref|`` against the float64 product); ``notes`` says why a
+    candidate was not timed (semi-structured: no CUDA or a GPU before sm_80); ``published`` is
+    :data:`NM_PUBLISHED`. On a CPU (``--dry-run``) the kernel runs in Triton's interpreter, float32, and the
+    times mean nothing. Returns ``{"skipped": why}`` when the Triton kernel cannot run.
+    """
+    import torch.nn.functional as F
+
+    from effx_lab.bench import time_fn
+    from effx_lab.nm import kernels as NK
+    from effx_lab.nm import semi_structured as NS
+    from effx_lab.nm import torch_ops as NT
+
+    why = NK.why_unavailable()
+    if why is not None:
+        return {"skipped": why}
+    if device.type != "cuda":
+        dtype = torch.float32
+    cfg = {"widths": list(widths), "tokens": list(tokens), "dtype": _dt(dtype), "device": str(device),
+           "pattern": "2:4 along the input dimension"}  # fmt: skip
+    out: dict[str, Any] = {"config": cfg, "rows": [], "notes": {}, "published": NM_PUBLISHED}
+    semi_why = NS.why_unavailable(device)
+    if semi_why is None and dtype not in NS.DTYPES:
+        semi_why = f"semi-structured sparsity takes float16/bfloat16, the benchmark runs {_dt(dtype)}"
+    if semi_why is not None:
+        out["notes"]["semi_structured"] = semi_why
+    for width in widths:
+        w = _randn(60, (width, width), device, dtype, 1.0 / math.sqrt(width))
+        w = w * NT.nm_mask(w, 2, 4)
+        c = NT.compress(w, 2, 4)
+        ws = None
+        if semi_why is None:
+            try:
+                ws = NS.to_semi_structured(w)
+            except Exception as exc:  # noqa: BLE001 - recorded, the other two still run
+                out["notes"]["semi_structured"] = _error_text(exc)
+        w64 = w.double()
+        for m in tokens:
+            x = _randn(61, (m, width), device, dtype)
+            calls = {"dense": lambda x=x: F.linear(x, w), "triton_nm": lambda x=x: NK.nm_matmul_triton(x, c)}
+            if ws is not None:
+                calls["semi_structured"] = lambda x=x: NS.semi_structured_linear(x, ws)
+            with torch.inference_mode():
+                ref64 = x.double() @ w64.T
+                errs = {name: _rel_to_ref(fn(), ref64) for name, fn in calls.items()}  # also the compile
+                del ref64
+                times = {name: math.inf for name in calls}
+                for _ in range(max(1, rounds)):  # alternate, so that a clock change hits all alike
+                    for name, fn in calls.items():
+                        t = time_fn(fn, name=name, min_run_time=min_run_time, device=device).median_s
+                        times[name] = min(times[name], t)
+            out["rows"].append({
+                "width": width, "tokens": m, "times_s": times, "rel_err_vs_fp64": errs,
+                "speedup_vs_dense": {name: times["dense"] / t for name, t in times.items() if name != "dense"},
+                "compressed_over_dense_bytes": c.nbytes / c.dense_nbytes,
+            })  # fmt: skip
+            del x
+        del w, w64, c, ws
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
     return out
 
 
@@ -936,6 +1065,23 @@ def bench_ratios(measurements: dict[str, Any], *, interpreted: bool, int8_backen
     if ps and "rows" not in ps:
         ratios.append(_ratio("block-sparse Triton vs dense cuBLAS", src, "", "", None, None, {},
                              ps.get("skipped") or ps.get("error") or "not measured"))  # fmt: skip
+
+    nm = measurements.get("nm_sparse") or {}
+    cfg = nm.get("config", {})
+    src = f"gpu_check._nm_timing 2:4 {cfg.get('dtype')}"
+    for row in nm.get("rows", []):
+        t, errs = row.get("times_s", {}), row.get("rel_err_vs_fp64", {})
+        phase = "prefill" if row["tokens"] > 16 else "decode"
+        where = f"N=K={row['width']}, M={row['tokens']} ({phase})"
+        for kern, label in (("triton_nm", "2:4 Triton (ours)"), ("semi_structured", "2:4 semi-structured")):
+            why = None if kern in t else (nm.get("notes", {}).get(kern) or "not timed")
+            err = {"kernel_rel_err_vs_fp64": errs.get(kern), "dense_rel_err_vs_fp64": errs.get("dense")}
+            note = "; ".join(x for x in ("bandwidth limit 1.78x, compute limit 2x (sparse tensor cores)", tag) if x)
+            ratios.append(_ratio(f"{label} vs dense cuBLAS, {where}", src, kern, "dense", t.get(kern),
+                                 t.get("dense"), err, why, note))  # fmt: skip
+    if nm and "rows" not in nm:
+        ratios.append(_ratio("2:4 Triton (ours) vs dense cuBLAS", src, "", "", None, None, {},
+                             nm.get("skipped") or nm.get("error") or "not measured"))  # fmt: skip
     return ratios
 
 
@@ -1018,6 +1164,10 @@ def _benchmarks_step(ctx: Context, out: dict[str, Any]) -> None:
     _bench_item(ctx, meas, "prune_sparse",
                 lambda: _module("effx_lab.prune.bench").gpu_sparse_vs_dense(
                     **sz["prune_sparse"], dtype=torch.float16, device=dev, **timing),
+                min_s=3.0 if ctx.dry_run else 20.0)  # fmt: skip
+    # float16: the sparse tensor cores (semi-structured) and the Triton kernel both take it
+    _bench_item(ctx, meas, "nm_sparse",
+                lambda: _nm_timing(**sz["nm_bench"], dtype=torch.float16, device=dev, **timing),
                 min_s=3.0 if ctx.dry_run else 20.0)  # fmt: skip
     for item in meas.values():
         if "result" in item:

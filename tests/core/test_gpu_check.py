@@ -24,7 +24,7 @@ from effx_lab import gpu_check as G
 
 ROOT = Path(__file__).resolve().parents[2]
 KERNELS = {"quantize_rows", "dequantize_rows", "quantize_groups", "int8_gemm", "w4a16_matmul", "w8a16_matmul",
-           "mixed_chunk_attention_triton", "block_sparse_matmul_triton"}  # fmt: skip
+           "mixed_chunk_attention_triton", "block_sparse_matmul_triton", "nm_matmul_triton"}  # fmt: skip
 
 
 def _triton_runs_here() -> bool:
@@ -122,7 +122,8 @@ def test_dry_run_benchmarks(dry_run):
         assert item["function"].endswith("run(quick=True)") and item["result"]["quick"] is True
     assert sec["triton_half_dtype"] == "float16" and "bf16" in sec["triton_half_dtype_reason"]
     meas = sec["measurements"]
-    assert set(meas) == {"decode_gemv", "int8_gemm", "flash_triton_vs_torch", "flash_split", "prune_sparse"}
+    assert set(meas) == {"decode_gemv", "int8_gemm", "flash_triton_vs_torch", "flash_split", "prune_sparse",
+                         "nm_sparse"}  # fmt: skip
     ratios = sec["ratios"]
     assert len(ratios) >= 5
     for r in ratios:
@@ -160,6 +161,22 @@ def test_dry_run_benchmarks(dry_run):
             where = f"density {r['density']:g}, M={r['tokens']}"
             assert f"block-sparse Triton vs dense cuBLAS, {where}" in names
             assert f"torch.sparse CSR vs dense cuBLAS, {where}" in names
+        # chapter 4: the 2:4 Triton kernel against the dense matmul; semi-structured needs an sm_80 GPU
+        nm = meas["nm_sparse"]["result"]
+        cfg = G.SIZES["dry"]["nm_bench"]
+        assert nm["config"]["dtype"] == "float32" and "1.78x" in nm["published"]
+        assert "no CUDA GPU" in nm["notes"]["semi_structured"] or "cpu" in nm["notes"]["semi_structured"]
+        assert [(r["width"], r["tokens"]) for r in nm["rows"]] == [
+            (w, t) for w in cfg["widths"] for t in cfg["tokens"]]  # fmt: skip
+        for r in nm["rows"]:
+            assert set(r["times_s"]) == {"dense", "triton_nm"}, r
+            assert all(e < 1e-5 for e in r["rel_err_vs_fp64"].values()), r
+            assert r["compressed_over_dense_bytes"] == pytest.approx(0.5 + 1 / 32)  # float32 values
+            where = f"N=K={r['width']}, M={r['tokens']}"
+            assert any(n.startswith(f"2:4 Triton (ours) vs dense cuBLAS, {where}") for n in names)
+        skipped = {r["name"]: r for r in ratios if r["status"] == "skipped"}
+        semi = [n for n in skipped if n.startswith("2:4 semi-structured vs dense cuBLAS")]
+        assert len(semi) == len(nm["rows"]) and all(skipped[n]["reason"] for n in semi)
 
 
 @pytest.mark.slow  # the dry run: ~20 s on an idle 2-core CPU, shared by these tests
@@ -426,6 +443,34 @@ def test_bench_ratios_of_the_block_sparse_measurement():
     rows = G.bench_ratios({"prune_sparse": {"skipped": "no CUDA GPU"}}, interpreted=False)
     assert [(r["name"], r["status"], r["reason"]) for r in rows] == [
         ("block-sparse Triton vs dense cuBLAS", "skipped", "no CUDA GPU")]
+
+
+def test_bench_ratios_of_the_nm_measurement():
+    meas = {
+        "nm_sparse": {
+            "config": {"widths": [4096], "tokens": [1, 2048], "dtype": "float16"},
+            "rows": [{"width": 4096, "tokens": 1,
+                      "times_s": {"dense": 30e-6, "triton_nm": 20e-6, "semi_structured": 25e-6},
+                      "rel_err_vs_fp64": {"dense": 1e-4, "triton_nm": 2e-4, "semi_structured": 3e-4}},
+                     {"width": 4096, "tokens": 2048, "times_s": {"dense": 1e-3, "triton_nm": 2e-3},
+                      "rel_err_vs_fp64": {"dense": 1e-4, "triton_nm": 2e-4}}],
+            "notes": {"semi_structured": "RuntimeError: cuSPARSELt failed"},
+            "published": G.NM_PUBLISHED,
+        },
+    }  # fmt: skip
+    rows = {r["name"]: r for r in G.bench_ratios(meas, interpreted=False)}
+    ours = rows["2:4 Triton (ours) vs dense cuBLAS, N=K=4096, M=1 (decode)"]
+    assert ours["status"] == "ok" and ours["speedup"] == pytest.approx(1.5) and ours["library"] == "dense"
+    assert "1.78x" in ours["note"] and ours["errors"]["kernel_rel_err_vs_fp64"] == 2e-4
+    semi = rows["2:4 semi-structured vs dense cuBLAS, N=K=4096, M=1 (decode)"]
+    assert semi["speedup"] == pytest.approx(1.2)
+    missing = rows["2:4 semi-structured vs dense cuBLAS, N=K=4096, M=2048 (prefill)"]
+    assert missing["status"] == "skipped" and "cuSPARSELt failed" in missing["reason"]
+    assert rows["2:4 Triton (ours) vs dense cuBLAS, N=K=4096, M=2048 (prefill)"]["speedup"] == pytest.approx(0.5)
+    rows = G.bench_ratios({"nm_sparse": {"skipped": "no Triton"}}, interpreted=False)
+    assert [(r["name"], r["status"], r["reason"]) for r in rows] == [
+        ("2:4 Triton (ours) vs dense cuBLAS", "skipped", "no Triton")]
+    assert "0.5625" in G.NM_PUBLISHED and "1.24x" in G.NM_PUBLISHED
 
 
 def test_bench_ratios_on_a_t4_like_result():
