@@ -43,9 +43,7 @@ MiniLM, a parameter dict, is pruned by :func:`prune_minilm`, which returns a new
 
 from __future__ import annotations
 
-import functools
 import inspect
-import weakref
 from typing import Any
 
 import numpy as np
@@ -122,75 +120,7 @@ def mask_set(model: nn.Module) -> SM.MaskSet:
     ``sparsity()``, or ``remove()`` them (the zeros stay, the hooks go). Empty when
     the model has none. Looked up on the model each time, so the masks of a
     ``copy.deepcopy`` are the copy's own."""
-    model = _check_model(model)
-    found: dict[str, SM.WeightMask] = {}
-    for prefix, module in model.named_modules():
-        for pname, _ in module.named_parameters(recurse=False):
-            mask = SM.get_mask(module, pname)
-            if mask is not None:
-                found[f"{prefix}.{pname}" if prefix else pname] = mask
-    return SM.MaskSet(found)
-
-
-def _zero_pruned_grad(
-    module: nn.Module, name: str, grad: torch.Tensor
-) -> torch.Tensor:
-    """The guard's gradient hook: the mask in force on ``module.name`` now (none after
-    ``remove()``: the gradient passes unchanged)."""
-    mask = SM.get_mask(module, name)
-    if mask is None:
-        return grad
-    zero = torch.zeros((), dtype=grad.dtype, device=grad.device)
-    return torch.where(mask.mask, grad, zero)
-
-
-class _MaskGuard:
-    """A forward pre-hook on the pruned model itself (not on the module holding the
-    weight): before every forward pass it zeros the pruned entries of every mask in
-    force (``param.data``, as the masks' own pre-hooks do, so a model called twice in
-    one graph still runs backward) and makes sure each masked parameter has a
-    gradient hook that zeros its pruned entries.
-
-    Why: an LM's weights live in ``nn.ParameterDict``s, whose ``forward`` never runs,
-    so the masks' per-module pre-hooks never fire there; and ``copy.deepcopy`` of a
-    model copies its parameters without their tensor hooks (the mask's gradient hook
-    among them), while module hooks such as this one are copied. The guard records the
-    parameters it armed (by weak reference); a copy (``deepcopy``, pickle) starts with
-    an empty record, so it arms its own parameters before their first backward. The
-    gradient hook reads the mask in force when it runs: after
-    ``mask_set(model).remove()`` it lets gradients through.
-    """
-
-    def __init__(self) -> None:
-        self._armed: dict[str, Any] = {}
-
-    def __getstate__(self) -> dict[str, Any]:
-        # a copy (deepcopy, pickle) has parameters of its own: arm them afresh
-        return {"_armed": {}}
-
-    def __call__(self, model: nn.Module, args: Any = ()) -> None:
-        for name, mask in mask_set(model).items():
-            param = mask.param
-            param.data.masked_fill_(~mask.mask, 0)
-            ref = self._armed.get(name)
-            if param.requires_grad and (ref is None or ref() is not param):
-                hook = functools.partial(_zero_pruned_grad, mask.module, mask.name)
-                param.register_hook(hook)
-                self._armed[name] = weakref.ref(param)
-
-
-_GUARD = "_effx_prune_guard"
-
-
-def _guard(model: nn.Module) -> None:
-    """Attach the :class:`_MaskGuard` to ``model`` once, and run it now."""
-    guard = model.__dict__.get(_GUARD)
-    if guard is None:
-        guard = _MaskGuard()
-        model.__dict__[_GUARD] = guard
-        model.register_forward_pre_hook(guard)
-    with torch.no_grad():
-        guard(model)
+    return SM.model_masks(_check_model(model))
 
 
 def _select(
@@ -561,7 +491,7 @@ def _prune_magnitude(model: nn.Module, config: MagnitudeConfig) -> nn.Module:
     for key, mask in masks.items():
         if key in existing:
             existing[key].update(mask)
-    _guard(model)
+    SM.guard_masks(model)
     return model
 
 

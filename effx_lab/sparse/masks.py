@@ -45,6 +45,8 @@ without calling ``out_proj``) relies on the gradient hook and ``reapply``.
 
 from __future__ import annotations
 
+import functools
+import weakref
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -60,7 +62,9 @@ __all__ = [
     "apply_mask",
     "apply_masks",
     "get_mask",
+    "guard_masks",
     "linear_weights",
+    "model_masks",
 ]
 
 _REGISTRY = "_effx_weight_masks"  # attribute of a module: {parameter name: WeightMask}
@@ -569,3 +573,83 @@ def apply_masks(
             for full, (mod, pname, mask) in targets.items()
         }
     )
+
+
+def model_masks(model: nn.Module) -> MaskSet:
+    """Every mask in force on ``model`` (whoever attached it), by parameter name, as one
+    :class:`MaskSet`; empty when there is none. Looked up on the model each time, so
+    the masks of a ``copy.deepcopy`` are the copy's own."""
+    model = _check_module("model", model)
+    found: dict[str, WeightMask] = {}
+    for prefix, module in model.named_modules():
+        for pname, _ in module.named_parameters(recurse=False):
+            mask = get_mask(module, pname)
+            if mask is not None:
+                found[f"{prefix}.{pname}" if prefix else pname] = mask
+    return MaskSet(found)
+
+
+def _zero_pruned_grad(
+    module: nn.Module, name: str, grad: torch.Tensor
+) -> torch.Tensor:
+    """The guard's gradient hook: the mask in force on ``module.name`` now (none after
+    ``remove()``: the gradient passes unchanged)."""
+    mask = get_mask(module, name)
+    if mask is None:
+        return grad
+    zero = torch.zeros((), dtype=grad.dtype, device=grad.device)
+    return torch.where(mask.mask, grad, zero)
+
+
+class _MaskGuard:
+    """A forward pre-hook on the masked model itself (not on the module holding the
+    weight): before every forward pass it zeros the pruned entries of every mask in
+    force (``param.data``, as the masks' own pre-hooks do, so a model called twice in
+    one graph still runs backward) and makes sure each masked parameter has a
+    gradient hook that zeros its pruned entries.
+
+    Why: an LM's weights live in ``nn.ParameterDict``s, whose ``forward`` never runs,
+    so the masks' per-module pre-hooks never fire there; and ``copy.deepcopy`` of a
+    model copies its parameters without their tensor hooks (the mask's gradient hook
+    among them), while module hooks such as this one are copied. The guard records the
+    parameters it armed (by weak reference); a copy (``deepcopy``, pickle) starts with
+    an empty record, so it arms its own parameters before their first backward. The
+    gradient hook reads the mask in force when it runs: after
+    ``model_masks(model).remove()`` it lets gradients through.
+    """
+
+    def __init__(self) -> None:
+        self._armed: dict[str, Any] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        # a copy (deepcopy, pickle) has parameters of its own: arm them afresh
+        return {"_armed": {}}
+
+    def __call__(self, model: nn.Module, args: Any = ()) -> None:
+        for name, mask in model_masks(model).items():
+            param = mask.param
+            param.data.masked_fill_(~mask.mask, 0)
+            ref = self._armed.get(name)
+            if param.requires_grad and (ref is None or ref() is not param):
+                hook = functools.partial(_zero_pruned_grad, mask.module, mask.name)
+                param.register_hook(hook)
+                self._armed[name] = weakref.ref(param)
+
+
+_GUARD = "_effx_mask_guard"  # attribute of a model: its _MaskGuard
+
+
+def guard_masks(model: nn.Module) -> None:
+    """Keep every mask of ``model`` in force through anything: a forward pre-hook on
+    the model itself (attached once; see :class:`_MaskGuard` for why the masks' own
+    hooks are not enough for an LM's ``nn.ParameterDict`` weights or a
+    ``copy.deepcopy``), run once now. The whole-model verbs (``prune_``,
+    ``sparsify_``) call it after attaching their masks."""
+    model = _check_module("model", model)
+    guard = model.__dict__.get(_GUARD)
+    if guard is None:
+        guard = _MaskGuard()
+        model.__dict__[_GUARD] = guard
+        model.register_forward_pre_hook(guard)
+    with torch.no_grad():
+        guard(model)

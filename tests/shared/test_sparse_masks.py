@@ -417,3 +417,50 @@ def test_apply_masks_checks_every_key_before_attaching():
         M.apply_masks(model, masks)
     with pytest.raises(TypeError, match="model must be a torch.nn.Module"):
         M.linear_weights({"0.weight": 1})
+
+
+# ====================================================== masks of a whole model, guarded
+class _DictModel(nn.Module):
+    """Weights in an ``nn.ParameterDict`` (the shared LM's layout): no module of theirs
+    ever runs ``forward``, so their masks' own forward pre-hooks never fire."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.p = nn.ParameterDict(
+            {"w1": nn.Parameter(torch.randn(8, 16, dtype=torch.float64)),
+             "w2": nn.Parameter(torch.randn(16, 4, dtype=torch.float64))}
+        )  # fmt: skip
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(x @ self.p["w1"]) @ self.p["w2"]
+
+
+@pytest.mark.parametrize("copy_first", [False, True])
+def test_guard_masks_keeps_parameter_dict_weights_zero_through_adamw(copy_first):
+    import copy
+
+    model, batch = _DictModel(), _batch()
+    masks = {k: T.magnitude_mask(w.detach(), 0.5) for k, w in model.p.items()}
+    M.apply_masks(model, {f"p.{k}": m for k, m in masks.items()})
+    found = M.model_masks(model)
+    assert sorted(found) == ["p.w1", "p.w2"]
+    M.guard_masks(model)
+    M.guard_masks(model)  # attached once: a second call only re-runs it
+    if copy_first:
+        model = copy.deepcopy(model)  # the copy's parameters lose their tensor hooks
+    opt = _optimizer(model)
+    for _ in range(5):
+        _step(model, opt, batch)
+    for k, m in masks.items():
+        w = model.p[k].detach()
+        assert (w[~m] == 0).all() and (model.p[k].grad[~m] == 0).all(), k
+        assert (w[m] != 0).any(), f"{k}: the kept weights did not train"
+
+
+def test_model_masks_and_guard_masks_check_their_argument():
+    with pytest.raises(TypeError, match="model must be a torch.nn.Module"):
+        M.model_masks({"w": torch.zeros(2)})
+    with pytest.raises(TypeError, match="model must be a torch.nn.Module"):
+        M.guard_masks(None)
+    assert len(M.model_masks(_model())) == 0
