@@ -68,6 +68,7 @@ __all__ = [
     "Timing",
     "ThreadLimits",
     "cache_dir",
+    "experiments_main",
     "check_threads",
     "compare",
     "cpu_cores",
@@ -75,12 +76,15 @@ __all__ = [
     "goal",
     "limit_threads",
     "load_average",
+    "load_checked_results",
     "measure_ceilings",
     "memory_by_source",
     "peak_memory",
+    "run_record",
     "save_results",
     "time_fn",
     "to_jsonable",
+    "write_json",
 ]
 
 #: backend names recorded in :class:`Timing`
@@ -973,3 +977,75 @@ def save_results(name: str, results: dict[str, Any], out_dir: str | os.PathLike[
     path = out / f"{name}-{_slug(device)}.json"
     path.write_text(json.dumps(payload, indent=2, allow_nan=False) + "\n", encoding="utf-8")
     return path
+
+
+# ======================================================================================
+# The chapters' experiments scripts (python -m effx_lab.<chapter>.experiments)
+# ======================================================================================
+def run_record() -> dict[str, Any]:
+    """What an experiments script records about the machine and the moment it starts:
+    device (with the CPU architecture), cores it may use, load average, torch version
+    and the UTC date. Results that ship with the course carry it, so a notebook can
+    name the machine that made them."""
+    return {
+        "device": f"{device_name()}, {platform.machine()}",
+        "cpu_cores": cpu_cores(),
+        "load_average_before": load_average(),
+        "torch": torch.__version__,
+        "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    }
+
+
+def write_json(results: dict[str, Any], out: str | os.PathLike[str]) -> Path:
+    """Write ``results`` as indented JSON to ``out`` (its folder created); the path."""
+    if not isinstance(results, dict):
+        raise TypeError(f"results must be a dict, got {describe(results)}")
+    if not isinstance(out, (str, os.PathLike)):
+        raise TypeError(f"out must be a path, got {describe(out)}")
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=1) + "\n")
+    return path
+
+
+def load_checked_results(
+    path: str | os.PathLike[str] | None,
+    default: Path,
+    module: str,
+    check: Callable[[dict[str, Any]], dict[str, Any]],
+) -> dict[str, Any]:
+    """The JSON results at ``path`` (``default``, the file shipped with the course,
+    when ``path`` is None), passed through ``check``; a missing file names the command
+    (``python -m <module> --out PATH``) that makes it."""
+    if path is not None and not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be a str, a Path or None, got {describe(path)}")
+    file = Path(default) if path is None else Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(
+            f"no results at {file}: run `python -m {module} --out {file}`"
+        )
+    return check(json.loads(file.read_text()))
+
+
+def experiments_main(
+    module: str,
+    names: tuple[str, ...],
+    run: Callable[..., dict[str, Any]],
+    check: Callable[[dict[str, Any]], dict[str, Any]],
+    argv: list[str] | None = None,
+) -> int:
+    """``python -m <module> [--quick] [--only NAME ...] --out F``: ``run(tuple(only),
+    quick=quick)``, the command line recorded in the results, ``check`` on them, and
+    the JSON written to ``F``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog=f"python -m {module}")
+    parser.add_argument("--out", required=True, help="where to write the JSON results")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, a few steps")
+    parser.add_argument("--only", nargs="+", choices=names, default=list(names))
+    args = parser.parse_args(argv)
+    results = run(tuple(args.only), quick=args.quick)
+    argv_text = " ".join(sys.argv[1:] if argv is None else argv)
+    results["command"] = f"python -m {module} {argv_text}".strip()
+    write_json(check(results), args.out)
+    return 0

@@ -53,7 +53,7 @@ from effx_lab._validate import (
     describe,
 )
 from effx_lab.attention.shapes import linear, tensor_params
-from effx_lab.bench import limit_threads
+from effx_lab.bench import limit_threads, load_checked_results, write_json
 from effx_lab.data import IGNORE_INDEX, mqar, mqar_accuracy
 from effx_lab.data.pools import token_splits
 from effx_lab.models.lm import (
@@ -734,12 +734,9 @@ def _check_timing(exp: Any) -> None:
 def load_results(path: str | Path | None = None) -> dict[str, Any]:
     """The results shipped with the course (:data:`RESULTS_PATH`), or those at ``path``,
     checked by :func:`check_results`."""
-    path = RESULTS_PATH if path is None else Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"no results at {path}: run `python -m effx_lab.flash.experiments --out {path}`"
-        )
-    return check_results(json.loads(path.read_text()))
+    return load_checked_results(
+        path, RESULTS_PATH, "effx_lab.flash.experiments", check_results
+    )
 
 
 #: the entries of :data:`SETTINGS` each experiment reads (the others are common)
@@ -804,9 +801,7 @@ def main(argv: list[str] | None = None) -> int:
         argv_text = " ".join(sys.argv[1:] if argv is None else argv)
         results["command"] = f"python -m effx_lab.flash.experiments {argv_text}".strip()
         check_results(results)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=1) + "\n")
+    write_json(results, args.out)
     return 0
 
 

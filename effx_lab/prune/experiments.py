@@ -46,14 +46,10 @@ papers' networks reach; either outcome is reported as it comes.
 
 from __future__ import annotations
 
-import argparse
 import copy
-import datetime as _dt
 import json
 import math
-import platform
 import statistics
-import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -63,7 +59,13 @@ import numpy as np
 import torch
 
 from effx_lab._validate import check_bool, check_choice, check_int, describe
-from effx_lab.bench import cpu_cores, device_name, limit_threads, load_average
+from effx_lab.bench import (
+    experiments_main,
+    limit_threads,
+    load_average,
+    load_checked_results,
+    run_record,
+)
 from effx_lab.data.pools import token_splits
 from effx_lab.models.lm import LM, LMSpec
 from effx_lab.models.training import evaluate, train
@@ -477,11 +479,7 @@ def run_experiments(
         "settings": json.loads(json.dumps(cfg)),
         "quick": quick,
         "rule": RULE,
-        "device": f"{device_name()}, {platform.machine()}",
-        "cpu_cores": cpu_cores(),
-        "load_average_before": load_average(),
-        "torch": torch.__version__,
-        "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        **run_record(),
         "experiments": {},
     }
     data = token_splits()
@@ -645,37 +643,19 @@ def check_results(results: Any) -> dict[str, Any]:
     return results
 
 
+#: the module that ``python -m`` runs (``__name__`` is "__main__" then)
+_MODULE = "effx_lab.prune.experiments"
+
+
 def load_results(path: str | Path | None = None) -> dict[str, Any]:
     """The results shipped with the course (:data:`RESULTS_PATH`), or those at ``path``,
     checked by :func:`check_results`."""
-    if path is not None and not isinstance(path, (str, Path)):
-        raise TypeError(f"path must be a str, a Path or None, got {describe(path)}")
-    path = RESULTS_PATH if path is None else Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"no results at {path}: run "
-            f"`python -m effx_lab.prune.experiments --out {path}`"
-        )
-    return check_results(json.loads(path.read_text()))
+    return load_checked_results(path, RESULTS_PATH, _MODULE, check_results)
 
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m effx_lab.prune.experiments [--quick] [--only NAME ...] --out F``."""
-    parser = argparse.ArgumentParser(prog="python -m effx_lab.prune.experiments")
-    parser.add_argument("--out", required=True, help="where to write the JSON results")
-    parser.add_argument("--quick", action="store_true", help="tiny sizes, a few steps")
-    parser.add_argument(
-        "--only", nargs="+", choices=EXPERIMENTS, default=list(EXPERIMENTS)
-    )
-    args = parser.parse_args(argv)
-    results = run_experiments(tuple(args.only), quick=args.quick)
-    argv_text = " ".join(sys.argv[1:] if argv is None else argv)
-    results["command"] = f"python -m effx_lab.prune.experiments {argv_text}".strip()
-    check_results(results)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=1) + "\n")
-    return 0
+    return experiments_main(_MODULE, EXPERIMENTS, run_experiments, check_results, argv)
 
 
 if __name__ == "__main__":

@@ -461,7 +461,7 @@ def test_cli_module_entry_point(monkeypatch, capsys):
         with pytest.raises(SystemExit) as exc:
             runpy.run_module("effx_lab.bench", run_name="__main__")
     assert exc.value.code == 2
-    assert "valid chapters: ch01, ch02, ch03, ch07, costs, flash, prune, quant" in capsys.readouterr().err
+    assert "valid chapters: ch01, ch02, ch03, ch04, ch07, costs, flash, nm, prune, quant" in capsys.readouterr().err
 
 
 
@@ -544,3 +544,36 @@ def test_cpu_cores_and_load_average():
     if load is not None:
         assert len(load) == 3 and all(isinstance(v, float) and v >= 0 for v in load)
     assert f"({bench.cpu_cores()} cores)" in device_name() or torch.cuda.is_available()
+
+
+def test_the_experiments_scripts_helpers(tmp_path):
+    # write_json / load_checked_results / experiments_main: what every chapter's
+    # `python -m effx_lab.<chapter>.experiments` runs
+    from effx_lab import bench as B
+
+    calls = []
+
+    def run(names, quick):
+        calls.append((names, quick))
+        return {"names": list(names), **B.run_record()}
+
+    def check(results):
+        if not results.get("names"):
+            raise ValueError("results['names'] must not be empty")
+        return results
+
+    out = tmp_path / "sub" / "r.json"
+    assert B.experiments_main("my.mod", ("a", "b"), run, check, ["--quick", "--only", "b", "--out", str(out)]) == 0
+    assert calls == [(("b",), True)]
+    got = B.load_checked_results(out, tmp_path / "none.json", "my.mod", check)
+    assert got["names"] == ["b"] and got["command"] == f"python -m my.mod --quick --only b --out {out}"
+    assert {"device", "cpu_cores", "torch", "date"} <= set(got)
+    with pytest.raises(FileNotFoundError, match="python -m my.mod --out"):
+        B.load_checked_results(None, tmp_path / "none.json", "my.mod", check)
+    B.write_json({"names": []}, out)
+    with pytest.raises(ValueError, match="must not be empty"):
+        B.load_checked_results(out, out, "my.mod", check)
+    with pytest.raises(TypeError, match="path must be a str"):
+        B.load_checked_results(3, out, "my.mod", check)
+    with pytest.raises(TypeError, match="results must be a dict"):
+        B.write_json([1], out)
