@@ -30,7 +30,7 @@ help:
 	@echo "make lab    JupyterLab on the notebooks"
 	@echo "make student  student versions of the notebooks into _build/student"
 	@echo "make test-instructor  real nbgrader: generate and autograde every notebook (installs .[instructor])"
-	@echo "make bench  chapter 1, 2, 3 and 7 benchmarks (JSON into bench_results/)"
+	@echo "make bench  chapter 1, 2, 3, 4 and 7 benchmarks (JSON into bench_results/)"
 	@echo "make gpu-check  on a CUDA machine: GPU tests, compiled Triton kernels, GPU benchmarks (JSON)"
 	@echo "make test-portable  a notebook per chapter + every kernel notebook from the wheel, without Triton"
 
@@ -144,6 +144,7 @@ bench: $(STAMP)
 	$(BIN)/python -m effx_lab.bench ch01
 	$(BIN)/python -m effx_lab.bench quant
 	$(BIN)/python -m effx_lab.bench prune
+	$(BIN)/python -m effx_lab.bench nm
 	$(BIN)/python -m effx_lab.bench flash
 
 # On a CUDA machine (under 8 minutes on an H100/A100): GPU tests, Triton kernels vs torch, GPU benchmarks,

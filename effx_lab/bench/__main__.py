@@ -23,8 +23,10 @@ REGISTRY: dict[str, str] = {
     "costs": "effx_lab.costs.bench",
     "ch02": "effx_lab.quant.bench",
     "ch03": "effx_lab.prune.bench",
+    "ch04": "effx_lab.nm.bench",
     "ch07": "effx_lab.flash.bench",
     "flash": "effx_lab.flash.bench",
+    "nm": "effx_lab.nm.bench",
     "prune": "effx_lab.prune.bench",
     "quant": "effx_lab.quant.bench",
 }
