@@ -43,6 +43,8 @@ __all__ = [
 
 #: Elements of the largest temporary ``x[..., idx]`` that :func:`nm_matmul` builds.
 CHUNK_ELEMENTS = 1 << 22
+#: from this many tokens on, nm_matmul decompresses the weight and uses the dense GEMM
+DECOMPRESS_TOKENS = 4
 
 
 def _tensor(name: str, w: Any, finite: bool = False) -> torch.Tensor:
@@ -209,17 +211,26 @@ def nm_matmul(
 ) -> torch.Tensor:
     """``x @ W.T (+ bias)`` reading only the compressed ``W``; see the reference.
 
-    ``index_select`` of the columns of ``x`` at the stored positions, then a multiply
-    by ``c.values`` and a sum (one ``einsum``), in chunks of output rows. Shapes,
-    dtypes and devices are checked, never values (no read-back). Differentiable in
-    ``x``, ``c.values`` and ``bias``.
+    Fewer than :data:`DECOMPRESS_TOKENS` tokens (decode): ``index_select`` of the
+    columns of ``x`` at the stored positions, then a multiply by ``c.values`` and a sum
+    (one ``einsum``), in chunks of output rows. From :data:`DECOMPRESS_TOKENS` tokens
+    on (prefill) the gathers would cost tokens x stored values, so the weight is
+    decompressed once into a dense temporary (one scatter) and multiplied by the dense
+    GEMM, as the Triton kernel does tile by tile in registers: measured on a 2-core
+    Xeon at 4096 x 4096, 16 tokens took 0.20 s that way against 0.43 s gathering, 64
+    tokens 0.18 s against 2.0 s. Shapes, dtypes and devices are checked, never values
+    (no read-back). Differentiable in ``x``, ``c.values`` and ``bias``. A NaN in
+    ``x[i, j]`` reaches the outputs whose row stores column ``j`` on the gather path,
+    every output of token ``i`` on the dense path (``0 * NaN``).
     """
     c = _check_compressed(c)
     check_nm_matmul_args(x, c, bias, torch.Tensor, "torch_ops")
-    cols, values = _columns(c), c.values
-    out, kept = values.shape
     lead = tuple(x.shape[:-1])
     t = math.prod(lead)
+    if t >= DECOMPRESS_TOKENS:
+        return torch.nn.functional.linear(x, decompress(c), bias)
+    cols, values = _columns(c), c.values
+    out, kept = values.shape
     xf = x.reshape(t, x.shape[-1])
     step = max(1, CHUNK_ELEMENTS // max(1, t * kept))
     parts = []

@@ -254,9 +254,10 @@ def nm_matmul_vs_dense(
         "note": (
             "on a CPU expect no speed-up from 2:4 itself: no CPU has sparse tensor "
             "cores, dense F.linear is the machine's best-tuned kernel, and the "
-            "course's nm_matmul gathers x at the stored indices (index_select, a "
-            "multiply and a sum in PyTorch), which costs more than the bytes it "
-            "saves; the compressed form reads "
+            "course's nm_matmul gathers x at the stored indices for decode "
+            "(index_select, a multiply and a sum in PyTorch), which costs more than "
+            "the bytes it saves, and for 4 tokens or more rebuilds the dense weight "
+            "(one scatter) before the dense product; the compressed form reads "
             f"{c.nbytes / c.dense_nbytes:.3f} x the dense bytes (float32 values + "
             "2-bit indices). The speed-up is a GPU's (sparse tensor cores, sm80+): "
             "the course's GPU check"
