@@ -123,23 +123,10 @@ def mask_set(model: nn.Module) -> SM.MaskSet:
     return SM.model_masks(_check_model(model))
 
 
-def _select(
-    weights: dict[str, nn.Parameter], include: tuple[str, ...] | None
-) -> dict[str, nn.Parameter]:
-    if include is None:
-        return weights
-    chosen: set[str] = set()
-    for name in include:
-        hits = [k for k in weights if k == name or k.startswith(name + ".")]
-        if not hits:
-            examples = ", ".join(list(weights)[:4]) or "none"
-            raise ValueError(
-                f"include names {name!r}, which is neither a prunable weight of the "
-                f"model nor a module holding one (prunable weights: {examples}, ...; "
-                "see prunable_weights(model))"
-            )
-        chosen.update(hits)
-    return {k: w for k, w in weights.items() if k in chosen}
+def _select(weights: dict[str, Any], include: Any) -> dict[str, Any]:
+    return SM.select_weights(
+        weights, include, "a prunable weight", "prunable_weights(model)"
+    )
 
 
 # --------------------------------------------------------------------------------------

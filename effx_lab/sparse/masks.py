@@ -65,6 +65,7 @@ __all__ = [
     "guard_masks",
     "linear_weights",
     "model_masks",
+    "select_weights",
 ]
 
 _REGISTRY = "_effx_weight_masks"  # attribute of a module: {parameter name: WeightMask}
@@ -653,3 +654,30 @@ def guard_masks(model: nn.Module) -> None:
         model.register_forward_pre_hook(guard)
     with torch.no_grad():
         guard(model)
+
+
+def select_weights(
+    weights: Mapping[str, Any], include: Any, what: str, listing: str
+) -> dict[str, Any]:
+    """The entries of ``weights`` that ``include`` names: ``None`` keeps them all; else
+    each name is a key or a module prefix of keys (``"layers.0"`` names every weight
+    under it). A name that matches nothing raises ``ValueError`` naming it, with
+    ``what`` the weights are (e.g. "a prunable weight") and the function ``listing``
+    that lists them. The whole-model verbs' ``include=`` options use it."""
+    if include is None:
+        return dict(weights)
+    if isinstance(include, str) or not isinstance(include, (list, tuple)):
+        raise TypeError(
+            f"include must be None or a list of names, got {describe(include)}"
+        )
+    chosen: set[str] = set()
+    for name in include:
+        hits = [k for k in weights if k == name or k.startswith(f"{name}.")]
+        if not hits:
+            examples = ", ".join(list(weights)[:4]) or "none"
+            raise ValueError(
+                f"include names {name!r}, which is neither {what} of the model nor a "
+                f"module holding one ({examples}, ...; see {listing})"
+            )
+        chosen.update(hits)
+    return {k: w for k, w in weights.items() if k in chosen}

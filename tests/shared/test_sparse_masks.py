@@ -464,3 +464,17 @@ def test_model_masks_and_guard_masks_check_their_argument():
     with pytest.raises(TypeError, match="model must be a torch.nn.Module"):
         M.guard_masks(None)
     assert len(M.model_masks(_model())) == 0
+
+
+def test_select_weights_by_name_or_module_prefix():
+    w = {"layers.0.w1": 1, "layers.0.w2": 2, "layers.1.w1": 3, "head": 4}
+    assert M.select_weights(w, None, "a weight", "f()") == w
+    assert M.select_weights(w, ["layers.0"], "a weight", "f()") == {
+        "layers.0.w1": 1, "layers.0.w2": 2}  # fmt: skip
+    # a prefix must end at a dot: "layers.1" does not name "layers.10..."
+    assert M.select_weights({**w, "layers.10.w1": 5}, ["layers.1"], "a weight", "f()") == {
+        "layers.1.w1": 3}  # fmt: skip
+    with pytest.raises(ValueError, match="include names 'nope', which is neither a weight"):
+        M.select_weights(w, ["nope"], "a weight", "f()")
+    with pytest.raises(TypeError, match="include must be None or a list"):
+        M.select_weights(w, "layers.0", "a weight", "f()")
