@@ -41,9 +41,24 @@ except ImportError as exc:  # macOS, Windows, or installed without the [triton] 
     )
 
 __all__ = [
-    "IMPORT_ERROR", "compile_report", "is_interpreted", "jit", "kernel_source", "tl", "triton",
-    "why_unavailable",
+    "IMPORT_ERROR", "compile_report", "is_interpreted", "jit", "kernel_source", "refuse_grad", "tl",
+    "triton", "why_unavailable",
 ]
+
+
+def refuse_grad(tensors: Sequence[Any], training: str) -> None:
+    """The course's Triton kernels are forward-only: raise ``ValueError`` when autograd
+    is recording and one of ``tensors`` (``None`` entries skipped) requires grad, naming
+    ``training``, the differentiable function to use instead. Returning a result with no
+    gradient would silently stop training."""
+    import torch
+
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+        raise ValueError(
+            "the Triton kernel has no backward: inputs that require grad would get a "
+            "result with no gradient; call it under torch.no_grad() or pass detached "
+            f"tensors (use {training} for training)"
+        )
 
 
 def jit(fn):

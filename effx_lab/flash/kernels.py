@@ -501,12 +501,7 @@ def mixed_chunk_attention_triton(
         if rel_bias.device != quad_q.device:
             raise ValueError(f"rel_bias must be on the device of quad_q ({quad_q.device}), got {rel_bias.device}")
 
-    grads = [a.requires_grad for a in (*tensors, v)] + ([] if rel_bias is None else [rel_bias.requires_grad])
-    if torch.is_grad_enabled() and any(grads):
-        raise ValueError(
-            "the Triton kernel has no backward: inputs that require grad would get a result with no gradient; "
-            "call it under torch.no_grad() or pass detached tensors (use effx_lab.flash.torch_ops for training)"
-        )
+    _triton.refuse_grad([*tensors, v, rel_bias], "effx_lab.flash.torch_ops")
 
     *lead, n, _ = quad_q.shape
     e = int(v.shape[-1])

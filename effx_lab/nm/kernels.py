@@ -254,13 +254,7 @@ def nm_matmul_triton(
             "the Triton kernel runs on CUDA (or CPU, interpreted) tensors, got "
             f"{device}"
         )
-    tensors = [x, c.values] + ([] if bias is None else [bias])
-    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
-        raise ValueError(
-            "the Triton kernel has no backward: inputs that require grad would get a "
-            "result with no gradient; call it under torch.no_grad() or pass detached "
-            "tensors (use effx_lab.nm.torch_ops.nm_matmul for training)"
-        )
+    _triton.refuse_grad([x, c.values, bias], "effx_lab.nm.torch_ops.nm_matmul")
 
     out_features, in_features = c.shape
     lead = tuple(x.shape[:-1])

@@ -203,13 +203,7 @@ def block_sparse_matmul_triton(
                 f"the block's {name} must be a power of two >= 16 (tl.dot needs "
                 f"blocks of at least 16), got block {bsr.block}"
             )
-    tensors = [x, bsr.values] + ([] if bias is None else [bias])
-    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
-        raise ValueError(
-            "the Triton kernel has no backward: inputs that require grad would get a "
-            "result with no gradient; call it under torch.no_grad() or pass detached "
-            "tensors (use effx_lab.sparse.torch_ops for training)"
-        )
+    _triton.refuse_grad([x, bsr.values, bias], "effx_lab.sparse.torch_ops")
 
     out_features, in_features = bsr.shape
     lead = tuple(x.shape[:-1])
