@@ -55,6 +55,7 @@ the parametrizations (its reads stay sparse) but not the gradient hooks.
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -174,7 +175,7 @@ class _TopKASTParam(nn.Module):
 
 
 # ------------------------------------------------------------------------- the hooks
-class _SparseTraining:
+class _SparseTraining(abc.ABC):
     """What both hooks share: the parametrizations, the gradient hooks, mask flips."""
 
 
@@ -203,15 +204,17 @@ class _SparseTraining:
             self._handles.append(original.register_hook(self._grad_hook(name, p)))
         self._previous = self.masks()
 
-    # the subclasses fill these
+    # what each method defines: its parametrization and its gradient hook
     def _check_target(self, name: str, w: torch.Tensor, axis: int) -> None:
-        pass
+        """Refuse a weight the method cannot sparsify (default: accept any)."""
 
-    def _make(self, axis: int) -> nn.Module:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abc.abstractmethod
+    def _make(self, axis: int) -> nn.Module:
+        """The parametrization that makes a weight's masked value."""
 
-    def _grad_hook(self, name: str, p: nn.Module) -> Any:  # pragma: no cover
-        raise NotImplementedError
+    @abc.abstractmethod
+    def _grad_hook(self, name: str, p: nn.Module) -> Any:
+        """The hook on the dense weight's gradient (the decay, or Top-KAST's set B)."""
 
     # --------------------------------------------------------------------- reading
     @property
