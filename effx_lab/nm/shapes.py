@@ -21,7 +21,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from effx_lab._validate import check_int, describe
+from effx_lab._validate import check_int
+from effx_lab.sparse import check_matmul_operands
 
 __all__ = [
     "MAX_M",
@@ -124,37 +125,4 @@ def check_nm_matmul_args(
     ``torch.Tensor``; ``face``: ``"reference"``, ``"torch_ops"`` or ``"kernels"``
     (named in the hint of a wrong array type).
     """
-    want, other = (
-        ("a NumPy array", "torch_ops")
-        if face == "reference"
-        else ("a torch tensor", "reference")
-    )
-    for name, a in (("x", x), ("bias", bias)):
-        if a is None and name == "bias":
-            continue
-        if not isinstance(a, array_type):
-            raise TypeError(
-                f"{name} must be {want}, got {describe(a)}; use "
-                f"effx_lab.nm.{other} for the other kind"
-            )
-        if a.dtype != c.values.dtype:
-            raise TypeError(
-                f"{name} must have the dtype of c.values ({c.values.dtype}), got "
-                f"{a.dtype}"
-            )
-        if face != "reference" and a.device != c.values.device:
-            raise ValueError(
-                f"{name} must be on the device of c.values ({c.values.device}), "
-                f"got {a.device}"
-            )
-    out_features, in_features = c.shape
-    if x.ndim < 1 or x.shape[-1] != in_features:
-        raise ValueError(
-            f"x must have shape (..., in_features={in_features}) to multiply W "
-            f"{c.shape} as x @ W.T, got shape {tuple(x.shape)}"
-        )
-    if bias is not None and tuple(bias.shape) != (out_features,):
-        raise ValueError(
-            f"bias must have shape (out_features,) = ({out_features},), got "
-            f"{tuple(bias.shape)}"
-        )
+    check_matmul_operands(x, c, bias, array_type, face, "nm", "c")

@@ -27,6 +27,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from effx_lab._validate import check_int, describe
+from effx_lab.sparse import check_matmul_operands
 
 __all__ = [
     "HEAD_KEYS",
@@ -260,37 +261,4 @@ def check_csr_matmul_args(
     ``array_type``: ``np.ndarray`` or ``torch.Tensor``; ``face``: ``"reference"`` or
     ``"torch_ops"`` (named in the hint of a wrong array type).
     """
-    want, other = (
-        ("a NumPy array", "torch_ops")
-        if face == "reference"
-        else ("a torch tensor", "reference")
-    )
-    for name, a in (("x", x), ("bias", bias)):
-        if a is None and name == "bias":
-            continue
-        if not isinstance(a, array_type):
-            raise TypeError(
-                f"{name} must be {want}, got {describe(a)}; use "
-                f"effx_lab.prune.{other} for the other kind"
-            )
-        if a.dtype != csr.values.dtype:
-            raise TypeError(
-                f"{name} must have the dtype of csr.values ({csr.values.dtype}), got "
-                f"{a.dtype}"
-            )
-        if face == "torch_ops" and a.device != csr.values.device:
-            raise ValueError(
-                f"{name} must be on the device of csr.values ({csr.values.device}), "
-                f"got {a.device}"
-            )
-    out_features, in_features = csr.shape
-    if x.ndim < 1 or x.shape[-1] != in_features:
-        raise ValueError(
-            f"x must have shape (..., in_features={in_features}) to multiply W "
-            f"{csr.shape} as x @ W.T, got shape {tuple(x.shape)}"
-        )
-    if bias is not None and tuple(bias.shape) != (out_features,):
-        raise ValueError(
-            f"bias must have shape (out_features,) = ({out_features},), got "
-            f"{tuple(bias.shape)}"
-        )
+    check_matmul_operands(x, csr, bias, array_type, face, "prune", "csr")

@@ -28,6 +28,11 @@ torch_ops``).
 from __future__ import annotations
 
 from . import reference
-from ._format import BlockSparse, check_row_structure
+from ._format import BlockSparse, check_matmul_operands, check_row_structure
 
-__all__ = ["BlockSparse", "check_row_structure", "reference"]
+__all__ = [
+    "BlockSparse",
+    "check_matmul_operands",
+    "check_row_structure",
+    "reference",
+]

@@ -226,3 +226,50 @@ class BlockSparse:
             f"BlockSparse(shape={self.shape}, block={self.block}, nnzb={self.nnzb}, "
             f"density={self.density:.3g}, dtype={self.values.dtype}{where})"
         )
+
+
+def check_matmul_operands(
+    x: Any, w: Any, bias: Any, array_type: type, face: str, package: str, what: str
+) -> None:
+    """Shapes, dtypes and devices of ``x @ W.T + bias`` with ``W`` stored sparse as
+    ``w`` (an already checked format object with ``.values`` and ``.shape (out,
+    in)``), never values. ``array_type``: ``np.ndarray`` or ``torch.Tensor``;
+    ``face``: ``"reference"`` (NumPy) or another face of ``effx_lab.<package>`` (torch
+    tensors, devices checked), named in the hint of a wrong array type; ``what``: the
+    argument's name in messages (``"csr"``, ``"c"``). Chapter 3's CSR and chapter 4's
+    N:M products check their arguments here."""
+    want, other = (
+        ("a NumPy array", "torch_ops")
+        if face == "reference"
+        else ("a torch tensor", "reference")
+    )
+    values = w.values
+    for name, a in (("x", x), ("bias", bias)):
+        if a is None and name == "bias":
+            continue
+        if not isinstance(a, array_type):
+            raise TypeError(
+                f"{name} must be {want}, got {describe(a)}; use "
+                f"effx_lab.{package}.{other} for the other kind"
+            )
+        if a.dtype != values.dtype:
+            raise TypeError(
+                f"{name} must have the dtype of {what}.values ({values.dtype}), got "
+                f"{a.dtype}"
+            )
+        if face != "reference" and a.device != values.device:
+            raise ValueError(
+                f"{name} must be on the device of {what}.values ({values.device}), "
+                f"got {a.device}"
+            )
+    out_features, in_features = w.shape
+    if x.ndim < 1 or x.shape[-1] != in_features:
+        raise ValueError(
+            f"x must have shape (..., in_features={in_features}) to multiply W "
+            f"{w.shape} as x @ W.T, got shape {tuple(x.shape)}"
+        )
+    if bias is not None and tuple(bias.shape) != (out_features,):
+        raise ValueError(
+            f"bias must have shape (out_features,) = ({out_features},), got "
+            f"{tuple(bias.shape)}"
+        )
