@@ -145,6 +145,7 @@ bench: $(STAMP)
 	$(BIN)/python -m effx_lab.bench quant
 	$(BIN)/python -m effx_lab.bench prune
 	$(BIN)/python -m effx_lab.bench nm
+	$(BIN)/python -m effx_lab.bench moe
 	$(BIN)/python -m effx_lab.bench flash
 
 # On a CUDA machine (under 8 minutes on an H100/A100): GPU tests, Triton kernels vs torch, GPU benchmarks,

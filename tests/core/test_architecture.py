@@ -63,7 +63,7 @@ CORE = ""  # the package name of effx_lab/*.py
 # The chapter packages, one per chapter of the course (ch01 costs, ch02 quant, ch07
 # flash). A new chapter adds its package here; test_every_package_is_classified fails
 # until it is listed here or in SHARED_PACKAGES.
-CHAPTER_PACKAGES = frozenset({"costs", "quant", "flash", "prune", "nm"})
+CHAPTER_PACKAGES = frozenset({"costs", "quant", "flash", "prune", "nm", "moe"})
 # Packages every chapter may build on: shared layers, models, data, sparsity formats,
 # the benchmark library.
 SHARED_PACKAGES = frozenset({"attention", "bench", "data", "models", "sparse"})

@@ -461,7 +461,7 @@ def test_cli_module_entry_point(monkeypatch, capsys):
         with pytest.raises(SystemExit) as exc:
             runpy.run_module("effx_lab.bench", run_name="__main__")
     assert exc.value.code == 2
-    assert "valid chapters: ch01, ch02, ch03, ch04, ch07, costs, flash, nm, prune, quant" in capsys.readouterr().err
+    assert "valid chapters: ch01, ch02, ch03, ch04, ch05, ch07, costs, flash, moe, nm, prune, quant" in capsys.readouterr().err
 
 
 
