@@ -6,8 +6,8 @@ signatures (NumPy arrays in and out), which tests run on the same random input a
 compare in float64. The code lives in one topic module per part of the chapter; this
 face only gathers their ``__all__``:
 
-* ``_torch_route``: routers (softmax top-k, noisy top-k, Switch top-1, GLaM top-2), their
-  auxiliary losses, expert capacity, vanilla and Batch Priority Routing, dynamic
+* ``_torch_route``: routers (softmax top-k, noisy top-k, Switch top-1, GLaM top-2),
+  their auxiliary losses, expert capacity, vanilla and Batch Priority Routing, dynamic
   capacity (sections 05.1 and 05.2);
 * ``_torch_dispatch``: the experts run on the routed tokens three ways with identical
   outputs: a per-token loop, one-hot dispatch/combine einsums, sort-by-expert + grouped
