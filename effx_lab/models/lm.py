@@ -27,7 +27,9 @@ masked, pruned or swapped by name. The shared side registers:
 
 :meth:`LM.rebuild_sublayer` gives one layer's sublayer new options and new (smaller)
 parameters in place: structured pruning (chapter 3) shrinks layers this way, so layers
-may differ (:meth:`LM.sublayer_options`).
+may differ (:meth:`LM.sublayer_options`). With ``kind=`` it also swaps the sublayer for
+another registered one (chapter 5 turns the dense FFN of every other layer into a
+mixture of experts this way); :meth:`LM.sublayer_kind` names a layer's sublayers.
 
 Chapters add their own sublayers with :func:`register_mixer` / :func:`register_ffn` when
 they are imported (shared packages never import a chapter). Chapter 7 (``import
@@ -463,6 +465,9 @@ class LM(nn.Module):
             {"mixer": dict(spec.mixer_options), "ffn": dict(spec.ffn_options)}
             for _ in range(spec.n_layers)
         ]
+        self._kinds = [
+            {"mixer": spec.mixer, "ffn": spec.ffn} for _ in range(spec.n_layers)
+        ]
         layers, self._plans, no_decay = [], [], []
         for i in range(spec.n_layers):
             parts = self._sublayers(_layer_seed(seed, i + 1))
@@ -505,11 +510,20 @@ class LM(nn.Module):
         role = check_choice("role", role, self._roles())
         return dict(self._options[index][role])
 
+    def sublayer_kind(self, index: int, role: str) -> str:
+        """The registered name of layer ``index``'s ``role`` sublayer (``"mixer"`` or
+        ``"ffn"``): the spec's, or the ``kind`` :meth:`rebuild_sublayer` gave it."""
+        index = check_int("index", index, min_value=0, max_value=len(self.layers) - 1)
+        role = check_choice("role", role, self._roles())
+        return self._kinds[index][role]
+
     def rebuild_sublayer(
         self,
         index: int,
         role: str,
         params: Mapping[str, torch.Tensor],
+        *,
+        kind: str | None = None,
         **options: Any,
     ) -> None:
         """Give layer ``index``'s ``role`` sublayer (``"mixer"`` or ``"ffn"``) new
@@ -525,6 +539,11 @@ class LM(nn.Module):
         dtype, device and ``requires_grad`` of the parameters they replace; names kept
         keep their place in the layer). Everything is checked before the model is
         changed. An optimizer built before holds the old parameters: build a new one.
+
+        ``kind`` (a registered mixer or FFN name, for ``role``) makes the sublayer one
+        of another kind, built with ``options`` alone (the old kind's options do not
+        carry over): chapter 5's ``moefy_`` turns a ``"gelu"`` FFN into an ``"moe"``
+        one. :meth:`sublayer_kind` tells a layer's kind afterwards.
         """
         index = check_int("index", index, min_value=0, max_value=len(self.layers) - 1)
         role = check_choice("role", role, self._roles())
@@ -533,11 +552,12 @@ class LM(nn.Module):
                 f"params must be a dict of name -> torch tensor, got {describe(params)}"
             )
         spec = self.spec
-        name = spec.mixer if role == "mixer" else spec.ffn
-        factory = (_MIXERS if role == "mixer" else _FFNS)[name]
-        merged = _check_options(
-            role, name, factory, {**self._options[index][role], **options}, spec.causal
-        )
+        table = _MIXERS if role == "mixer" else _FFNS
+        current = self._kinds[index][role]
+        name = current if kind is None else kind
+        factory = _lookup(table, role, name)
+        base = self._options[index][role] if name == current else {}
+        merged = _check_options(role, name, factory, {**base, **options}, spec.causal)
         part = factory(
             spec.d_model,
             seed=_layer_seed(self.seed, index + 1),
@@ -585,6 +605,7 @@ class LM(nn.Module):
         plans[slot] = (part.apply, tuple(part.params))
         self._plans[index] = tuple(plans)
         self._options[index][role] = merged
+        self._kinds[index][role] = name
         prefix = f"layers.{index}."
         self._no_decay = tuple(
             n
@@ -672,11 +693,16 @@ class LM(nn.Module):
     def extra_repr(self) -> str:
         spec = self.spec
         built = {"mixer": spec.mixer_options, "ffn": spec.ffn_options}
-        rebuilt = {
-            i: {role: opts for role, opts in o.items() if opts != built[role]}
-            for i, o in enumerate(self._options)
-            if o != built
-        }
+        kinds = {"mixer": spec.mixer, "ffn": spec.ffn}
+        rebuilt: dict[int, dict[str, Any]] = {}
+        for i, (o, k) in enumerate(zip(self._options, self._kinds)):
+            changed = {
+                role: (opts if k[role] == kinds[role] else {"kind": k[role], **opts})
+                for role, opts in o.items()
+                if opts != built[role] or k[role] != kinds[role]
+            }
+            if changed:
+                rebuilt[i] = changed
         return (
             f"mixer={spec.mixer!r}, ffn={spec.ffn!r}, d_model={spec.d_model}, "
             f"layers={spec.n_layers}, "

@@ -361,3 +361,46 @@ def test_rebuild_sublayer_shrinks_a_layer_in_place() -> None:
     no_ffn = lm.LM(lm.LMSpec(ffn=None, **SPEC))
     with pytest.raises(ValueError, match="role must be one of 'mixer'; got 'ffn'"):
         no_ffn.rebuild_sublayer(0, "ffn", {})
+
+
+def _scaled_gelu_apply(x, p, *, scale):
+    return x + scale * (lm.gelu_ffn(x.shape[-1], seed=0, causal=True).apply(x, p) - x)
+
+
+def _scaled_gelu_ffn(d_model, *, seed, causal, d_ff=None, scale=0.5):
+    part = lm.gelu_ffn(d_model, seed=seed, causal=causal, d_ff=d_ff)
+    return lm.Sublayer(part.params, functools.partial(_scaled_gelu_apply, scale=scale))
+
+
+def test_rebuild_sublayer_can_change_the_kind() -> None:
+    """``kind=`` swaps a layer's sublayer for another registered one (chapter 5's
+    upcycling of dense FFNs into experts): the options start afresh, the kind is
+    recorded, and going back to the spec's kind leaves no trace in the repr."""
+    lm.register_ffn("scaled_gelu_test", _scaled_gelu_ffn)
+    spec = lm.LMSpec(
+        d_model=16, n_layers=2, mixer_options={"n_heads": 2}, ffn_options={"d_ff": 32}
+    )
+    model = lm.LM(spec, seed=0).double()
+    x = torch.arange(8).view(1, 8)
+    keys = ("ln2_g", "ln2_b", "w1", "b1", "w2", "b2")
+    params = {k: model.layers[1][k] for k in keys}
+    with torch.no_grad():
+        before = model(x)
+    model.rebuild_sublayer(1, "ffn", params, kind="scaled_gelu_test", d_ff=32, scale=1.0)
+    assert model.sublayer_kind(1, "ffn") == "scaled_gelu_test"
+    assert model.sublayer_kind(0, "ffn") == "gelu"
+    assert model.sublayer_options(1, "ffn") == {"d_ff": 32, "scale": 1.0}
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), before, rtol=1e-12, atol=1e-12)
+    assert "'kind': 'scaled_gelu_test'" in model.extra_repr()
+    model.rebuild_sublayer(1, "ffn", params, scale=0.0)  # same kind: options merged
+    assert model.sublayer_options(1, "ffn") == {"d_ff": 32, "scale": 0.0}
+    with torch.no_grad():
+        assert not torch.allclose(model(x), before)
+    with pytest.raises(ValueError, match="registered"):
+        model.rebuild_sublayer(1, "ffn", params, kind="no_such_ffn")
+    with pytest.raises(TypeError, match="do not fit"):
+        model.rebuild_sublayer(0, "ffn", params, kind="gelu", scale=1.0)
+    model.rebuild_sublayer(1, "ffn", params, kind="gelu", d_ff=32)
+    assert model.sublayer_kind(1, "ffn") == "gelu"
+    assert "rebuilt" not in model.extra_repr()
