@@ -71,6 +71,7 @@ __all__ = [
     "experiments_main",
     "check_threads",
     "compare",
+    "compare_arms",
     "cpu_cores",
     "device_name",
     "goal",
@@ -82,6 +83,7 @@ __all__ = [
     "peak_memory",
     "run_record",
     "save_results",
+    "seed_spread",
     "time_fn",
     "to_jsonable",
     "write_json",
@@ -982,6 +984,44 @@ def save_results(name: str, results: dict[str, Any], out_dir: str | os.PathLike[
 # ======================================================================================
 # The chapters' experiments scripts (python -m effx_lab.<chapter>.experiments)
 # ======================================================================================
+def seed_spread(values: Any) -> dict[str, Any]:
+    """``{"values", "mean", "spread" (max - min), "std" (sample std, ddof=1; 0 for one
+    value)}`` of a list of floats: one arm of an experiment over several seeds, as the
+    chapters' experiments scripts summarise it."""
+    if not isinstance(values, (list, tuple)) or not values:
+        raise TypeError(
+            f"values must be a non-empty list of floats, got {describe(values)}"
+        )
+    vals = [float(v) for v in values]
+    if not all(math.isfinite(v) for v in vals):
+        raise ValueError(f"values must be finite, got {vals}")
+    return {
+        "values": vals,
+        "mean": float(statistics.fmean(vals)),
+        "spread": float(max(vals) - min(vals)),
+        "std": float(statistics.stdev(vals)) if len(vals) > 1 else 0.0,
+    }
+
+
+def compare_arms(a: Any, b: Any) -> str:
+    """The experiments scripts' rule for two arms' :func:`seed_spread` summaries of a
+    loss (lower is better): ``"beats"`` when ``a``'s mean is below ``b``'s by more than
+    the larger of the two spreads, ``"matches"`` when the means are within it,
+    ``"worse"`` otherwise."""
+    for name, arm in (("a", a), ("b", b)):
+        if not isinstance(arm, dict) or not {"mean", "spread"} <= set(arm):
+            raise TypeError(
+                f"{name} must be a seed_spread() summary with 'mean' and 'spread', "
+                f"got {describe(arm)}"
+            )
+    tol = max(a["spread"], b["spread"])
+    if a["mean"] < b["mean"] - tol:
+        return "beats"
+    if abs(a["mean"] - b["mean"]) <= tol:
+        return "matches"
+    return "worse"
+
+
 def run_record() -> dict[str, Any]:
     """What an experiments script records about the machine and the moment it starts:
     device (with the CPU architecture), cores it may use, load average, torch version

@@ -57,11 +57,13 @@ import torch
 
 from effx_lab._validate import check_bool, check_choice, describe
 from effx_lab.bench import (
+    compare_arms,
     experiments_main,
     limit_threads,
     load_average,
     load_checked_results,
     run_record,
+    seed_spread,
 )
 from effx_lab.data.pools import token_splits
 from effx_lab.models.lm import LM, LMSpec
@@ -79,11 +81,9 @@ __all__ = [
     "RULE",
     "SETTINGS",
     "check_results",
-    "compare",
     "load_results",
     "main",
     "run_experiments",
-    "spread",
 ]
 
 #: the arms :func:`run_experiments` knows, in the order it runs them
@@ -140,42 +140,9 @@ SETTINGS: dict[bool, dict[str, Any]] = {
 # --------------------------------------------------------------------------------------
 
 
-def spread(values: Any) -> dict[str, Any]:
-    """``{"values", "mean", "spread" (max - min), "std" (sample std, ddof=1; 0 for one
-    value)}`` of a list of floats."""
-    if not isinstance(values, (list, tuple)) or not values:
-        raise TypeError(
-            f"values must be a non-empty list of floats, got {describe(values)}"
-        )
-    vals = [float(v) for v in values]
-    return {
-        "values": vals,
-        "mean": float(statistics.fmean(vals)),
-        "spread": float(max(vals) - min(vals)),
-        "std": float(statistics.stdev(vals)) if len(vals) > 1 else 0.0,
-    }
-
-
-def compare(a: Mapping[str, Any], b: Mapping[str, Any]) -> str:
-    """:data:`RULE` for two arms' :func:`spread` summaries: ``"beats"``, ``"matches"``
-    or ``"worse"`` (``a`` against ``b``)."""
-    for name, arm in (("a", a), ("b", b)):
-        if not isinstance(arm, Mapping) or not {"mean", "spread"} <= set(arm):
-            raise TypeError(
-                f"{name} must be a spread() summary with 'mean' and 'spread', got "
-                f"{describe(arm)}"
-            )
-    tol = max(a["spread"], b["spread"])
-    if a["mean"] < b["mean"] - tol:
-        return "beats"
-    if abs(a["mean"] - b["mean"]) <= tol:
-        return "matches"
-    return "worse"
-
-
 def _claim_verdict(a: Mapping[str, Any], b: Mapping[str, Any]) -> str:
     """The claim's verdict for SR-STE arm ``a`` against STE ``b`` (see RULE)."""
-    c = compare(a, b)
+    c = compare_arms(a, b)
     if c == "beats":
         return "holds"
     if c == "matches" and a["mean"] < b["mean"] - MIN_DIFFERENCE:
@@ -327,7 +294,7 @@ def _verdicts(arms: Mapping[str, Any], cfg: Mapping[str, Any]) -> dict[str, Any]
     for a, b in (("srste_large", "ste"), ("srste", "ste"), ("ste", "oneshot"),
                  ("srste_large", "oneshot"), ("topkast", "ste"), ("dense", "ste")):
         if a in s and b in s:
-            out[f"{a}_vs_{b}"] = compare(s[a], s[b])
+            out[f"{a}_vs_{b}"] = compare_arms(s[a], s[b])
     claims: dict[str, Any] = {}
     for arm in ("srste_large", "srste"):
         if arm in s and "ste" in s:
@@ -335,7 +302,7 @@ def _verdicts(arms: Mapping[str, Any], cfg: Mapping[str, Any]) -> dict[str, Any]
                 "verdict": _claim_verdict(s[arm], s["ste"]),
                 "difference": s[arm]["mean"] - s["ste"]["mean"],
                 "tol": max(s[arm]["spread"], s["ste"]["spread"]),
-                "paired": spread(
+                "paired": seed_spread(
                     [x - y for x, y in zip(s[arm]["values"], s["ste"]["values"])]
                 ),
             }
@@ -381,10 +348,11 @@ def run_experiments(
             }
             entry: dict[str, Any] = {
                 "runs": runs,
-                "val_loss": spread([r["val_loss"] for r in runs.values()]),
+                "val_loss": seed_spread([r["val_loss"] for r in runs.values()]),
             }
             if arm in FROM_SCRATCH:
-                entry["late_flips"] = spread([r["late_flips"] for r in runs.values()])
+                flips = [r["late_flips"] for r in runs.values()]
+                entry["late_flips"] = seed_spread(flips)
             results["arms"][arm] = entry
     results["verdicts"] = _verdicts(results["arms"], cfg)
     results["total_s"] = time.perf_counter() - t0

@@ -60,11 +60,13 @@ import torch
 
 from effx_lab._validate import check_bool, check_choice, check_int, describe
 from effx_lab.bench import (
+    compare_arms,
     experiments_main,
     limit_threads,
     load_average,
     load_checked_results,
     run_record,
+    seed_spread,
 )
 from effx_lab.data.pools import token_splits
 from effx_lab.models.lm import LM, LMSpec
@@ -80,13 +82,11 @@ __all__ = [
     "RULE",
     "SETTINGS",
     "check_results",
-    "compare_modes",
     "load_results",
     "main",
     "matching_width",
     "nonzeros",
     "run_experiments",
-    "spread",
 ]
 
 #: the experiments :func:`run_experiments` knows, in the order it runs them
@@ -184,37 +184,11 @@ def matching_width(target_total: int, cfg: Mapping[str, Any]) -> int:
         d += h
 
 
-def spread(values: Any) -> dict[str, Any]:
-    """``{"values", "mean", "spread" (max - min), "std" (sample std, ddof=1; 0 for one
-    value)}`` of a list of floats."""
-    if not isinstance(values, (list, tuple)) or not values:
-        raise TypeError(
-            f"values must be a non-empty list of floats, got {describe(values)}"
-        )
-    vals = [float(v) for v in values]
-    return {
-        "values": vals,
-        "mean": float(statistics.fmean(vals)),
-        "spread": float(max(vals) - min(vals)),
-        "std": float(statistics.stdev(vals)) if len(vals) > 1 else 0.0,
-    }
-
-
 def _paired(a: list[float], b: list[float]) -> dict[str, Any]:
     """Seed by seed differences ``a - b`` (the same seed: the same dense run and
-    batches), summarised by :func:`spread`; shown next to the rule, not used by it."""
-    return spread([x - y for x, y in zip(a, b)])
-
-
-def compare_modes(a: Mapping[str, Any], b: Mapping[str, Any]) -> str:
-    """:data:`RULE` for two arms' :func:`spread` summaries: ``"beats"``,
-    ``"matches"`` or ``"worse"`` (``a`` against ``b``)."""
-    tol = max(a["spread"], b["spread"])
-    if a["mean"] < b["mean"] - tol:
-        return "beats"
-    if abs(a["mean"] - b["mean"]) <= tol:
-        return "matches"
-    return "worse"
+    batches), summarised by :func:`~effx_lab.bench.seed_spread`; shown next to the
+    rule, not used by it."""
+    return seed_spread([x - y for x, y in zip(a, b)])
 
 
 # --------------------------------------------------------------------------------------
@@ -304,13 +278,13 @@ def _run_gmp(cfg, data, progress) -> dict[str, Any]:
     for pair in out["pairs"]:
         big = [r["val_loss"] for r in out["models"][pair["large"]].values()]
         small = [r["val_loss"] for r in out["models"][pair["small"]].values()]
-        pair["large_val_loss"] = spread(big)
-        pair["small_val_loss"] = spread(small)
+        pair["large_val_loss"] = seed_spread(big)
+        pair["small_val_loss"] = seed_spread(small)
         pair["large_minus_small"] = pair["large_val_loss"]["mean"] - pair[
             "small_val_loss"
         ]["mean"]
         pair["paired"] = _paired(big, small)
-        pair["verdict"] = compare_modes(pair["large_val_loss"], pair["small_val_loss"])
+        pair["verdict"] = compare_arms(pair["large_val_loss"], pair["small_val_loss"])
     return out
 
 
@@ -385,13 +359,13 @@ def _run_rewinding(cfg, data, dense, cache, progress) -> dict[str, Any]:
                     rewind = d.at_k if mode == "weight_rewind" else None
                     cache[key] = _retrain(d, cfg, data, s, rewind, mode, seed, progress)
                 losses.append(cache[key]["val_loss"])
-            arms[mode] = spread(losses)
+            arms[mode] = seed_spread(losses)
         verdicts = {
-            "lr_rewind_vs_weight_rewind": compare_modes(arms["lr_rewind"],
+            "lr_rewind_vs_weight_rewind": compare_arms(arms["lr_rewind"],
                                                         arms["weight_rewind"]),
-            "weight_rewind_vs_finetune": compare_modes(arms["weight_rewind"],
+            "weight_rewind_vs_finetune": compare_arms(arms["weight_rewind"],
                                                        arms["finetune"]),
-            "lr_rewind_vs_finetune": compare_modes(arms["lr_rewind"], arms["finetune"]),
+            "lr_rewind_vs_finetune": compare_arms(arms["lr_rewind"], arms["finetune"]),
         }  # fmt: skip
         holds = (
             verdicts["lr_rewind_vs_weight_rewind"] in ("beats", "matches")
@@ -438,11 +412,11 @@ def _run_lottery(cfg, data, dense, cache, progress) -> dict[str, Any]:
                         d, cfg, data, s, rewind, "weight_rewind", seed, progress
                     )
                 losses.append(cache[key]["val_loss"])
-            arms[arm] = spread(losses)
+            arms[arm] = seed_spread(losses)
         verdicts = {
-            "ticket_k_vs_random_reinit": compare_modes(arms["ticket_k"],
+            "ticket_k_vs_random_reinit": compare_arms(arms["ticket_k"],
                                                        arms["random_reinit"]),
-            "ticket_init_vs_random_reinit": compare_modes(arms["ticket_init"],
+            "ticket_init_vs_random_reinit": compare_arms(arms["ticket_init"],
                                                           arms["random_reinit"]),
         }  # fmt: skip
         paired = {

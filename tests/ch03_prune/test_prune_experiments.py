@@ -10,6 +10,7 @@ import math
 
 import pytest
 
+from effx_lab.bench import compare_arms
 from effx_lab.models.lm import LM
 from effx_lab.prune import experiments as X
 from effx_lab.prune import models as PM
@@ -175,20 +176,6 @@ def test_nonzeros_counts_every_parameter_and_the_prunable_ones():
         X.nonzeros("model")
 
 
-def test_spread_and_the_decision_rule():
-    a = X.spread([1.0, 1.2, 1.1])
-    assert a["mean"] == pytest.approx(1.1) and a["spread"] == pytest.approx(0.2)
-    assert a["std"] == pytest.approx(0.1)
-    assert X.spread([2.0])["std"] == 0.0
-    close = X.spread([1.15, 1.25])
-    far = X.spread([1.5, 1.6])
-    assert X.compare_modes(a, close) == "matches"  # |1.1 - 1.2| <= 0.2
-    assert X.compare_modes(a, far) == "beats"  # 1.1 < 1.55 - 0.2
-    assert X.compare_modes(far, a) == "worse"
-    with pytest.raises(TypeError, match="values must be a non-empty list"):
-        X.spread([])
-
-
 # -------------------------------------------------------------------- shipped results
 def test_the_shipped_results_are_a_full_checked_run():
     results = X.load_results()
@@ -216,7 +203,7 @@ def test_the_shipped_results_are_a_full_checked_run():
         assert entry["claim_holds"] is want
         # the verdicts are those of the rule on the stored numbers
         m = entry["modes"]
-        assert v["lr_rewind_vs_weight_rewind"] == X.compare_modes(
+        assert v["lr_rewind_vs_weight_rewind"] == compare_arms(
             m["lr_rewind"], m["weight_rewind"]
         )
         diffs = entry["paired"]["lr_rewind - weight_rewind"]["values"]

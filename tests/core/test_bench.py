@@ -577,3 +577,21 @@ def test_the_experiments_scripts_helpers(tmp_path):
         B.load_checked_results(3, out, "my.mod", check)
     with pytest.raises(TypeError, match="results must be a dict"):
         B.write_json([1], out)
+
+
+def test_seed_spread_and_the_experiments_rule():
+    """The summary of one arm over seeds and the rule the chapters' experiments scripts
+    apply to two arms (beats / matches / worse, by the larger spread)."""
+    a = bench.seed_spread([1.0, 1.2, 1.1])
+    assert a["mean"] == pytest.approx(1.1) and a["spread"] == pytest.approx(0.2)
+    assert a["std"] == pytest.approx(0.1) and bench.seed_spread([2.0])["std"] == 0.0
+    close, far = bench.seed_spread([1.15, 1.25]), bench.seed_spread([1.5, 1.6])
+    assert bench.compare_arms(a, close) == "matches"  # |1.1 - 1.2| <= 0.2
+    assert bench.compare_arms(a, far) == "beats"  # 1.1 < 1.55 - 0.2
+    assert bench.compare_arms(far, a) == "worse"
+    with pytest.raises(TypeError, match="values must be a non-empty list"):
+        bench.seed_spread([])
+    with pytest.raises(ValueError, match="values must be finite"):
+        bench.seed_spread([1.0, float("nan")])
+    with pytest.raises(TypeError, match="a must be a seed_spread"):
+        bench.compare_arms({"mean": 1.0}, a)
