@@ -4,14 +4,17 @@ Everything in the course that needs a CUDA GPU, checked in one run of under 8 mi
 
 1. **tests**: ``pytest -m gpu tests`` and the Triton kernel test files (``tests/ch02_quant/test_quant_kernels.py``,
    ``tests/ch07_flash/test_flash_kernels.py``, ``tests/shared/test_sparse_kernels.py``,
-   ``tests/ch04_nm/test_nm_kernels.py``, which run on the GPU when there is one), each in a subprocess; the
+   ``tests/ch04_nm/test_nm_kernels.py``, ``tests/ch05_moe/test_moe_kernels.py``, which run on the GPU when there
+   is one), each in a subprocess; the
    passed / failed / skipped counts come from pytest's JUnit XML (``-q`` summary as a fallback).
 2. **kernels**: every Triton kernel compiled for real and run against its PyTorch twin: the quantization
    kernels of :mod:`effx_lab.quant.kernels` (``quantize_rows``, ``dequantize_rows``, ``quantize_groups``,
    ``dequantize_groups``, ``int8_gemm`` with the backend it took, ``w4a16_matmul``, ``w8a16_matmul``) and
    :func:`effx_lab.flash.kernels.mixed_chunk_attention_triton`, the block-sparse matmul
    :func:`effx_lab.sparse.kernels.block_sparse_matmul_triton` (chapter 3) and the 2:4 compressed-weight matmul
-   :func:`effx_lab.nm.kernels.nm_matmul_triton` (chapter 4); max abs error against the torch version and
+   :func:`effx_lab.nm.kernels.nm_matmul_triton` (chapter 4), the MoE FFN over expert-sorted tokens with the
+   Triton grouped GEMM :func:`effx_lab.moe.kernels.moe_grouped_triton` and with the torch loop of cuBLAS calls
+   :func:`effx_lab.moe.torch_ops.moe_grouped` (chapter 5); max abs error against the torch version and
    against a float64 reference, with the tolerance each is held to.
 3. **benchmarks**: each chapter's ``run(quick=True)`` (all its CUDA branches, small sizes) and, at the sizes
    of a 4096-wide layer, the chapters' GPU measurements: the decode GEMV paths
@@ -22,7 +25,10 @@ Everything in the course that needs a CUDA GPU, checked in one run of under 8 mi
    prefill, densities 0.5 / 0.25 / 0.1), and 2:4 sparsity at widths 4096 / 8192 / 16384, 1 to 16 tokens
    (decode) and 2048 (prefill), float16: dense cuBLAS vs PyTorch's semi-structured tensors (sparse tensor
    cores) vs the course's Triton kernel (:func:`_nm_timing`, with the published numbers and the 1.78x
-   bandwidth limit in :data:`NM_PUBLISHED`); reported as kernel-vs-library speed-ups.
+   bandwidth limit in :data:`NM_PUBLISHED`), and the MoE FFN at 4096 tokens, d_model 512, d_ff 1024, 8 and 64
+   experts, top-1 at capacity factor 1.25 (:func:`_moe_timing`): the course's sort + loop of cuBLAS calls,
+   PyTorch's ``grouped_mm``, the course's Triton grouped GEMM and the one-hot dispatch/combine einsums, beside
+   a dense FFN with the same active parameters; reported as kernel-vs-library speed-ups.
 4. **notebooks** (``--notebooks``, default on with a GPU): the notebooks with GPU branches under
    ``pytest --nbval-lax``, one subprocess each, while the time budget lasts.
 
@@ -98,6 +104,7 @@ KERNEL_TEST_FILES = (
     "tests/ch07_flash/test_flash_kernels.py",
     "tests/shared/test_sparse_kernels.py",
     "tests/ch04_nm/test_nm_kernels.py",
+    "tests/ch05_moe/test_moe_kernels.py",
 )
 #: a notebook is started only with at least this much budget left (seconds)
 NOTEBOOK_MIN_S = 45.0
@@ -125,6 +132,9 @@ SIZES: dict[str, dict[str, Any]] = {
         "prune_sparse": {"n": 4096, "k": 4096, "tokens": (1, 512), "densities": (0.5, 0.25, 0.1), "block": 32},
         "nm": {"n": 4096, "k": 4096, "m": (1, 2048)},
         "nm_bench": {"widths": (4096, 8192, 16384), "tokens": (1, 4, 16, 2048)},
+        # the float64 reference is the per-token loop: 1024 (token, choice) pairs
+        "moe": {"tokens": 512, "d": 512, "f": 1024, "experts": 8, "k": 2, "capacity_factor": 2.0},
+        "moe_bench": {"tokens": 4096, "d": 512, "f": 1024, "experts": (8, 64), "capacity_factor": 1.25},
     },
     "dry": {
         "rows": (8, 64),
@@ -142,6 +152,8 @@ SIZES: dict[str, dict[str, Any]] = {
         "prune_sparse": {"n": 64, "k": 64, "tokens": (1, 16), "densities": (0.5,), "block": 32},
         "nm": {"n": 64, "k": 64, "m": (1, 20)},
         "nm_bench": {"widths": (64,), "tokens": (1, 20)},
+        "moe": {"tokens": 24, "d": 16, "f": 32, "experts": 4, "k": 2, "capacity_factor": 1.0},
+        "moe_bench": {"tokens": 64, "d": 16, "f": 32, "experts": (4,), "capacity_factor": 1.25},
     },
 }
 #: allowed error of a kernel, relative to max |float64 reference|, by dtype of its inputs
@@ -747,6 +759,63 @@ def _nm_cases(ctx: Context) -> list[tuple[str, str, str, Callable[[], dict[str, 
     return cases
 
 
+def _moe_inputs(dev: torch.device, dtype: torch.dtype, tokens: int, d: int, f: int, experts: int, k: int,
+                capacity_factor: float, seed: int) -> tuple[torch.Tensor, Any, dict[str, torch.Tensor]]:  # fmt: skip
+    """``(x, routing, params)`` of an MoE layer on ``dev``: random tokens, a top-``k`` routing of random router
+    logits (float32, vanilla, renormalised gates when ``k > 1``) and the experts of ``init_experts``."""
+    from effx_lab.moe import torch_ops as MT
+
+    logits = _randn(seed, (tokens, experts), dev, torch.float32)
+    routing = MT.route(logits, k=k, capacity_factor=capacity_factor, renormalize=k > 1)
+    params = {key: v.to(device=dev, dtype=dtype) for key, v in MT.init_experts(d, f, experts, seed=seed).items()}
+    x = _randn(seed + 1, (tokens, d), dev, dtype)
+    return x, routing, params
+
+
+def _moe_cases(ctx: Context) -> list[tuple[str, str, str, Callable[[], dict[str, Any]]]]:
+    """The MoE FFN over expert-sorted tokens (chapter 5) on the device: the Triton grouped GEMM
+    (``moe.kernels.moe_grouped_triton``, twin ``moe.torch_ops.moe_grouped``) and the torch loop of cuBLAS calls
+    (``moe.torch_ops.moe_grouped``, twin ``moe.library.moe_grouped_mm`` where ``F.grouped_mm`` runs), both
+    against the float64 per-token loop ``moe.torch_ops.moe_loop`` (the definition)."""
+    from effx_lab.moe import kernels as MK
+    from effx_lab.moe import library as ML
+    from effx_lab.moe import torch_ops as MT
+
+    dev, b = ctx.device, ctx.sizes["moe"]
+    shape = (f"T={b['tokens']} d={b['d']} f={b['f']} E={b['experts']} top-{b['k']} "
+             f"C={b['capacity_factor']:g}")  # fmt: skip
+
+    def check(which: str, dtype: torch.dtype) -> dict[str, Any]:
+        x, routing, params = _moe_inputs(dev, dtype, b["tokens"], b["d"], b["f"], b["experts"], b["k"],
+                                         b["capacity_factor"], seed=70)  # fmt: skip
+        if which == "triton":
+            fn, twin_name, twin_fn = MK.moe_grouped_triton, "moe.torch_ops.moe_grouped", MT.moe_grouped
+        else:
+            fn, twin_name, twin_fn = MT.moe_grouped, "moe.library.moe_grouped_mm", ML.moe_grouped_mm
+        y, first = _timed_first_call(dev, lambda: fn(x, routing, params))
+        twin_err: float | None = None
+        try:
+            with torch.inference_mode():
+                twin = twin_fn(x, routing, params)
+            twin_err = _max_abs(y, twin)
+        except Exception as exc:  # noqa: BLE001 - grouped_mm may lack this dtype/device: recorded
+            twin_name = f"{twin_name} ({_error_text(exc)})"
+        with torch.inference_mode():
+            p64 = {key: v.double() for key, v in params.items()}
+            ref64 = MT.moe_loop(x.double(), routing, p64)
+        tol = TOL_MATMUL[_dt(dtype)]
+        err = _rel_to_ref(y, ref64)
+        kept = float(routing.kept.double().mean())
+        return {"first_call_s": first, "twin": twin_name, "max_abs_err": twin_err, "rel_err_vs_fp64": err,
+                "tolerance": tol, "kept_fraction": kept, "ok": bool(y.dtype == dtype and err <= tol)}  # fmt: skip
+
+    cases = [("moe_grouped_triton", dt, shape, lambda dt=dt: check("triton", _DTYPES[dt]))
+             for dt in ("float32", "float16", "bfloat16")]  # fmt: skip
+    cases += [("torch_ops.moe_grouped", dt, shape, lambda dt=dt: check("torch", _DTYPES[dt]))
+              for dt in ("float32", "bfloat16")]  # fmt: skip
+    return cases
+
+
 def _error_text(exc: BaseException) -> str:
     text = str(exc).strip()
     first = text.splitlines()[0] if text else ""
@@ -759,7 +828,8 @@ def _kernels_step(ctx: Context, out: dict[str, Any]) -> None:
     out["triton_mode"] = _device.triton_mode()
     groups: list[tuple[str, Callable[[Context], list], str | None]] = []
     for module, build in (("effx_lab.quant.kernels", _quant_cases), ("effx_lab.flash.kernels", _flash_cases),
-                          ("effx_lab.sparse.kernels", _sparse_cases), ("effx_lab.nm.kernels", _nm_cases)):
+                          ("effx_lab.sparse.kernels", _sparse_cases), ("effx_lab.nm.kernels", _nm_cases),
+                          ("effx_lab.moe.kernels", _moe_cases)):
         try:
             mod = importlib.import_module(module)
             why = mod.why_unavailable()
@@ -933,6 +1003,84 @@ def _nm_timing(*, widths: Sequence[int], tokens: Sequence[int], dtype: torch.dty
     return out
 
 
+#: the MoE goals of issue 15 (reported, never asserted)
+MOE_GOALS = ("at 64 experts, top-1, C = 1.25: sort + grouped GEMM >= 5x faster than the one-hot einsums, and "
+             "within 1.5x of a dense FFN with the same active parameters")  # fmt: skip
+
+
+def _moe_timing(*, tokens: int, d: int, f: int, experts: Sequence[int], capacity_factor: float,
+                dtype: torch.dtype, device: torch.device, min_run_time: float, rounds: int = 1) -> dict[str, Any]:  # fmt: skip
+    """The MoE FFN (no residual) at ``tokens`` tokens, top-1 at ``capacity_factor``, for each number of
+    ``experts``, five ways: the course's sort + loop of cuBLAS calls over the experts
+    (:func:`effx_lab.moe.torch_ops.moe_grouped`, ``cublas_loop``), PyTorch's ``F.grouped_mm``
+    (:func:`effx_lab.moe.library.moe_grouped_mm`, ``grouped_mm``), the course's Triton grouped GEMM
+    (:func:`effx_lab.moe.kernels.moe_grouped_triton`, ``triton``), the one-hot dispatch/combine einsums with
+    capacity padding (:func:`effx_lab.moe.torch_ops.moe_einsum`, ``einsum``), and a dense FFN of the same
+    active parameters (one expert on every token, ``dense_active``).
+
+    Each is timed with :func:`effx_lab.bench.time_fn` (the routing is made once, outside the timings), the
+    five alternating for ``rounds`` rounds (best median). Returns ``{"config", "rows", "notes", "goals"}``:
+    one row per number of experts with ``capacity``, ``dropped_fraction``, ``padding_fraction`` (share of the
+    ``E * C`` buffer rows that the einsums run on padding), ``times_s`` and ``rel_err_vs_fp64``
+    (``max |y - ref| / max |ref|`` against ``moe_grouped`` in float64); ``notes`` says why one was not
+    timed. On a CPU (``--dry-run``) the Triton kernel runs in the interpreter, float32: times mean nothing.
+    """
+    from effx_lab.bench import time_fn
+    from effx_lab.moe import kernels as MK
+    from effx_lab.moe import library as ML
+    from effx_lab.moe import torch_ops as MT
+
+    if device.type != "cuda":
+        dtype = torch.float32
+    cfg = {"tokens": tokens, "d": d, "f": f, "experts": list(experts), "k": 1, "capacity_factor": capacity_factor,
+           "dtype": _dt(dtype), "device": str(device)}  # fmt: skip
+    out: dict[str, Any] = {"config": cfg, "rows": [], "notes": {}, "goals": MOE_GOALS}
+    for key, why in (("triton", MK.why_unavailable()), ("grouped_mm", ML.why_unavailable())):
+        if why is not None:
+            out["notes"][key] = why
+    for n_exp in experts:
+        x, routing, params = _moe_inputs(device, dtype, tokens, d, f, n_exp, 1, capacity_factor, seed=80)
+        dense = {key: v[:1] for key, v in params.items()}
+        calls: dict[str, Callable[[], Any]] = {
+            "cublas_loop": lambda: MT.moe_grouped(x, routing, params),
+            "einsum": lambda: MT.moe_einsum(x, routing, params),
+            "dense_active": lambda: MT.expert_ffn(x, dense, 0),
+        }
+        if "grouped_mm" not in out["notes"]:
+            calls["grouped_mm"] = lambda: ML.moe_grouped_mm(x, routing, params)
+        if "triton" not in out["notes"]:
+            calls["triton"] = lambda: MK.moe_grouped_triton(x, routing, params)
+        with torch.inference_mode():
+            ref64 = MT.moe_grouped(x.double(), routing, {key: v.double() for key, v in params.items()})
+            errs: dict[str, float] = {}
+            for name, fn in list(calls.items()):  # also the compile
+                try:
+                    y = fn()
+                    if name != "dense_active":
+                        errs[name] = _rel_to_ref(y, ref64)
+                except Exception as exc:  # noqa: BLE001 - recorded, the others still run
+                    out["notes"][name] = _error_text(exc)
+                    del calls[name]
+            del ref64
+            times = {name: math.inf for name in calls}
+            for _ in range(max(1, rounds)):  # alternate, so that a clock change hits all alike
+                for name, fn in calls.items():
+                    t = time_fn(fn, name=name, min_run_time=min_run_time, device=device).median_s
+                    times[name] = min(times[name], t)
+        kept = routing.kept
+        used = int(kept.sum())
+        out["rows"].append({
+            "experts": n_exp, "capacity": routing.capacity,
+            "dropped_fraction": 1.0 - used / kept.numel(),
+            "padding_fraction": 1.0 - used / (n_exp * routing.capacity),
+            "times_s": times, "rel_err_vs_fp64": errs,
+        })  # fmt: skip
+        del x, routing, params, dense
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return out
+
+
 def _speedup(lib_s: float | None, kern_s: float | None) -> float | None:
     if lib_s is None or kern_s is None or not kern_s > 0 or not lib_s > 0:
         return None
@@ -1082,6 +1230,33 @@ def bench_ratios(measurements: dict[str, Any], *, interpreted: bool, int8_backen
     if nm and "rows" not in nm:
         ratios.append(_ratio("2:4 Triton (ours) vs dense cuBLAS", src, "", "", None, None, {},
                              nm.get("skipped") or nm.get("error") or "not measured"))  # fmt: skip
+
+    moe = measurements.get("moe") or {}
+    cfg = moe.get("config", {})
+    src = (f"gpu_check._moe_timing T={cfg.get('tokens')} d={cfg.get('d')} f={cfg.get('f')} top-1 "
+           f"C={cfg.get('capacity_factor')} {cfg.get('dtype')}")  # fmt: skip
+    pairs = (
+        ("triton", "einsum", "Triton grouped GEMM (ours) vs one-hot einsums"),
+        ("triton", "cublas_loop", "Triton grouped GEMM (ours) vs loop of cuBLAS calls"),
+        ("triton", "grouped_mm", "Triton grouped GEMM (ours) vs F.grouped_mm"),
+        ("cublas_loop", "einsum", "sort + loop of cuBLAS calls (ours) vs one-hot einsums"),
+        ("cublas_loop", "grouped_mm", "sort + loop of cuBLAS calls (ours) vs F.grouped_mm"),
+        ("triton", "dense_active", "Triton grouped GEMM (ours) vs dense FFN, same active parameters"),
+    )
+    for row in moe.get("rows", []):
+        t, errs = row.get("times_s", {}), row.get("rel_err_vs_fp64", {})
+        where = f"E={row['experts']}"
+        for kern, lib, label in pairs:
+            missing = [p for p in (kern, lib) if p not in t]
+            why = "; ".join(f"{p}: {moe.get('notes', {}).get(p, 'not timed')}" for p in missing) or None
+            err = {"kernel_rel_err_vs_fp64": errs.get(kern), "library_rel_err_vs_fp64": errs.get(lib)}
+            note = f"padding {row.get('padding_fraction', 0):.0%} of the einsums' rows" if lib == "einsum" else None
+            note = "; ".join(x for x in (note, tag) if x) or None
+            ratios.append(_ratio(f"MoE {where}: {label}", src, kern, lib, t.get(kern), t.get(lib), err, why,
+                                 note))  # fmt: skip
+    if moe and "rows" not in moe:
+        ratios.append(_ratio("MoE: Triton grouped GEMM (ours) vs one-hot einsums", src, "", "", None, None, {},
+                             moe.get("skipped") or moe.get("error") or "not measured"))  # fmt: skip
     return ratios
 
 
@@ -1168,6 +1343,10 @@ def _benchmarks_step(ctx: Context, out: dict[str, Any]) -> None:
     # float16: the sparse tensor cores (semi-structured) and the Triton kernel both take it
     _bench_item(ctx, meas, "nm_sparse",
                 lambda: _nm_timing(**sz["nm_bench"], dtype=torch.float16, device=dev, **timing),
+                min_s=3.0 if ctx.dry_run else 20.0)  # fmt: skip
+    # bfloat16 where native (grouped_mm's fast path), else float16; float32 on a CPU
+    _bench_item(ctx, meas, "moe",
+                lambda: _moe_timing(**sz["moe_bench"], dtype=half, device=dev, **timing),
                 min_s=3.0 if ctx.dry_run else 20.0)  # fmt: skip
     for item in meas.values():
         if "result" in item:

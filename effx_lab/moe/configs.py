@@ -16,7 +16,7 @@ from effx_lab._validate import (
     check_int,
 )
 
-from ._np_dispatch import STRATEGIES
+from .shapes import STRATEGIES
 from .shapes import POLICIES
 
 __all__ = ["MoEConfig"]

@@ -33,8 +33,10 @@ from effx_lab._validate import check_float, check_int, describe
 
 __all__ = [
     "EXPERT_PARAM_NAMES",
+    "MAX_DISPATCH_ELEMENTS",
     "POLICIES",
     "PRIORITY_SCALE",
+    "STRATEGIES",
     "capacity",
     "check_capacity",
     "check_capacity_factor",
@@ -46,10 +48,16 @@ __all__ = [
     "check_int_array",
     "check_k",
     "check_logits",
+    "check_match",
+    "check_offsets",
     "check_order",
     "check_policy",
+    "check_routing",
+    "check_rows",
     "check_slots",
     "check_tokens",
+    "check_x",
+    "expert_shapes",
     "round_up_capacity",
 ]
 
@@ -91,7 +99,10 @@ def _host(a: Any) -> np.ndarray:
     """A NumPy view (a host copy, for a tensor) of ``a``, for the checks that read
     values."""
     if _is_tensor(a):
-        return a.detach().cpu().numpy()
+        t = a.detach().cpu()
+        if t.dtype.is_floating_point and t.element_size() < 4:
+            t = t.float()  # NumPy has no bfloat16; float32 holds every 16-bit value
+        return t.numpy()
     return np.asarray(a)
 
 
@@ -387,3 +398,160 @@ def check_expert_params(
             f"got {(e, d_in, f)}"
         )
     return e, d_in, f
+
+
+#: The names :func:`moe_forward` accepts, in the order the chapter introduces them.
+STRATEGIES = ("loop", "einsum", "grouped")
+#: The largest dense (T, E, C) tensor dispatch_combine builds (elements).
+MAX_DISPATCH_ELEMENTS = 1 << 28
+
+
+# ----------------------------------------------------------------------- shared checks
+# The face-aware checks of the dispatch functions, on top of the checks above: they
+# work on NumPy arrays and torch tensors alike, and the torch face, the kernels
+# and the library baseline import them, so all reject a bad argument with the same
+# message. ``face`` is the module the caller is in ("reference", "torch_ops",
+# "kernels", "library"), named in the hints.
+def _kind(array_type: type) -> str:
+    return "NumPy array" if array_type is np.ndarray else "torch tensor"
+
+
+def _other(face: str) -> str:
+    return "torch_ops" if face == "reference" else "reference"
+
+
+def expert_shapes(params: Any, array_type: type, face: str) -> tuple[int, int, int]:
+    """``(E, d, f)`` of an experts' dict ``{w1 (E, d, f), b1 (E, f), w2 (E, f, d),
+    b2 (E, d)}`` (:func:`~effx_lab.moe.shapes.check_expert_params`) whose entries are
+    ``array_type`` with one float dtype (and, for tensors, one device)."""
+    if isinstance(params, Mapping):
+        for key in EXPERT_PARAM_NAMES:
+            value = params.get(key)
+            if value is not None and not isinstance(value, array_type):
+                raise TypeError(
+                    f"params[{key!r}] must be a {_kind(array_type)} in "
+                    f"effx_lab.moe.{face}, got {describe(value)}; use "
+                    f"effx_lab.moe.{_other(face)} for the other kind"
+                )
+    shape = check_expert_params(params)
+    w1 = params["w1"]
+    for key in ("b1", "w2", "b2"):
+        if params[key].dtype != w1.dtype:
+            raise TypeError(
+                f"params[{key!r}] must have the dtype of params['w1'] ({w1.dtype}), "
+                f"got {params[key].dtype}"
+            )
+        if getattr(params[key], "device", None) != getattr(w1, "device", None):
+            raise ValueError(
+                f"params[{key!r}] must be on the device of params['w1'] "
+                f"({w1.device}), got {params[key].device}"
+            )
+    return shape
+
+
+def check_x(
+    x: Any, params: Any, array_type: type, face: str, name: str = "x"
+) -> int:
+    """``x (T, d)`` (:func:`~effx_lab.moe.shapes.check_tokens`): an ``array_type`` of
+    the width, dtype (and device) of the experts' weights ``params`` (checked). Returns
+    ``T``."""
+    if not isinstance(x, array_type):
+        raise TypeError(
+            f"{name} must be a {_kind(array_type)} in effx_lab.moe.{face}, got "
+            f"{describe(x)}; use effx_lab.moe.{_other(face)} for the other kind"
+        )
+    n_tokens, d = check_tokens(name, x)
+    _, d_model, _ = expert_shapes(params, array_type, face)
+    w1 = params["w1"]
+    if d != d_model:
+        raise ValueError(
+            f"{name} must have shape (T, d) with d = {d_model} (the experts' width: w1 "
+            f"is (E, d, f)), got {tuple(x.shape)}"
+        )
+    if x.dtype != w1.dtype:
+        raise TypeError(
+            f"{name} must have the dtype of the experts' weights ({w1.dtype}), got "
+            f"{x.dtype}"
+        )
+    if getattr(x, "device", None) != getattr(w1, "device", None):
+        raise ValueError(
+            f"{name} must be on the device of the experts' weights ({w1.device}), got "
+            f"{x.device}"
+        )
+    return n_tokens
+
+
+def check_routing(routing: Any, array_type: type, face: str) -> tuple[int, int]:
+    """``routing`` must be a :class:`~effx_lab.moe._format.Routing` (validated where it
+    was made) holding ``array_type`` arrays. Returns ``(T, k)``."""
+    from ._format import Routing  # here: _format imports this module
+
+    if not isinstance(routing, Routing):
+        raise TypeError(
+            f"routing must be a Routing (made by effx_lab.moe.{face}.route), got "
+            f"{describe(routing)}"
+        )
+    if routing.is_torch != (array_type is not np.ndarray):
+        have = "torch tensors" if routing.is_torch else "NumPy arrays"
+        raise TypeError(
+            f"routing must hold {_kind(array_type)}s in effx_lab.moe.{face}, got one "
+            f"holding {have}; route with effx_lab.moe.{face}.route (or use "
+            f"effx_lab.moe.{_other(face)})"
+        )
+    return routing.n_tokens, routing.k
+
+
+def check_match(routing: Any, n_tokens: int, n_experts: int, name: str = "x") -> None:
+    """The routing must be of these tokens and these experts."""
+    if routing.n_experts != n_experts:
+        raise ValueError(
+            f"params must hold routing.n_experts = {routing.n_experts} experts (w1 is "
+            f"(E, d, f)), got E = {n_experts}"
+        )
+    if routing.n_tokens != n_tokens:
+        raise ValueError(
+            f"{name} must have one row per routed token (routing.n_tokens = "
+            f"{routing.n_tokens}), got {n_tokens} rows"
+        )
+
+
+def check_offsets(
+    offsets: Any, n_rows: int, n_experts: int, array_type: type
+) -> list[int]:
+    """``offsets (E+1,)`` int, starting at 0, non-decreasing, ending at ``n_rows``
+    (reads the values back: they are the host-side bounds of the groups). Returns them
+    as a list."""
+    if not isinstance(offsets, array_type):
+        raise TypeError(
+            f"offsets must be a {_kind(array_type)} (made by sort_by_expert), got "
+            f"{describe(offsets)}"
+        )
+    check_int_array("offsets", offsets, 1)
+    if tuple(offsets.shape) != (n_experts + 1,):
+        raise ValueError(
+            f"offsets must have shape (E+1,) = ({n_experts + 1},) for E = {n_experts} "
+            f"experts, got {tuple(offsets.shape)}"
+        )
+    values = [int(v) for v in offsets.tolist()]
+    if values[0] != 0 or values[-1] != n_rows:
+        raise ValueError(
+            f"offsets must start at 0 and end at the number of rows ({n_rows}), got "
+            f"{values[0]} ... {values[-1]}"
+        )
+    if any(b < a for a, b in zip(values, values[1:])):
+        raise ValueError(f"offsets must be non-decreasing, got {values}")
+    return values
+
+
+def check_rows(x_sorted: Any, params: Any, array_type: type, face: str) -> int:
+    """``x_sorted (N, d)``: as ``x`` but ``N = 0`` is allowed (every pair dropped)."""
+    empty = isinstance(x_sorted, array_type) and x_sorted.ndim == 2
+    if empty and not x_sorted.shape[0]:
+        _, d, _ = expert_shapes(params, array_type, face)
+        if int(x_sorted.shape[1]) != d or x_sorted.dtype != params["w1"].dtype:
+            raise ValueError(
+                f"x_sorted must have shape (N, d = {d}) and dtype "
+                f"{params['w1'].dtype}, got {describe(x_sorted)}"
+            )
+        return 0
+    return check_x(x_sorted, params, array_type, face, "x_sorted")

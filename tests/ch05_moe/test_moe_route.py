@@ -685,3 +685,17 @@ def test_torch_face_on_cuda_agrees_with_the_reference():
     got = T.load_loss(g["clean"], g["noisy"], g["std"], 2)
     assert float(got) == pytest.approx(want, rel=1e-11)
     assert T.dynamic_capacity(torch.tensor([3, 9], device="cuda")) == 16
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_routing_holds_16_bit_gates_and_probs(dtype):
+    """A router run in bf16/fp16 makes a valid Routing (NumPy has no bfloat16: the
+    checks read the values back in float32), and a NaN among them is still caught."""
+    r = T.route(torch.randn(12, 4, dtype=torch.float64), k=2, capacity_factor=1.0)
+    low = Routing(r.experts, r.gates.to(dtype), r.slots, r.capacity, r.n_experts,
+                  r.probs.to(dtype))  # fmt: skip
+    assert low.gates.dtype == dtype and low.n_tokens == 12
+    bad = r.gates.to(dtype).clone()
+    bad[3, 1] = float("nan")
+    with pytest.raises(ValueError, match="gates"):
+        Routing(r.experts, bad, r.slots, r.capacity, r.n_experts, r.probs.to(dtype))

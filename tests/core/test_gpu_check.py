@@ -24,7 +24,8 @@ from effx_lab import gpu_check as G
 
 ROOT = Path(__file__).resolve().parents[2]
 KERNELS = {"quantize_rows", "dequantize_rows", "quantize_groups", "int8_gemm", "w4a16_matmul", "w8a16_matmul",
-           "mixed_chunk_attention_triton", "block_sparse_matmul_triton", "nm_matmul_triton"}  # fmt: skip
+           "mixed_chunk_attention_triton", "block_sparse_matmul_triton", "nm_matmul_triton",
+           "moe_grouped_triton", "torch_ops.moe_grouped"}  # fmt: skip
 
 
 def _triton_runs_here() -> bool:
@@ -123,7 +124,7 @@ def test_dry_run_benchmarks(dry_run):
     assert sec["triton_half_dtype"] == "float16" and "bf16" in sec["triton_half_dtype_reason"]
     meas = sec["measurements"]
     assert set(meas) == {"decode_gemv", "int8_gemm", "flash_triton_vs_torch", "flash_split", "prune_sparse",
-                         "nm_sparse"}  # fmt: skip
+                         "nm_sparse", "moe"}  # fmt: skip
     ratios = sec["ratios"]
     assert len(ratios) >= 5
     for r in ratios:
@@ -177,6 +178,18 @@ def test_dry_run_benchmarks(dry_run):
         skipped = {r["name"]: r for r in ratios if r["status"] == "skipped"}
         semi = [n for n in skipped if n.startswith("2:4 semi-structured vs dense cuBLAS")]
         assert len(semi) == len(nm["rows"]) and all(skipped[n]["reason"] for n in semi)
+        # chapter 5: the MoE FFN five ways at every number of experts of the dry sizes
+        moe = meas["moe"]["result"]
+        cfg = G.SIZES["dry"]["moe_bench"]
+        assert moe["config"]["dtype"] == "float32" and "5x" in moe["goals"]
+        assert [r["experts"] for r in moe["rows"]] == list(cfg["experts"])
+        for r in moe["rows"]:
+            assert set(r["times_s"]) == {"cublas_loop", "einsum", "dense_active", "grouped_mm", "triton"}, r
+            assert all(e < 1e-5 for e in r["rel_err_vs_fp64"].values()), r
+            assert 0 <= r["dropped_fraction"] < 1 and 0 <= r["padding_fraction"] < 1
+            where = f"MoE E={r['experts']}: "
+            assert where + "Triton grouped GEMM (ours) vs one-hot einsums" in names
+            assert where + "sort + loop of cuBLAS calls (ours) vs F.grouped_mm" in names
 
 
 @pytest.mark.slow  # the dry run: ~20 s on an idle 2-core CPU, shared by these tests
@@ -471,6 +484,35 @@ def test_bench_ratios_of_the_nm_measurement():
     assert [(r["name"], r["status"], r["reason"]) for r in rows] == [
         ("2:4 Triton (ours) vs dense cuBLAS", "skipped", "no Triton")]
     assert "0.5625" in G.NM_PUBLISHED and "1.24x" in G.NM_PUBLISHED
+
+
+def test_bench_ratios_of_the_moe_measurement():
+    meas = {
+        "moe": {
+            "config": {"tokens": 4096, "d": 512, "f": 1024, "experts": [8, 64], "capacity_factor": 1.25,
+                       "dtype": "bfloat16"},
+            "rows": [{"experts": 64, "capacity": 80, "dropped_fraction": 0.05, "padding_fraction": 0.24,
+                      "times_s": {"cublas_loop": 2e-3, "einsum": 10e-3, "dense_active": 0.2e-3, "triton": 0.25e-3},
+                      "rel_err_vs_fp64": {"cublas_loop": 1e-3, "einsum": 2e-3, "triton": 3e-3}}],
+            "notes": {"grouped_mm": "RuntimeError: grouped gemm is only supported on SM90"},
+            "goals": G.MOE_GOALS,
+        },
+    }  # fmt: skip
+    rows = {r["name"]: r for r in G.bench_ratios(meas, interpreted=False)}
+    assert len(rows) == 6
+    ours = rows["MoE E=64: Triton grouped GEMM (ours) vs one-hot einsums"]
+    assert ours["status"] == "ok" and ours["speedup"] == pytest.approx(40.0) and ours["library"] == "einsum"
+    assert "padding 24%" in ours["note"] and ours["errors"]["kernel_rel_err_vs_fp64"] == 3e-3
+    loop = rows["MoE E=64: sort + loop of cuBLAS calls (ours) vs one-hot einsums"]
+    assert loop["speedup"] == pytest.approx(5.0)
+    dense = rows["MoE E=64: Triton grouped GEMM (ours) vs dense FFN, same active parameters"]
+    assert dense["speedup"] == pytest.approx(0.8) and dense["note"] is None
+    missing = rows["MoE E=64: Triton grouped GEMM (ours) vs F.grouped_mm"]
+    assert missing["status"] == "skipped" and "only supported on SM90" in missing["reason"]
+    rows = G.bench_ratios({"moe": {"skipped": "no Triton"}}, interpreted=True)
+    assert [(r["name"], r["status"], r["reason"]) for r in rows] == [
+        ("MoE: Triton grouped GEMM (ours) vs one-hot einsums", "skipped", "no Triton")]
+    assert "1.5x" in G.MOE_GOALS
 
 
 def test_bench_ratios_on_a_t4_like_result():
