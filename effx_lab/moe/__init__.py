@@ -13,7 +13,9 @@
 * :mod:`.kernels`: the Triton grouped GEMM over expert-sorted tokens (needs Triton);
   :mod:`.library`: PyTorch's ``grouped_mm``, the library baseline.
 * :mod:`.distributed`: expert parallelism over ``torch.distributed`` (all-to-all and
-  hierarchical all-to-all) and the message counts behind them.
+  hierarchical all-to-all) and the message counts behind them; ``ep_demo`` is the same
+  per-rank code as a script for ``torchrun --nproc-per-node 4 -m effx_lab.moe.ep_demo``
+  (one machine or several).
 * :mod:`.experiments`: the training runs behind 05.1 and 05.2 (a script whose results
   ship with the course); :mod:`.exercises`: the notebooks' checkers; :mod:`.bench`:
   ``python -m effx_lab.bench moe``.
