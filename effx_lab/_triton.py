@@ -41,7 +41,7 @@ except ImportError as exc:  # macOS, Windows, or installed without the [triton] 
     )
 
 __all__ = [
-    "IMPORT_ERROR", "compile_report", "is_interpreted", "jit", "kernel_source", "refuse_grad", "tl",
+    "IMPORT_ERROR", "compile_report", "dot_dtype", "is_interpreted", "jit", "kernel_source", "refuse_grad", "tl",
     "triton", "why_unavailable",
 ]
 
@@ -84,6 +84,25 @@ def kernel_source(kernel: Any) -> str:
 def is_interpreted(kernel: Any) -> bool:
     """Whether ``kernel`` was defined under Triton's CPU interpreter (``TRITON_INTERPRET=1``)."""
     return type(kernel).__name__ == "InterpretedFunction"
+
+
+def dot_dtype(dtype: Any, kernel: Any) -> Any:
+    """The operand dtype of ``kernel``'s ``tl.dot`` for inputs of torch ``dtype``
+    (float16, bfloat16 or float32): the input dtype, except bfloat16 in the CPU
+    interpreter.
+
+    Triton's interpreter stores bfloat16 as raw ``uint16`` bits and its ``tl.dot``
+    multiplies those bits (triton-lang/triton#11584), so there the kernels feed their
+    dots float32; compiled on a GPU, bfloat16 stays bfloat16.
+    """
+    import torch
+
+    table = {torch.float16: tl.float16, torch.bfloat16: tl.bfloat16, torch.float32: tl.float32}
+    if dtype not in table:
+        raise TypeError(f"dtype must be torch.float16, bfloat16 or float32, got {dtype!r}")
+    if dtype == torch.bfloat16 and is_interpreted(kernel):
+        return tl.float32
+    return table[dtype]
 
 
 def why_unavailable(kernel: Any, module: str) -> str | None:

@@ -180,7 +180,7 @@ def _mixed_chunk_kernel(
     HAS_BIAS: tl.constexpr,
     USE_QUAD: tl.constexpr,  # mode "mixed" or "local"
     USE_LIN: tl.constexpr,  # mode "mixed" or "global"
-    DOT_DTYPE: tl.constexpr,  # operand dtype of every tl.dot (see _dot_dtype)
+    DOT_DTYPE: tl.constexpr,  # operand dtype of every tl.dot (see _triton.dot_dtype)
 ):  # fmt: skip
     """Unsplit: one program per (batch element, value block) walks all the chunks."""
     pid_b = tl.program_id(0).to(tl.int64)  # int64: B * n * e may exceed 2^31
@@ -339,18 +339,6 @@ def _check_tensor(name: str, value: Any) -> torch.Tensor:
             "use effx_lab.flash.reference.mixed_chunk_attention for NumPy arrays"
         )
     return value
-
-
-def _dot_dtype(dtype: torch.dtype):
-    """Operand dtype of the kernel's ``tl.dot``: the input dtype, except bfloat16 in the CPU interpreter.
-
-    Triton's interpreter stores bfloat16 as raw ``uint16`` bits and its ``tl.dot`` multiplies those bits
-    (triton-lang/triton#11584; the interpreter does not support bfloat16 arithmetic), so there the kernel
-    feeds its dots float32 instead. Compiled on a GPU, bfloat16 stays bfloat16.
-    """
-    if dtype == torch.bfloat16 and _kernel_is_interpreted():
-        return tl.float32
-    return {torch.float16: tl.float16, torch.bfloat16: tl.bfloat16, torch.float32: tl.float32}[dtype]
 
 
 def _launch_config(c: int, s: int, e: int, dtype: torch.dtype) -> tuple[int, int, int, int]:
@@ -525,7 +513,7 @@ def mixed_chunk_attention_triton(
     n_chunks = triton.cdiv(n, c)
     if split is None:
         split = _choose_split(batch, e_blocks, n_chunks, _sm_count(quad_q.device))
-    consts = dict(C=c, S=s, BLOCK_Q=block_q, BLOCK_E=block_e, DOT_DTYPE=_dot_dtype(dtype),
+    consts = dict(C=c, S=s, BLOCK_Q=block_q, BLOCK_E=block_e, DOT_DTYPE=_triton.dot_dtype(dtype, _mixed_chunk_kernel),
                   num_warps=num_warps, num_stages=num_stages)  # fmt: skip
     flags = dict(CAUSAL=causal, HAS_BIAS=has_bias, USE_QUAD=use_quad, USE_LIN=use_lin)
     if not split:

@@ -92,7 +92,7 @@ def _grouped_matmul_kernel(
     BLOCK_K: tl.constexpr,  # inner columns per step
     HAS_BIAS: tl.constexpr,
     GELU: tl.constexpr,  # apply the tanh GELU after the bias
-    DOT_DTYPE: tl.constexpr,  # operand dtype of tl.dot (see _dot_dtype)
+    DOT_DTYPE: tl.constexpr,  # operand dtype of tl.dot (see _triton.dot_dtype)
 ):  # fmt: skip
     pid_t = tl.program_id(0)
     pid_n = tl.program_id(1)
@@ -160,22 +160,6 @@ def available() -> bool:
 # --------------------------------------------------------------------------------------
 # the public functions
 # --------------------------------------------------------------------------------------
-def _dot_dtype(dtype: torch.dtype):
-    """The operand dtype of ``tl.dot``: the input dtype, except bfloat16 interpreted.
-
-    Triton's CPU interpreter multiplies raw bf16 bits in ``tl.dot``
-    (triton-lang/triton#11584; see :func:`effx_lab.sparse.kernels._dot_dtype`): there
-    the dots get float32.
-    """
-    if dtype == torch.bfloat16 and _kernel_is_interpreted():
-        return tl.float32
-    return {
-        torch.float16: tl.float16,
-        torch.bfloat16: tl.bfloat16,
-        torch.float32: tl.float32,
-    }[dtype]
-
-
 def _tiles(dtype: torch.dtype) -> tuple[int, int, int, int]:
     """``(BLOCK_M, BLOCK_N, BLOCK_K, num_warps)``.
 
@@ -299,7 +283,8 @@ def grouped_matmul_triton(
         tile_expert, tile_row, offs32,
         k_dim, n_dim,
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
-        HAS_BIAS=bias is not None, GELU=gelu, DOT_DTYPE=_dot_dtype(dtype),
+        HAS_BIAS=bias is not None, GELU=gelu,
+        DOT_DTYPE=_triton.dot_dtype(dtype, _grouped_matmul_kernel),
         num_warps=warps,
     )  # fmt: skip
     return y

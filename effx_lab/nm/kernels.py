@@ -86,7 +86,7 @@ def _nm24_matmul_kernel(
     BLOCK_N: tl.constexpr,  # rows of W (output columns) per program
     BLOCK_K: tl.constexpr,  # input columns per step (a multiple of 8)
     HAS_BIAS: tl.constexpr,
-    DOT_DTYPE: tl.constexpr,  # operand dtype of tl.dot (see _dot_dtype)
+    DOT_DTYPE: tl.constexpr,  # operand dtype of tl.dot (see _triton.dot_dtype)
 ):  # fmt: skip
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
@@ -176,22 +176,6 @@ def available() -> bool:
 # --------------------------------------------------------------------------------------
 # the public function
 # --------------------------------------------------------------------------------------
-def _dot_dtype(dtype: torch.dtype):
-    """The operand dtype of ``tl.dot``: the input dtype, except bfloat16 interpreted.
-
-    Triton's CPU interpreter multiplies raw bf16 bits in ``tl.dot``
-    (triton-lang/triton#11584; see :func:`effx_lab.sparse.kernels._dot_dtype`): there
-    the dots get float32.
-    """
-    if dtype == torch.bfloat16 and _kernel_is_interpreted():
-        return tl.float32
-    return {
-        torch.float16: tl.float16,
-        torch.bfloat16: tl.bfloat16,
-        torch.float32: tl.float32,
-    }[dtype]
-
-
 def _tiles(m: int, dtype: torch.dtype) -> tuple[int, int, int, int]:
     """``(BLOCK_M, BLOCK_N, BLOCK_K, num_warps)`` for ``m`` rows of ``x``.
 
@@ -271,7 +255,8 @@ def nm_matmul_triton(
         x2, values, meta, values if bias is None else bias.contiguous(), y,
         m, in_features, out_features, int(meta.shape[1]),
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
-        HAS_BIAS=bias is not None, DOT_DTYPE=_dot_dtype(dtype),
+        HAS_BIAS=bias is not None,
+        DOT_DTYPE=_triton.dot_dtype(dtype, _nm24_matmul_kernel),
         num_warps=warps,
     )  # fmt: skip
     return y.reshape(*lead, out_features)

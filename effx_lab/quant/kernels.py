@@ -336,7 +336,7 @@ def _weight_only_kernel(
     SCALE_PER_TILE: tl.constexpr,  # every BLOCK_K tile lies inside one group
     HAS_BIAS: tl.constexpr,
     EVEN_K: tl.constexpr,  # K % BLOCK_K == 0: no mask along K
-    DOT_DTYPE: tl.constexpr,  # operand dtype of tl.dot (x's dtype; see _dot_dtype)
+    DOT_DTYPE: tl.constexpr,  # operand dtype of tl.dot (x's dtype; see _triton.dot_dtype)
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,  # even, so a tile covers whole bytes of packed int4 weights
@@ -499,17 +499,6 @@ def _rows_of(name: str, x: torch.Tensor) -> tuple[int, int]:
     if k == 0:
         raise ValueError(f"{name} must have a non-empty last dimension K, got shape {tuple(x.shape)}")
     return x.numel() // k, k
-
-
-def _dot_dtype(dtype: torch.dtype):
-    """Operand dtype of the weight-only kernel's ``tl.dot``: the input dtype, except bfloat16 in the interpreter.
-
-    Triton's interpreter stores bfloat16 as raw ``uint16`` bits and its ``tl.dot`` multiplies those bits
-    (triton-lang/triton#11584), so there the kernel feeds its dots float32; compiled, bfloat16 stays bfloat16.
-    """
-    if dtype == torch.bfloat16 and _kernel_is_interpreted():
-        return tl.float32
-    return {torch.float16: tl.float16, torch.bfloat16: tl.bfloat16, torch.float32: tl.float32}[dtype]
 
 
 def _store_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -923,7 +912,8 @@ def _weight_only(
             bias if bias is not None else out, out,
             m, n, k, group_size if n_groups > 1 else k, n_groups,
             INT4=int4, SCALE_PER_TILE=per_tile, HAS_BIAS=bias is not None, EVEN_K=k % block_k == 0,
-            DOT_DTYPE=_dot_dtype(x.dtype), BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
+            DOT_DTYPE=_triton.dot_dtype(x.dtype, _quantize_rows_kernel),
+            BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
             num_warps=num_warps, num_stages=3, enable_fp_fusion=True,
         )  # fmt: skip
     return out.to(x.dtype).reshape(*x.shape[:-1], n)

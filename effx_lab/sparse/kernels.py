@@ -78,7 +78,7 @@ def _bsr_matmul_kernel(
     BW: tl.constexpr,  # block width
     BLOCK_M: tl.constexpr,  # rows of x per program
     HAS_BIAS: tl.constexpr,
-    DOT_DTYPE: tl.constexpr,  # operand dtype of tl.dot (see _dot_dtype)
+    DOT_DTYPE: tl.constexpr,  # operand dtype of tl.dot (see _triton.dot_dtype)
 ):  # fmt: skip
     pid_m = tl.program_id(0)
     r = tl.program_id(1).to(tl.int64)  # block row of W = block of BH output columns
@@ -140,22 +140,6 @@ def available() -> bool:
 # --------------------------------------------------------------------------------------
 def _is_pow2_at_least_16(x: int) -> bool:
     return x >= 16 and (x & (x - 1)) == 0
-
-
-def _dot_dtype(dtype: torch.dtype):
-    """The operand dtype of ``tl.dot``: the input dtype, except bfloat16 interpreted.
-
-    Triton's CPU interpreter multiplies raw bf16 bits in ``tl.dot``
-    (triton-lang/triton#11584; see :func:`effx_lab.flash.kernels._dot_dtype`): there the
-    dots get float32.
-    """
-    if dtype == torch.bfloat16 and _kernel_is_interpreted():
-        return tl.float32
-    return {
-        torch.float16: tl.float16,
-        torch.bfloat16: tl.bfloat16,
-        torch.float32: tl.float32,
-    }[dtype]
 
 
 def _block_m(m: int) -> int:
@@ -224,7 +208,8 @@ def block_sparse_matmul_triton(
         values if bias is None else bias.contiguous(), y,
         m, in_features, out_features,
         BH=bh, BW=bw, BLOCK_M=block_m,
-        HAS_BIAS=bias is not None, DOT_DTYPE=_dot_dtype(dtype),
+        HAS_BIAS=bias is not None,
+        DOT_DTYPE=_triton.dot_dtype(dtype, _bsr_matmul_kernel),
     )  # fmt: skip
     return y.reshape(*lead, out_features)
 

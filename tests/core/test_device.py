@@ -222,3 +222,20 @@ def test_triton_mode_is_unavailable_when_the_import_failed(monkeypatch):
     monkeypatch.setitem(sys.modules, "effx_lab._triton", types.SimpleNamespace(IMPORT_ERROR="hidden for a test"))
     assert device.triton_mode() == "unavailable"
     assert "(unavailable)" in device.summary() or "Triton not installed" in device.summary()
+
+
+def test_dot_dtype_keeps_the_input_dtype_except_bf16_interpreted():
+    """The operand dtype the course's kernels give ``tl.dot``: bf16 becomes float32 only
+    under the CPU interpreter (whose tl.dot multiplies bf16's raw bits)."""
+    pytest.importorskip("triton", exc_type=ImportError)
+    from effx_lab import _triton
+    from effx_lab.sparse.kernels import _bsr_matmul_kernel as kernel
+
+    tl = _triton.tl
+    assert _triton.dot_dtype(torch.float16, kernel) == tl.float16
+    assert _triton.dot_dtype(torch.float32, kernel) == tl.float32
+    interpreted = _triton.is_interpreted(kernel)
+    want = tl.float32 if interpreted else tl.bfloat16
+    assert _triton.dot_dtype(torch.bfloat16, kernel) == want
+    with pytest.raises(TypeError, match="dtype must be torch.float16, bfloat16 or float32"):
+        _triton.dot_dtype(torch.float64, kernel)
