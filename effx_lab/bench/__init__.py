@@ -69,6 +69,7 @@ __all__ = [
     "ThreadLimits",
     "cache_dir",
     "experiments_main",
+    "check_seed_spread",
     "check_threads",
     "compare",
     "compare_arms",
@@ -1001,6 +1002,28 @@ def seed_spread(values: Any) -> dict[str, Any]:
         "spread": float(max(vals) - min(vals)),
         "std": float(statistics.stdev(vals)) if len(vals) > 1 else 0.0,
     }
+
+
+def check_seed_spread(where: str, s: Any, n: int, *, positive: bool = True) -> None:
+    """Check a :func:`seed_spread` summary read back from a results file: ``n`` finite
+    values (> 0 when ``positive``, such as losses; >= 0 otherwise), finite ``mean``,
+    ``spread`` and ``std`` >= 0, and the mean its values' mean. Raises ``ValueError``
+    naming ``where`` and the first bad entry."""
+    if not isinstance(s, dict) or not isinstance(s.get("values"), list):
+        raise ValueError(f"{where} must hold 'values', 'mean', 'spread', 'std'")
+    if len(s["values"]) != n:
+        raise ValueError(f"{where}['values'] must hold one value per seed ({n})")
+    for i, v in enumerate(s["values"]):
+        ok = isinstance(v, float) and math.isfinite(v) and (v > 0 if positive else v >= 0)
+        if not ok:
+            want = "a finite positive float" if positive else "a finite float >= 0"
+            raise ValueError(f"{where}['values'][{i}] must be {want}, got {v!r}")
+    for key in ("mean", "spread", "std"):
+        v = s.get(key)
+        if not (isinstance(v, float) and math.isfinite(v) and v >= 0):
+            raise ValueError(f"{where}[{key!r}] must be a finite float >= 0, got {v!r}")
+    if abs(s["mean"] - statistics.fmean(s["values"])) > 1e-9:
+        raise ValueError(f"{where}['mean'] is not the mean of its values")
 
 
 def compare_arms(a: Any, b: Any) -> str:

@@ -66,6 +66,7 @@ import torch
 
 from effx_lab._validate import check_bool, check_choice, check_int, describe
 from effx_lab.bench import (
+    check_seed_spread,
     compare_arms,
     experiments_main,
     limit_threads,
@@ -753,21 +754,6 @@ def _share(where: str, v: Any) -> None:
         raise ValueError(f"{where} must be a float in [0, 1], got {v!r}")
 
 
-def _check_spread(where: str, s: Any, n: int) -> None:
-    if not isinstance(s, dict) or not isinstance(s.get("values"), list):
-        raise ValueError(f"{where} must hold 'values', 'mean', 'spread', 'std'")
-    if len(s["values"]) != n:
-        raise ValueError(f"{where}['values'] must hold one value per seed ({n})")
-    for i, v in enumerate(s["values"]):
-        _finite_loss(f"{where}['values'][{i}]", v)
-    for key in ("mean", "spread", "std"):
-        v = s.get(key)
-        if not (isinstance(v, float) and math.isfinite(v) and v >= 0):
-            raise ValueError(f"{where}[{key!r}] must be a finite float >= 0, got {v!r}")
-    if abs(s["mean"] - statistics.fmean(s["values"])) > 1e-9:
-        raise ValueError(f"{where}['mean'] is not the mean of its values")
-
-
 def _check_experiment(name: str, exp: Any, cfg: Mapping[str, Any]) -> None:
     where = f"experiments[{name!r}]"
     seeds = [str(s) for s in cfg["seeds"]]
@@ -790,7 +776,7 @@ def _check_experiment(name: str, exp: Any, cfg: Mapping[str, Any]) -> None:
                        stats.get("dropped"))  # fmt: skip
                 _share(f"{w}['runs'][{seed!r}]['eval_routing']['padded']",
                        stats.get("padded"))  # fmt: skip
-        _check_spread(f"{w}['val_loss']", entry.get("val_loss"), len(seeds))
+        check_seed_spread(f"{w}['val_loss']", entry.get("val_loss"), len(seeds))
         if entry["val_loss"]["values"] != [runs[s]["val_loss"] for s in seeds]:
             raise ValueError(f"{w}['val_loss'] is not the summary of its runs")
     if name == "quality":

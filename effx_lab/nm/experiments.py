@@ -57,6 +57,7 @@ import torch
 
 from effx_lab._validate import check_bool, check_choice, describe
 from effx_lab.bench import (
+    check_seed_spread,
     compare_arms,
     experiments_main,
     limit_threads,
@@ -370,24 +371,6 @@ def _finite_loss(where: str, v: Any) -> None:
         raise ValueError(f"{where} must be a finite positive float, got {v!r}")
 
 
-def _check_spread(where: str, s: Any, n: int, positive: bool = True) -> None:
-    if not isinstance(s, dict) or not isinstance(s.get("values"), list):
-        raise ValueError(f"{where} must hold 'values', 'mean', 'spread', 'std'")
-    if len(s["values"]) != n:
-        raise ValueError(f"{where}['values'] must hold one value per seed ({n})")
-    for i, v in enumerate(s["values"]):
-        if positive:
-            _finite_loss(f"{where}['values'][{i}]", v)
-        elif not (isinstance(v, float) and math.isfinite(v) and v >= 0):
-            raise ValueError(f"{where}['values'][{i}] must be a finite float >= 0")
-    for key in ("mean", "spread", "std"):
-        v = s.get(key)
-        if not (isinstance(v, float) and math.isfinite(v) and v >= 0):
-            raise ValueError(f"{where}[{key!r}] must be a finite float >= 0, got {v!r}")
-    if abs(s["mean"] - statistics.fmean(s["values"])) > 1e-9:
-        raise ValueError(f"{where}['mean'] is not the mean of its values")
-
-
 def check_results(results: Any) -> dict[str, Any]:
     """Check the schema of :func:`run_experiments`' results; return them unchanged.
 
@@ -433,13 +416,15 @@ def check_results(results: Any) -> dict[str, Any]:
                         f"{where}['runs'][{seed!r}]['flip_curve'] must be one "
                         "[step, fraction] pair per step"
                     )
-        _check_spread(f"{where}['val_loss']", entry.get("val_loss"), len(seeds))
+        check_seed_spread(f"{where}['val_loss']", entry.get("val_loss"), len(seeds))
         want = [runs[s]["val_loss"] for s in sorted(runs, key=int)]
         if entry["val_loss"]["values"] != want:
             raise ValueError(f"{where}['val_loss'] is not the summary of its runs")
         if name in FROM_SCRATCH:
-            _check_spread(f"{where}['late_flips']", entry.get("late_flips"),
-                          len(seeds), positive=False)  # fmt: skip
+            check_seed_spread(
+                f"{where}['late_flips']", entry.get("late_flips"), len(seeds),
+                positive=False,
+            )
     verdicts = results["verdicts"]
     if not isinstance(verdicts, dict) or "claim" not in verdicts:
         raise ValueError("results['verdicts'] must hold the comparisons and 'claim'")

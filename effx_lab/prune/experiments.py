@@ -49,7 +49,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import statistics
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -60,6 +59,7 @@ import torch
 
 from effx_lab._validate import check_bool, check_choice, check_int, describe
 from effx_lab.bench import (
+    check_seed_spread,
     compare_arms,
     experiments_main,
     limit_threads,
@@ -495,21 +495,6 @@ def _finite_loss(where: str, v: Any) -> None:
         raise ValueError(f"{where} must be a finite positive float, got {v!r}")
 
 
-def _check_spread(where: str, arm: Any, n_seeds: int) -> None:
-    if not isinstance(arm, dict) or not isinstance(arm.get("values"), list):
-        raise ValueError(f"{where} must hold 'values', 'mean', 'spread', 'std'")
-    if len(arm["values"]) != n_seeds:
-        raise ValueError(f"{where}['values'] must hold one loss per seed ({n_seeds})")
-    for i, v in enumerate(arm["values"]):
-        _finite_loss(f"{where}['values'][{i}]", v)
-    for key in ("mean", "spread", "std"):
-        v = arm.get(key)
-        if not (isinstance(v, float) and math.isfinite(v) and v >= 0):
-            raise ValueError(f"{where}[{key!r}] must be a finite float >= 0, got {v!r}")
-    if abs(arm["mean"] - statistics.fmean(arm["values"])) > 1e-9:
-        raise ValueError(f"{where}['mean'] is not the mean of its values")
-
-
 def _check_gmp(exp: Any, cfg: Mapping[str, Any]) -> None:
     g = cfg["gmp"]
     models = exp.get("models") if isinstance(exp, dict) else None
@@ -569,7 +554,7 @@ def _check_arms(name: str, exp: Any, cfg: Mapping[str, Any], arms: tuple) -> Non
                 f"{name}['sparsities'][{s!r}][{key!r}] must hold {sorted(arms)}"
             )
         for arm in arms:
-            _check_spread(f"{name}[{s!r}][{arm!r}]", got[arm], len(r["seeds"]))
+            check_seed_spread(f"{name}[{s!r}][{arm!r}]", got[arm], len(r["seeds"]))
         paired = entry.get("paired")
         if not isinstance(paired, dict) or not paired or not all(
             isinstance(p, dict) and len(p.get("values", ())) == len(r["seeds"])

@@ -114,7 +114,7 @@ def test_check_results_names_what_is_wrong(quick):
         (lambda r: r["experiments"]["rewinding"]["sparsities"]["0.5"]["modes"].pop(
             "finetune"), "must hold \\['finetune'"),
         (lambda r: r["experiments"]["rewinding"]["sparsities"]["0.5"]["modes"][
-            "lr_rewind"]["values"].pop(), "one loss per seed"),
+            "lr_rewind"]["values"].pop(), "one value per seed"),
         (lambda r: r["experiments"]["rewinding"]["sparsities"]["0.5"]["modes"][
             "lr_rewind"].update(mean=1.0), "is not the mean"),
         (lambda r: r["experiments"]["lottery"]["sparsities"]["0.9"]["verdicts"].update(

@@ -595,3 +595,21 @@ def test_seed_spread_and_the_experiments_rule():
         bench.seed_spread([1.0, float("nan")])
     with pytest.raises(TypeError, match="a must be a seed_spread"):
         bench.compare_arms({"mean": 1.0}, a)
+
+
+def test_check_seed_spread_names_the_bad_entry():
+    s = bench.seed_spread([1.0, 1.2, 1.1])
+    bench.check_seed_spread("arm", s, 3)  # a true summary passes
+    bench.check_seed_spread("flips", bench.seed_spread([0.0, 2.0]), 2, positive=False)
+    cases = [
+        (dict(s, values=[1.0, 1.2]), 3, "arm\\['values'\\] must hold one value per seed"),
+        (dict(s, values=[1.0, -1.2, 1.1]), 3, "must be a finite positive float"),
+        (dict(s, mean=2.0), 3, "is not the mean of its values"),
+        (dict(s, std=float("nan")), 3, "arm\\['std'\\] must be a finite float"),
+        ([1.0], 1, "must hold 'values'"),
+    ]
+    for bad, n, match in cases:
+        with pytest.raises(ValueError, match=match):
+            bench.check_seed_spread("arm", bad, n)
+    with pytest.raises(ValueError, match="must be a finite float >= 0"):
+        bench.check_seed_spread("flips", bench.seed_spread([-1.0, 2.0]), 2, positive=False)
