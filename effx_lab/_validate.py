@@ -8,13 +8,14 @@ from __future__ import annotations
 import numbers
 import os
 import sys
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
 __all__ = [
     "describe",
     "check_int",
+    "check_int_sequence",
     "check_float",
     "check_choice",
     "check_array",
@@ -59,6 +60,14 @@ def check_int(name: str, value: Any, *, min_value: int | None = None, max_value:
         bound = f"<= {max_value}" if min_value is None else f"in [{min_value}, {max_value}]"
         raise ValueError(f"{name} must be an int {bound}, got {value}")
     return value
+
+
+def check_int_sequence(name: str, values: Any, *, min_value: int | None = 1) -> tuple[int, ...]:
+    """A non-empty sequence (not a str) of ints, each checked by :func:`check_int` (named
+    ``name[i]``); returned as a tuple."""
+    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or not values:
+        raise TypeError(f"{name} must be a non-empty sequence of ints, got {describe(values)}")
+    return tuple(check_int(f"{name}[{i}]", v, min_value=min_value) for i, v in enumerate(values))
 
 
 def check_float(

@@ -39,7 +39,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from effx_lab._validate import check_bool, check_float, check_int, describe
+from effx_lab._validate import (
+    check_bool,
+    check_float,
+    check_int,
+    check_int_sequence,
+    describe,
+)
 from effx_lab.bench import (
     check_threads,
     compare,
@@ -85,17 +91,6 @@ def _check_timing(min_run_time: Any, rounds: Any) -> tuple[float, int]:
         "min_run_time", min_run_time, min_value=0.0, min_inclusive=False
     )
     return min_run_time, check_int("rounds", rounds, min_value=1)
-
-
-def _check_ints(name: str, values: Any, min_value: int = 1) -> tuple[int, ...]:
-    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
-        values = None
-    if not values:
-        raise TypeError(
-            f"{name} must be a non-empty sequence of ints, got {describe(values)}"
-        )
-    return tuple(check_int(f"{name}[{i}]", v, min_value=min_value)
-                 for i, v in enumerate(values))  # fmt: skip
 
 
 def _check_settings(settings: Any) -> tuple[tuple[int, float], ...]:
@@ -165,7 +160,7 @@ def strategies(
     n_tokens = check_int("n_tokens", n_tokens, min_value=1)
     d_model = check_int("d_model", d_model, min_value=1)
     d_ff = check_int("d_ff", d_ff, min_value=1)
-    experts = _check_ints("experts", experts)
+    experts = check_int_sequence("experts", experts)
     settings = _check_settings(settings)
     for k, _ in settings:
         if k > min(experts):
@@ -250,8 +245,8 @@ def all_to_all(
     arguments of :func:`effx_lab.moe.distributed.time_all_to_all`, the measured run."""
     from effx_lab.moe import distributed as D
 
-    world_sizes = _check_ints("world_sizes", world_sizes)
-    ranks_per_node = _check_ints("ranks_per_node", ranks_per_node)
+    world_sizes = check_int_sequence("world_sizes", world_sizes)
+    ranks_per_node = check_int_sequence("ranks_per_node", ranks_per_node)
     bytes_per_pair = check_int("bytes_per_pair", bytes_per_pair, min_value=0)
     if time is not None and not isinstance(time, dict):
         raise TypeError(f"time must be None or a dict of time_all_to_all's arguments,"

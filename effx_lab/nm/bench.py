@@ -36,7 +36,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from effx_lab._validate import check_bool, check_float, check_int, describe
+from effx_lab._validate import (
+    check_bool,
+    check_float,
+    check_int,
+    check_int_sequence,
+    describe,
+)
 from effx_lab.bench import (
     check_threads,
     compare,
@@ -88,17 +94,6 @@ def _check_timing(min_run_time: Any, rounds: Any) -> tuple[float, int]:
     return min_run_time, check_int("rounds", rounds, min_value=1)
 
 
-def _check_ints(name: str, values: Any, min_value: int = 1) -> tuple[int, ...]:
-    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
-        values = None
-    if not values:
-        raise TypeError(
-            f"{name} must be a non-empty sequence of ints, got {describe(values)}"
-        )
-    return tuple(check_int(f"{name}[{i}]", v, min_value=min_value)
-                 for i, v in enumerate(values))  # fmt: skip
-
-
 def _ffn_weights(d: int, d_ff: int, block: int | None) -> int:
     """Weights the decode FFN reads per token (dense: ``block=None``)."""
     if block is None:
@@ -136,7 +131,7 @@ def sparse_ffn_decode(
 
     d_model = check_int("d_model", d_model, min_value=1)
     d_ff = check_int("d_ff", d_ff, min_value=1)
-    blocks = _check_ints("blocks", blocks)
+    blocks = check_int_sequence("blocks", blocks)
     for b in blocks:
         if d_ff % b:
             raise ValueError(f"blocks must divide d_ff = {d_ff}, got {b}")
@@ -222,7 +217,7 @@ def nm_matmul_vs_dense(
     size = check_int("size", size, min_value=4)
     if size % 4:
         raise ValueError(f"size must be a multiple of 4 (groups of 4), got {size}")
-    tokens = _check_ints("tokens", tokens)
+    tokens = check_int_sequence("tokens", tokens)
     min_run_time, rounds = _check_timing(min_run_time, rounds)
     threads = check_threads(threads)
     seed = check_int("seed", seed, min_value=0)

@@ -613,3 +613,15 @@ def test_check_seed_spread_names_the_bad_entry():
             bench.check_seed_spread("arm", bad, n)
     with pytest.raises(ValueError, match="must be a finite float >= 0"):
         bench.check_seed_spread("flips", bench.seed_spread([-1.0, 2.0]), 2, positive=False)
+
+
+def test_check_int_sequence_names_the_bad_entry():
+    from effx_lab._validate import check_int_sequence
+
+    assert check_int_sequence("sizes", [8, 64]) == (8, 64)
+    assert check_int_sequence("sizes", (0,), min_value=0) == (0,)
+    for bad in ([], "8", 8, None):
+        with pytest.raises(TypeError, match="sizes must be a non-empty sequence of ints"):
+            check_int_sequence("sizes", bad)
+    with pytest.raises(ValueError, match=r"sizes\[1\]"):
+        check_int_sequence("sizes", [8, 0])
